@@ -1,0 +1,38 @@
+//! Command-line entry points: parse arguments, then hand over to the component.
+
+mod nodes;
+
+use clap::{Parser, Subcommand};
+
+use crate::Error;
+
+/// gpu-cloud: a GPU cloud inside Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "gpu-cloud", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// One subcommand per component.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the cluster's GPU nodes: model, GPUs allocatable, in use and free, readiness.
+    Nodes(nodes::NodesArgs),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub async fn run(self) -> Result<(), Error> {
+        match self.command {
+            Command::Nodes(args) => nodes::run(args).await,
+        }
+    }
+}
+
+/// A client from KUBECONFIG, `~/.kube/config` or the in-cluster service account.
+pub(crate) async fn client() -> Result<kube::Client, Error> {
+    kube::Client::try_default()
+        .await
+        .map_err(|e| Error::Config(e.to_string()))
+}

@@ -1,0 +1,138 @@
+//! `gpu-cloud nodes`: the GPU inventory of the cluster, as the scheduler sees it.
+
+use std::io::Write;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::ListParams;
+
+use crate::Error;
+use crate::scheduler::{GPU_PRESENT_LABEL, NodeGpus, gpus_in_use};
+
+/// Arguments of `gpu-cloud nodes`.
+#[derive(Debug, clap::Args)]
+pub struct NodesArgs {
+    /// Also list nodes without GPUs.
+    #[arg(long)]
+    all: bool,
+}
+
+/// One printed row.
+#[derive(Debug, PartialEq, Eq)]
+struct Row {
+    gpus: NodeGpus,
+    used: u32,
+}
+
+pub(super) async fn run(args: NodesArgs) -> Result<(), Error> {
+    let client = super::client().await?;
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list nodes"))?;
+    // Only pods that hold resources matter; finished ones are filtered server-side.
+    let pods = Api::<Pod>::all(client)
+        .list(&ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed"))
+        .await
+        .map_err(Error::kube("list pods"))?;
+    let rows = rows(&nodes.items, &pods.items, args.all);
+    let mut out = std::io::stdout().lock();
+    write_table(&mut out, &rows)?;
+    Ok(())
+}
+
+fn rows(nodes: &[Node], pods: &[Pod], all: bool) -> Vec<Row> {
+    let used = gpus_in_use(pods);
+    let mut rows: Vec<Row> = nodes
+        .iter()
+        .filter(|n| {
+            let present = n
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.get(GPU_PRESENT_LABEL).is_some_and(|v| v == "true"));
+            all || present || NodeGpus::from_node(n).allocatable > 0
+        })
+        .map(|n| {
+            let gpus = NodeGpus::from_node(n);
+            let used = used.get(&gpus.name).copied().unwrap_or(0);
+            Row { gpus, used }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.gpus.name.cmp(&b.gpus.name));
+    rows
+}
+
+fn write_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
+    let width = rows
+        .iter()
+        .map(|r| r.gpus.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mwidth = rows
+        .iter()
+        .map(|r| r.gpus.model.as_deref().unwrap_or("-").len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    writeln!(
+        out,
+        "{:width$}  {:mwidth$}  GPUS  USED  FREE  READY  SCHEDULABLE",
+        "NODE", "MODEL"
+    )?;
+    let (mut total, mut used) = (0u32, 0u32);
+    for r in rows {
+        let g = &r.gpus;
+        writeln!(
+            out,
+            "{:width$}  {:mwidth$}  {:>4}  {:>4}  {:>4}  {:5}  {}",
+            g.name,
+            g.model.as_deref().unwrap_or("-"),
+            g.allocatable,
+            r.used,
+            g.allocatable.saturating_sub(r.used),
+            g.ready,
+            g.schedulable,
+        )?;
+        total = total.saturating_add(g.allocatable);
+        used = used.saturating_add(r.used);
+    }
+    writeln!(out, "{} nodes, {total} GPUs, {used} in use", rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lists_gpu_nodes_with_usage_and_skips_cpu_nodes() {
+        let nodes: Vec<Node> = serde_json::from_value(json!([
+            {"metadata": {"name": "l4-0", "labels": {"nvidia.com/gpu.product": "NVIDIA-L4",
+                                                     "nvidia.com/gpu.present": "true"}},
+             "status": {"allocatable": {"nvidia.com/gpu": "1"},
+                        "conditions": [{"type": "Ready", "status": "True"}]}},
+            {"metadata": {"name": "cpu-0"}, "status": {"allocatable": {"cpu": "8"}}}
+        ]))
+        .unwrap();
+        let pods: Vec<Pod> = serde_json::from_value(json!([
+            {"spec": {"nodeName": "l4-0", "containers": [
+                {"name": "a", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}}
+        ]))
+        .unwrap();
+        let r = rows(&nodes, &pods, false);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].gpus.name.as_str(), r[0].used), ("l4-0", 1));
+        assert_eq!(rows(&nodes, &pods, true).len(), 2);
+
+        let mut out = Vec::new();
+        write_table(&mut out, &r).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("l4-0  NVIDIA-L4     1     1     0  true   true"),
+            "{text}"
+        );
+        assert!(text.ends_with("1 nodes, 1 GPUs, 1 in use\n"), "{text}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests against a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok) started by `hack/cluster`.
+//!
+//! Every test lives in this one binary so that one control plane serves them all; each
+//! test works in a namespace of its own (see [`harness::namespace`]).
+
+mod harness;
+mod smoke;
