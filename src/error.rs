@@ -20,6 +20,10 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// Turning a value into YAML failed (a bug: please report it).
+    #[error("cannot render YAML: {0}")]
+    Yaml(String),
+
     /// Writing the command's output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

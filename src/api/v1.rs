@@ -1,0 +1,300 @@
+//! `gpu-cloud.io/v1`: the current (and stored) schema of GpuUser and GpuInstance.
+
+use jiff::Timestamp;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A person (or team) of the GPU cloud: who they are, who may act as them, what they may
+/// book. The operator gives each user a namespace `gpu-<name>` to book in.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "gpu-cloud.io",
+    version = "v1",
+    kind = "GpuUser",
+    shortname = "gu",
+    category = "gpu",
+    status = "GpuUserStatus",
+    printcolumn = r#"{"name":"Display name","type":"string","jsonPath":".spec.displayName"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
+    printcolumn = r#"{"name":"GPUs","type":"integer","jsonPath":".status.gpusInUse"}"#,
+    printcolumn = r#"{"name":"Max GPUs","type":"integer","jsonPath":".spec.quota.maxGpus"}"#,
+    printcolumn = r#"{"name":"Instances","type":"integer","jsonPath":".status.instances"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspended"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("size(self.metadata.name) <= 59 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name: a GpuUser name must be a DNS label (lower-case letters, digits, '-') of at most 59 characters, because it names the user's namespace gpu-<name>")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuUserSpec {
+    /// Name shown to people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+    /// Contact address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 320))]
+    pub email: Option<String>,
+    /// The Kubernetes users, groups or service accounts who act as this user: they may
+    /// manage GpuInstances (and read their pods and logs) in the user's namespace only.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub subjects: Vec<UserSubject>,
+    /// What this user may book.
+    #[serde(default)]
+    pub quota: Quota,
+    /// No new instance of this user starts while set; running instances run to their end.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// An identity that acts as a GpuUser (an RBAC subject).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.kind != 'ServiceAccount' || has(self.__namespace__)")
+    .message("a ServiceAccount subject needs its namespace"))]
+#[serde(rename_all = "camelCase")]
+pub struct UserSubject {
+    /// `User`, `Group` or `ServiceAccount`.
+    pub kind: SubjectKind,
+    /// The user, group or service account name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of a ServiceAccount subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// Kinds of RBAC subject.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubjectKind {
+    /// An authenticated user name.
+    User,
+    /// A group of users.
+    Group,
+    /// A service account (give its namespace).
+    ServiceAccount,
+}
+
+/// Limits on what a user may hold at once. Absent limits do not limit.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    /// Most GPUs the user's placed instances may hold together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gpus: Option<u32>,
+    /// Most instances the user may have placed (Scheduled or Running) at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// GPU models (`nvidia.com/gpu.product` values) the user may book; empty means any.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub allowed_models: Vec<String>,
+}
+
+/// What the operator observed and did for a GpuUser.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuUserStatus {
+    /// kstatus conditions: Ready, Reconciling, Stalled.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The namespace the user books in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// GPUs held by the user's placed instances.
+    #[serde(default)]
+    pub gpus_in_use: u32,
+    /// The user's instances that are placed or waiting (not finished).
+    #[serde(default)]
+    pub instances: u32,
+}
+
+/// A booking of GPUs: which and how many, what to run on them, for how long.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gpu-cloud.io",
+    version = "v1",
+    kind = "GpuInstance",
+    namespaced,
+    shortname = "gi",
+    category = "gpu",
+    status = "GpuInstanceStatus",
+    printcolumn = r#"{"name":"User","type":"string","jsonPath":".status.user"}"#,
+    printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.gpu.model"}"#,
+    printcolumn = r#"{"name":"Count","type":"integer","jsonPath":".spec.gpu.count"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Waiting","type":"string","priority":1,"jsonPath":".status.message"}"#,
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.nodeName) || (self.spec.gpu == oldSelf.spec.gpu && self.spec.image == oldSelf.spec.image && self.spec.command == oldSelf.spec.command && self.spec.args == oldSelf.spec.args && self.spec.env == oldSelf.spec.env && self.spec.resources == oldSelf.spec.resources)")
+        .message("spec.gpu, image, command, args, env and resources cannot change once the instance is placed on a node; delete it and book again")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuInstanceSpec {
+    /// The GPUs to book.
+    pub gpu: GpuRequest,
+    /// Container image to run on them.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("spec.image must name a container image"))]
+    #[schemars(length(max = 512))]
+    pub image: String,
+    /// Entrypoint (replaces the image's ENTRYPOINT).
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
+    pub command: Vec<String>,
+    /// Arguments (replace the image's CMD).
+    #[serde(default)]
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
+    pub args: Vec<String>,
+    /// Environment variables of the container.
+    #[serde(default)]
+    #[schemars(length(max = 128))]
+    pub env: Vec<EnvVar>,
+    /// CPU and memory for the container (requested and limited alike).
+    #[serde(default)]
+    pub resources: ContainerResources,
+    /// How long the booking lasts from placement, e.g. `30m`, `8h`, `1h30m`
+    /// (between 1m and 720h). The instance is stopped when it runs out.
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,6}[hms])+$')").message("spec.duration must look like 30m, 8h or 1h30m (units h, m, s)"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,6}[hms])+$') || (duration(self) >= duration('1m') && duration(self) <= duration('720h'))").message("spec.duration must be between 1m and 720h"))]
+    #[schemars(length(max = 32))]
+    pub duration: String,
+    /// Higher goes first in the queue; equal priorities are served first come, first served.
+    #[serde(default)]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub priority: i32,
+}
+
+/// Which GPUs and how many.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuRequest {
+    /// GPU model, as nodes label it in `nvidia.com/gpu.product` (e.g. `NVIDIA-H100-80GB-HBM3`).
+    #[x_kube(validation = Rule::new("size(self) > 0").message("spec.gpu.model must name a GPU model, e.g. NVIDIA-H100-80GB-HBM3"))]
+    #[schemars(length(max = 128))]
+    pub model: String,
+    /// Number of GPUs, all on one node.
+    #[schemars(range(min = 1, max = 64))]
+    pub count: u32,
+}
+
+/// One environment variable.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EnvVar {
+    /// Variable name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Value (empty if absent).
+    #[serde(default)]
+    #[schemars(length(max = 32768))]
+    pub value: String,
+}
+
+/// CPU and memory of the instance's container. The GPUs come from `spec.gpu`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ContainerResources {
+    /// CPU, as a Kubernetes quantity (`4`, `500m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.cpu must be a quantity such as 4 or 500m"))]
+    #[schemars(length(max = 32))]
+    pub cpu: Option<String>,
+    /// Memory, as a Kubernetes quantity (`16Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.memory must be a quantity such as 16Gi"))]
+    #[schemars(length(max = 32))]
+    pub memory: Option<String>,
+}
+
+/// Where a GpuInstance is in its life.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Seen, not yet considered by the scheduler.
+    Pending,
+    /// Waiting for GPUs or quota; `status.message` says why.
+    Queued,
+    /// Placed on a node; its pod is starting.
+    Scheduled,
+    /// Its pod runs.
+    Running,
+    /// Its program exited successfully.
+    Succeeded,
+    /// Its program failed, or its pod was lost.
+    Failed,
+    /// The booking ran out (`spec.duration`) and the pod was stopped.
+    Expired,
+    /// Stopped by the operator for another reason (see the Ready condition).
+    Stopped,
+}
+
+impl Phase {
+    /// The instance has ended and holds no GPUs.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Expired | Phase::Stopped)
+    }
+}
+
+/// What the operator observed and did for a GpuInstance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuInstanceStatus {
+    /// Where the instance is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// kstatus conditions: Ready, Reconciling, Stalled.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The GpuUser the instance belongs to (from its namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The node it was placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Its pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// When it was placed (its GPUs have been held since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When the booking runs out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// While queued: 1 for the next in line for its GPU model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    /// While waiting or stalled: why, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A condition in the shape of `metav1.Condition`, as kstatus, `kubectl wait`, Argo CD and
+/// Flux read them.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Reconciling` or `Stalled`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One CamelCase word.
+    pub reason: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+    /// The generation this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When `status` last changed.
+    pub last_transition_time: Timestamp,
+}
