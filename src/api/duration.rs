@@ -54,7 +54,16 @@ mod tests {
 
     #[test]
     fn rejects_what_the_crd_rejects() {
-        for s in ["", "10", "h", "1.5h", "1d", "-1h", "1h 30m", "99999999999999999999h"] {
+        for s in [
+            "",
+            "10",
+            "h",
+            "1.5h",
+            "1d",
+            "-1h",
+            "1h 30m",
+            "99999999999999999999h",
+        ] {
             assert!(parse(s).is_err(), "{s:?}");
         }
     }

@@ -234,7 +234,10 @@ pub enum Phase {
 impl Phase {
     /// The instance has ended and holds no GPUs.
     pub fn is_finished(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Expired | Phase::Stopped)
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::Expired | Phase::Stopped
+        )
     }
 }
 

@@ -25,6 +25,8 @@ pub struct NodeGpus {
     pub ready: bool,
     /// `spec.unschedulable` is not set (the node is not cordoned).
     pub schedulable: bool,
+    /// A `NoSchedule`/`NoExecute` taint our pods do not tolerate, as `key=value:Effect`.
+    pub untolerated_taint: Option<String>,
 }
 
 impl NodeGpus {
@@ -46,20 +48,40 @@ impl NodeGpus {
         let ready = status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let schedulable = !node
-            .spec
-            .as_ref()
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false);
+        let spec = node.spec.as_ref();
+        let schedulable = !spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        let untolerated_taint = spec
+            .and_then(|s| s.taints.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|t| t.effect != "PreferNoSchedule" && t.key != TOLERATED_TAINT)
+            .map(|t| {
+                format!(
+                    "{}={}:{}",
+                    t.key,
+                    t.value.as_deref().unwrap_or(""),
+                    t.effect
+                )
+            });
         NodeGpus {
             name,
             model,
             allocatable,
             ready,
             schedulable,
+            untolerated_taint,
         }
     }
+
+    /// The node may take new GPU pods: Ready, not cordoned, no taint in the way.
+    pub fn eligible(&self) -> bool {
+        self.ready && self.schedulable && self.untolerated_taint.is_none()
+    }
 }
+
+/// Taint key our pods tolerate (GPU nodes are commonly tainted with it so that only GPU
+/// workloads land there).
+pub const TOLERATED_TAINT: &str = GPU_RESOURCE;
 
 /// GPUs a pod holds on its node: 0 once it has finished (Succeeded or Failed).
 ///
@@ -149,6 +171,7 @@ mod tests {
                 allocatable: 8,
                 ready: true,
                 schedulable: true,
+                untolerated_taint: None,
             }
         );
     }
@@ -157,15 +180,24 @@ mod tests {
     fn a_cordoned_not_ready_node_without_gpus_offers_nothing() {
         let n = node(json!({
             "metadata": {"name": "cpu-0"},
-            "spec": {"unschedulable": true},
+            "spec": {"unschedulable": true, "taints": [
+                {"key": GPU_RESOURCE, "effect": "NoSchedule"},
+                {"key": "soft", "effect": "PreferNoSchedule"},
+                {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}
+            ]},
             "status": {"allocatable": {GPU_RESOURCE: "1.5"},
                        "conditions": [{"type": "Ready", "status": "Unknown"}]}
         }));
         let g = NodeGpus::from_node(&n);
         assert_eq!(
-            (g.allocatable, g.ready, g.schedulable, g.model),
+            (g.allocatable, g.ready, g.schedulable, g.model.clone()),
             (0, false, false, None)
         );
+        assert_eq!(
+            g.untolerated_taint.as_deref(),
+            Some("node.kubernetes.io/not-ready=:NoExecute")
+        );
+        assert!(!g.eligible());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! and act on what comes back, so every decision can be tested without a cluster.
 
 pub mod capacity;
+pub mod queue;
 
 pub use capacity::{
     GPU_PRESENT_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, NodeGpus, gpus_in_use, pod_gpu_request,
 };
+pub use queue::{Booking, InstanceKey, Plan, Snapshot, UserPolicy, Wait, Waiting, plan};

@@ -1,0 +1,782 @@
+//! The placement decision: which waiting bookings go to which node now, and why the others
+//! wait. A pure function of a snapshot of the cluster; the controller applies the result.
+//!
+//! Policy:
+//! - Order: higher `priority` first; equal priorities first come, first served (creation
+//!   time, then namespace/name so that the order is total).
+//! - Each GPU model is its own queue. When a booking waits for free GPUs of its model,
+//!   every later booking of that model waits behind it, even one that would fit now
+//!   (no overtaking: a large booking is never starved by a stream of small ones).
+//!   Bookings held back by their own user's quota or that can never run (unknown model,
+//!   more GPUs than any node has, not allowed) do not hold up anyone else.
+//! - Quota is checked before placement; placement is best fit (the eligible node of the
+//!   model left with the fewest free GPUs, then by name).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use jiff::Timestamp;
+
+use super::NodeGpus;
+
+/// Identifies a GpuInstance.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a user may hold, from `GpuUser.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserPolicy {
+    /// Most GPUs held at once.
+    pub max_gpus: Option<u32>,
+    /// Most placed instances at once.
+    pub max_instances: Option<u32>,
+    /// Allowed models; empty allows all.
+    pub allowed_models: Vec<String>,
+    /// No new placements.
+    pub suspended: bool,
+}
+
+/// A booking that has not finished: placed (its pod exists) or waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booking {
+    /// Which instance.
+    pub key: InstanceKey,
+    /// Its GpuUser, if its namespace belongs to one.
+    pub user: Option<String>,
+    /// GPU model.
+    pub model: String,
+    /// GPUs wanted, all on one node.
+    pub count: u32,
+    /// Queue priority (higher first).
+    pub priority: i32,
+    /// Creation time: first come, first served within a priority.
+    pub created: Timestamp,
+    /// The node its pod is on, once placed.
+    pub placed_on: Option<String>,
+}
+
+/// Everything the decision looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every node (GPU or not).
+    pub nodes: Vec<NodeGpus>,
+    /// GPUs held on each node by pods that have not finished (ours or anyone's).
+    pub used: BTreeMap<String, u32>,
+    /// Users by name.
+    pub users: BTreeMap<String, UserPolicy>,
+    /// Unfinished bookings.
+    pub bookings: Vec<Booking>,
+}
+
+/// Why a booking is not placed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// Its namespace belongs to no GpuUser.
+    NoUser,
+    /// Its user is suspended.
+    UserSuspended,
+    /// Its user may not book this model.
+    ModelNotAllowed,
+    /// It wants more GPUs than its user may ever hold.
+    OverQuotaLimit { max: u32 },
+    /// Its user holds too many GPUs right now.
+    GpuQuota { in_use: u32, max: u32 },
+    /// Its user has too many instances placed right now.
+    InstanceQuota { placed: u32, max: u32 },
+    /// No node has this model.
+    UnknownModel,
+    /// No node of this model has that many GPUs.
+    TooLarge { largest: u32 },
+    /// Not enough free GPUs of the model on any one node, or earlier bookings wait for them.
+    Capacity { largest_free: u32 },
+}
+
+impl Wait {
+    /// Waiting will not help: a person must change something (kstatus `Stalled`).
+    pub fn stalled(&self) -> bool {
+        matches!(
+            self,
+            Wait::NoUser
+                | Wait::ModelNotAllowed
+                | Wait::OverQuotaLimit { .. }
+                | Wait::UnknownModel
+                | Wait::TooLarge { .. }
+        )
+    }
+
+    /// One CamelCase word for conditions and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Wait::NoUser => "NoGpuUser",
+            Wait::UserSuspended => "UserSuspended",
+            Wait::ModelNotAllowed => "ModelNotAllowed",
+            Wait::OverQuotaLimit { .. } => "QuotaExceeded",
+            Wait::GpuQuota { .. } | Wait::InstanceQuota { .. } => "WaitingForQuota",
+            Wait::UnknownModel => "UnknownModel",
+            Wait::TooLarge { .. } => "TooLarge",
+            Wait::Capacity { .. } => "WaitingForGpus",
+        }
+    }
+}
+
+/// A booking that waits, where it stands and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// Which instance.
+    pub key: InstanceKey,
+    /// 1 for the first waiting booking of its model.
+    pub position: u32,
+    /// Why it waits.
+    pub wait: Wait,
+    /// What a person reads.
+    pub message: String,
+}
+
+/// The outcome of one scheduling pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Bookings to place now, and their node, in queue order.
+    pub placements: Vec<(InstanceKey, String)>,
+    /// Bookings that wait, in queue order.
+    pub waiting: Vec<Waiting>,
+}
+
+/// Decides where waiting bookings go now. See the module docs for the policy.
+///
+/// The plan is complete: deciding again on the world it leaves places nothing more. (One
+/// sweep down the queue is not always enough: a higher-priority booking placed late in a
+/// sweep can put an earlier one of the same user over quota, which then no longer holds
+/// up its model's queue; so sweeps repeat until one places nothing.)
+pub fn plan(snapshot: &Snapshot) -> Plan {
+    let mut placements = Vec::new();
+    let mut world = std::borrow::Cow::Borrowed(snapshot);
+    loop {
+        let swept = sweep(&world);
+        if swept.placements.is_empty() {
+            return Plan {
+                placements,
+                waiting: swept.waiting,
+            };
+        }
+        let w = world.to_mut();
+        for (key, node) in &swept.placements {
+            if let Some(b) = w.bookings.iter_mut().find(|b| &b.key == key) {
+                b.placed_on = Some(node.clone());
+                *w.used.entry(node.clone()).or_default() += b.count;
+            }
+        }
+        placements.extend(swept.placements);
+    }
+}
+
+/// One sweep down the queue.
+fn sweep(snapshot: &Snapshot) -> Plan {
+    let mut free: BTreeMap<&str, u32> = BTreeMap::new();
+    for node in &snapshot.nodes {
+        let used = snapshot.used.get(&node.name).copied().unwrap_or(0);
+        free.insert(&node.name, node.allocatable.saturating_sub(used));
+    }
+    let mut user_gpus: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut user_placed: BTreeMap<&str, u32> = BTreeMap::new();
+    for b in snapshot.bookings.iter().filter(|b| b.placed_on.is_some()) {
+        if let Some(user) = b.user.as_deref() {
+            *user_gpus.entry(user).or_default() += b.count;
+            *user_placed.entry(user).or_default() += 1;
+        }
+    }
+
+    let mut queue: Vec<&Booking> = snapshot
+        .bookings
+        .iter()
+        .filter(|b| b.placed_on.is_none())
+        .collect();
+    queue.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.created.cmp(&b.created))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+
+    let mut plan = Plan::default();
+    let mut blocked_models: BTreeSet<&str> = BTreeSet::new();
+    let mut waiting_per_model: BTreeMap<&str, u32> = BTreeMap::new();
+    for b in queue {
+        let decision = decide(
+            b,
+            snapshot,
+            &free,
+            &user_gpus,
+            &user_placed,
+            &blocked_models,
+        );
+        match decision {
+            Ok(node) => {
+                if let Some(f) = free.get_mut(node) {
+                    *f -= b.count;
+                }
+                if let Some(user) = b.user.as_deref() {
+                    *user_gpus.entry(user).or_default() += b.count;
+                    *user_placed.entry(user).or_default() += 1;
+                }
+                plan.placements.push((b.key.clone(), node.to_owned()));
+            }
+            Err(wait) => {
+                if matches!(wait, Wait::Capacity { .. }) {
+                    blocked_models.insert(&b.model);
+                }
+                let position = waiting_per_model.entry(&b.model).or_default();
+                *position += 1;
+                let message = message(b, &wait, *position - 1);
+                plan.waiting.push(Waiting {
+                    key: b.key.clone(),
+                    position: *position,
+                    wait,
+                    message,
+                });
+            }
+        }
+    }
+    plan
+}
+
+fn decide<'s>(
+    b: &Booking,
+    snapshot: &'s Snapshot,
+    free: &BTreeMap<&str, u32>,
+    user_gpus: &BTreeMap<&str, u32>,
+    user_placed: &BTreeMap<&str, u32>,
+    blocked_models: &BTreeSet<&str>,
+) -> Result<&'s str, Wait> {
+    let user = b.user.as_deref().ok_or(Wait::NoUser)?;
+    let policy = snapshot.users.get(user).ok_or(Wait::NoUser)?;
+    if policy.suspended {
+        return Err(Wait::UserSuspended);
+    }
+    if !policy.allowed_models.is_empty() && !policy.allowed_models.contains(&b.model) {
+        return Err(Wait::ModelNotAllowed);
+    }
+    if let Some(max) = policy.max_gpus.filter(|&max| b.count > max) {
+        return Err(Wait::OverQuotaLimit { max });
+    }
+    let of_model = || {
+        snapshot
+            .nodes
+            .iter()
+            .filter(|n| n.model.as_deref() == Some(&b.model))
+    };
+    let largest = of_model()
+        .map(|n| n.allocatable)
+        .max()
+        .ok_or(Wait::UnknownModel)?;
+    if largest < b.count {
+        return Err(Wait::TooLarge { largest });
+    }
+    let in_use = user_gpus.get(user).copied().unwrap_or(0);
+    if let Some(max) = policy.max_gpus.filter(|&max| in_use + b.count > max) {
+        return Err(Wait::GpuQuota { in_use, max });
+    }
+    let placed = user_placed.get(user).copied().unwrap_or(0);
+    if let Some(max) = policy.max_instances.filter(|&max| placed >= max) {
+        return Err(Wait::InstanceQuota { placed, max });
+    }
+    let eligible = || of_model().filter(|n| n.eligible());
+    let free_on = |n: &NodeGpus| free.get(n.name.as_str()).copied().unwrap_or(0);
+    let largest_free = eligible().map(free_on).max().unwrap_or(0);
+    if blocked_models.contains(b.model.as_str()) {
+        return Err(Wait::Capacity { largest_free });
+    }
+    eligible()
+        .filter(|n| free_on(n) >= b.count)
+        .min_by(|x, y| (free_on(x) - b.count, &x.name).cmp(&(free_on(y) - b.count, &y.name)))
+        .map(|n| n.name.as_str())
+        .ok_or(Wait::Capacity { largest_free })
+}
+
+fn message(b: &Booking, wait: &Wait, ahead: u32) -> String {
+    let want = format!("{} x {}", b.count, b.model);
+    let user = b.user.as_deref().unwrap_or("");
+    match wait {
+        Wait::NoUser => format!(
+            "namespace {} belongs to no GpuUser: book in your user's namespace (gpu-<user>)",
+            b.key.namespace
+        ),
+        Wait::UserSuspended => format!("user {user} is suspended: no new instance starts"),
+        Wait::ModelNotAllowed => format!("user {user} may not book {}", b.model),
+        Wait::OverQuotaLimit { max } => {
+            format!("wants {want} but user {user} may hold at most {max} GPUs")
+        }
+        Wait::GpuQuota { in_use, max } => format!(
+            "waiting for quota: user {user} holds {in_use} of {max} GPUs, {want} would exceed it"
+        ),
+        Wait::InstanceQuota { placed, max } => {
+            format!("waiting for quota: user {user} runs {placed} of {max} instances")
+        }
+        Wait::UnknownModel => format!("no node has {} GPUs", b.model),
+        Wait::TooLarge { largest } => {
+            format!(
+                "no {} node has {} GPUs (the largest has {largest})",
+                b.model, b.count
+            )
+        }
+        Wait::Capacity { largest_free } => {
+            let free = match *largest_free {
+                0 => "none free".to_owned(),
+                n if n >= b.count => "free GPUs are held for earlier bookings".to_owned(),
+                n => format!("at most {n} free on one node"),
+            };
+            format!("waiting for {want}: {free}, {ahead} ahead")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const H100: &str = "NVIDIA-H100-80GB-HBM3";
+    const L4: &str = "NVIDIA-L4";
+
+    fn node(name: &str, model: &str, gpus: u32) -> NodeGpus {
+        NodeGpus {
+            name: name.into(),
+            model: Some(model.into()),
+            allocatable: gpus,
+            ready: true,
+            schedulable: true,
+            untolerated_taint: None,
+        }
+    }
+
+    fn booking(name: &str, user: &str, model: &str, count: u32, t: i64) -> Booking {
+        Booking {
+            key: InstanceKey {
+                namespace: format!("gpu-{user}"),
+                name: name.into(),
+            },
+            user: Some(user.into()),
+            model: model.into(),
+            count,
+            priority: 0,
+            created: Timestamp::from_second(t).unwrap(),
+            placed_on: None,
+        }
+    }
+
+    fn snapshot(nodes: Vec<NodeGpus>, bookings: Vec<Booking>) -> Snapshot {
+        let users = bookings
+            .iter()
+            .filter_map(|b| b.user.clone())
+            .map(|u| (u, UserPolicy::default()))
+            .collect();
+        Snapshot {
+            nodes,
+            used: BTreeMap::new(),
+            users,
+            bookings,
+        }
+    }
+
+    fn placed(plan: &Plan) -> Vec<(&str, &str)> {
+        plan.placements
+            .iter()
+            .map(|(k, n)| (k.name.as_str(), n.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn best_fit_picks_the_node_left_with_fewest_free() {
+        let mut s = snapshot(
+            vec![node("a", H100, 8), node("b", H100, 8), node("c", L4, 1)],
+            vec![booking("x", "u", H100, 2, 1)],
+        );
+        s.used.insert("b".into(), 5); // b has 3 free, a has 8
+        assert_eq!(placed(&plan(&s)), vec![("x", "b")]);
+    }
+
+    #[test]
+    fn fifo_within_priority_and_higher_priority_first() {
+        let mut late_urgent = booking("urgent", "u", H100, 8, 9);
+        late_urgent.priority = 10;
+        let s = snapshot(
+            vec![node("a", H100, 8)],
+            vec![
+                booking("first", "u", H100, 8, 1),
+                booking("second", "u", H100, 8, 2),
+                late_urgent,
+            ],
+        );
+        let p = plan(&s);
+        assert_eq!(placed(&p), vec![("urgent", "a")]);
+        let w: Vec<_> = p
+            .waiting
+            .iter()
+            .map(|w| (w.key.name.as_str(), w.position))
+            .collect();
+        assert_eq!(w, vec![("first", 1), ("second", 2)]);
+        assert_eq!(
+            p.waiting[1].message,
+            format!("waiting for 8 x {H100}: none free, 1 ahead")
+        );
+    }
+
+    #[test]
+    fn a_small_booking_does_not_overtake_a_blocked_larger_one_of_its_model() {
+        let mut s = snapshot(
+            vec![node("a", H100, 8), node("l", L4, 1)],
+            vec![
+                booking("big", "u", H100, 8, 1),
+                booking("small", "v", H100, 1, 2),
+                booking("other-model", "v", L4, 1, 3),
+            ],
+        );
+        s.used.insert("a".into(), 4);
+        let p = plan(&s);
+        assert_eq!(placed(&p), vec![("other-model", "l")]);
+        assert_eq!(p.waiting[1].key.name, "small");
+        assert_eq!(
+            p.waiting[1].message,
+            format!("waiting for 1 x {H100}: free GPUs are held for earlier bookings, 1 ahead")
+        );
+    }
+
+    #[test]
+    fn quota_waits_do_not_hold_up_other_users() {
+        let mut s = snapshot(
+            vec![node("a", H100, 8)],
+            vec![
+                booking("running", "u", H100, 4, 0),
+                booking("u2", "u", H100, 4, 1),
+                booking("v1", "v", H100, 2, 2),
+            ],
+        );
+        s.bookings[0].placed_on = Some("a".into());
+        s.used.insert("a".into(), 4);
+        s.users.insert(
+            "u".into(),
+            UserPolicy {
+                max_gpus: Some(6),
+                ..Default::default()
+            },
+        );
+        let p = plan(&s);
+        assert_eq!(placed(&p), vec![("v1", "a")]);
+        assert_eq!(p.waiting[0].wait, Wait::GpuQuota { in_use: 4, max: 6 });
+        assert!(!p.waiting[0].wait.stalled());
+        assert_eq!(
+            p.waiting[0].message,
+            format!("waiting for quota: user u holds 4 of 6 GPUs, 4 x {H100} would exceed it")
+        );
+    }
+
+    #[test]
+    fn impossible_bookings_are_stalled_with_their_reason() {
+        let mut s = snapshot(
+            vec![node("a", H100, 8), node("l", L4, 1)],
+            vec![
+                booking("b200", "u", "NVIDIA-B200", 1, 1),
+                booking("l4x2", "u", L4, 2, 2),
+                booking("nouser", "u", L4, 1, 3),
+                booking("notallowed", "w", H100, 1, 4),
+                booking("toomany", "x", H100, 4, 5),
+            ],
+        );
+        s.bookings[2].user = None;
+        s.users.insert(
+            "w".into(),
+            UserPolicy {
+                allowed_models: vec![L4.into()],
+                ..Default::default()
+            },
+        );
+        s.users.insert(
+            "x".into(),
+            UserPolicy {
+                max_gpus: Some(2),
+                ..Default::default()
+            },
+        );
+        let p = plan(&s);
+        assert!(p.placements.is_empty());
+        let got: Vec<_> = p
+            .waiting
+            .iter()
+            .map(|w| (w.wait.clone(), w.wait.stalled()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Wait::UnknownModel, true),
+                (Wait::TooLarge { largest: 1 }, true),
+                (Wait::NoUser, true),
+                (Wait::ModelNotAllowed, true),
+                (Wait::OverQuotaLimit { max: 2 }, true),
+            ]
+        );
+        assert_eq!(
+            p.waiting[1].message,
+            format!("no {L4} node has 2 GPUs (the largest has 1)")
+        );
+    }
+
+    #[test]
+    fn suspended_users_and_ineligible_nodes_get_nothing() {
+        let mut tainted = node("t", H100, 8);
+        tainted.untolerated_taint = Some("dedicated=infra:NoSchedule".into());
+        let mut cordoned = node("c", H100, 8);
+        cordoned.schedulable = false;
+        let mut s = snapshot(
+            vec![tainted, cordoned],
+            vec![booking("a", "u", H100, 1, 1), booking("b", "s", H100, 1, 2)],
+        );
+        s.users.insert(
+            "s".into(),
+            UserPolicy {
+                suspended: true,
+                ..Default::default()
+            },
+        );
+        let p = plan(&s);
+        assert!(p.placements.is_empty());
+        assert_eq!(p.waiting[0].wait, Wait::Capacity { largest_free: 0 });
+        assert_eq!(p.waiting[1].wait, Wait::UserSuspended);
+    }
+
+    #[test]
+    fn instance_quota_counts_placed_instances() {
+        let mut s = snapshot(
+            vec![node("a", H100, 8)],
+            vec![
+                booking("one", "u", H100, 1, 1),
+                booking("two", "u", H100, 1, 2),
+            ],
+        );
+        s.users.insert(
+            "u".into(),
+            UserPolicy {
+                max_instances: Some(1),
+                ..Default::default()
+            },
+        );
+        let p = plan(&s);
+        assert_eq!(placed(&p), vec![("one", "a")]);
+        assert_eq!(p.waiting[0].wait, Wait::InstanceQuota { placed: 1, max: 1 });
+    }
+
+    // ---- properties --------------------------------------------------------------
+
+    const MODELS: [&str; 3] = [H100, L4, "NVIDIA-A100-SXM4-80GB"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Book {
+            user: u8,
+            model: u8,
+            count: u32,
+            priority: i32,
+        },
+        Delete(usize),
+        /// Someone else's pod takes GPUs on a node.
+        Foreign {
+            node: usize,
+            count: u32,
+        },
+        /// The controller restarts: nothing survives but the cluster's objects.
+        Restart,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..3, 0u8..3, 1u32..9, -1i32..2)
+                .prop_map(|(user, model, count, priority)| Op::Book { user, model, count, priority }),
+            2 => any::<usize>().prop_map(Op::Delete),
+            1 => (any::<usize>(), 1u32..4).prop_map(|(node, count)| Op::Foreign { node, count }),
+        ]
+    }
+
+    fn nodes() -> impl Strategy<Value = Vec<NodeGpus>> {
+        prop::collection::vec((0usize..3, 0u32..9, any::<bool>()), 1..6).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (m, gpus, ok))| {
+                    let mut n = node(&format!("n{i}"), MODELS[m], gpus);
+                    n.ready = ok || i % 2 == 0;
+                    n
+                })
+                .collect()
+        })
+    }
+
+    /// The cluster as objects: nodes, foreign pods, bookings (with `placed_on` standing
+    /// for their pods). A pass sees only this, as a freshly restarted controller would,
+    /// so each step below is also a restart.
+    #[derive(Debug, Clone)]
+    struct World {
+        nodes: Vec<NodeGpus>,
+        foreign: BTreeMap<String, u32>,
+        bookings: Vec<Booking>,
+        users: BTreeMap<String, UserPolicy>,
+        clock: i64,
+    }
+
+    impl World {
+        fn snapshot(&self) -> Snapshot {
+            let mut used = self.foreign.clone();
+            for b in &self.bookings {
+                if let Some(n) = &b.placed_on {
+                    *used.entry(n.clone()).or_default() += b.count;
+                }
+            }
+            Snapshot {
+                nodes: self.nodes.clone(),
+                used,
+                users: self.users.clone(),
+                bookings: self.bookings.clone(),
+            }
+        }
+
+        fn apply(&mut self, plan: &Plan) {
+            for (key, node) in &plan.placements {
+                let b = self
+                    .bookings
+                    .iter_mut()
+                    .find(|b| &b.key == key)
+                    .expect("placed booking exists");
+                assert!(b.placed_on.is_none(), "{key} placed twice");
+                b.placed_on = Some(node.clone());
+            }
+        }
+    }
+
+    fn check_invariants(
+        world: &World,
+        before: &Snapshot,
+        plan: &Plan,
+    ) -> Result<(), TestCaseError> {
+        // Capacity: a pass never takes more than was free on a node.
+        for n in &world.nodes {
+            let was_used = before.used.get(&n.name).copied().unwrap_or(0);
+            let added: u32 = plan
+                .placements
+                .iter()
+                .filter(|(_, node)| node == &n.name)
+                .map(|(k, _)| {
+                    before
+                        .bookings
+                        .iter()
+                        .find(|b| &b.key == k)
+                        .map_or(0, |b| b.count)
+                })
+                .sum();
+            if added > 0 {
+                prop_assert!(n.eligible(), "placed on ineligible node {}", n.name);
+                prop_assert!(
+                    was_used + added <= n.allocatable,
+                    "node {} over capacity",
+                    n.name
+                );
+            }
+        }
+        // Model match, quota.
+        let mut gpus: BTreeMap<&str, u32> = BTreeMap::new();
+        for b in world.bookings.iter().filter(|b| b.placed_on.is_some()) {
+            let n = world
+                .nodes
+                .iter()
+                .find(|n| Some(&n.name) == b.placed_on.as_ref())
+                .unwrap();
+            prop_assert_eq!(n.model.as_deref(), Some(b.model.as_str()));
+            *gpus.entry(b.user.as_deref().unwrap()).or_default() += b.count;
+        }
+        for (user, used) in gpus {
+            if let Some(max) = world.users[user].max_gpus {
+                prop_assert!(used <= max, "user {} holds {} > {}", user, used, max);
+            }
+        }
+        // No overtaking: after a booking waits for GPUs of its model, no later booking
+        // of that model is placed in the same pass.
+        let order = |k: &InstanceKey| {
+            let b = before.bookings.iter().find(|b| &b.key == k).unwrap();
+            (-b.priority, b.created, b.key.clone(), b.model.clone())
+        };
+        for w in plan
+            .waiting
+            .iter()
+            .filter(|w| matches!(w.wait, Wait::Capacity { .. }))
+        {
+            let (p, c, k, model) = order(&w.key);
+            for (placed, _) in &plan.placements {
+                let (p2, c2, k2, model2) = order(placed);
+                if model2 == model {
+                    prop_assert!(
+                        (p2, c2, k2) < (p, c, k.clone()),
+                        "{} overtook {}",
+                        placed,
+                        w.key
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn random_histories_keep_capacity_quota_and_order(
+            nodes in nodes(),
+            quotas in prop::collection::vec(prop::option::of(1u32..12), 3),
+            ops in prop::collection::vec(op(), 1..60),
+        ) {
+            let users = quotas
+                .iter()
+                .enumerate()
+                .map(|(i, q)| (format!("u{i}"), UserPolicy { max_gpus: *q, ..Default::default() }))
+                .collect();
+            let mut world = World { nodes, foreign: BTreeMap::new(), bookings: vec![], users, clock: 0 };
+            for (i, op) in ops.into_iter().enumerate() {
+                world.clock += 1;
+                match op {
+                    Op::Book { user, model, count, priority } => {
+                        let mut b = booking(&format!("b{i}"), &format!("u{user}"), MODELS[model as usize], count, world.clock);
+                        b.priority = priority;
+                        world.bookings.push(b);
+                    }
+                    Op::Delete(i) if !world.bookings.is_empty() => {
+                        let i = i % world.bookings.len();
+                        world.bookings.remove(i);
+                    }
+                    Op::Foreign { node, count } => {
+                        // Only where it fits: the kubelet would refuse it otherwise.
+                        let snap = world.snapshot();
+                        let n = &world.nodes[node % world.nodes.len()];
+                        let used = snap.used.get(&n.name).copied().unwrap_or(0);
+                        if used + count <= n.allocatable {
+                            *world.foreign.entry(n.name.clone()).or_default() += count;
+                        }
+                    }
+                    Op::Delete(_) => {}
+                }
+                let before = world.snapshot();
+                let p = plan(&before);
+                world.apply(&p);
+                check_invariants(&world, &before, &p)?;
+                // Deciding again on the resulting world places nothing more: a pass after
+                // a crash or restart, seeing only the cluster, cannot double-book.
+                let again = plan(&world.snapshot());
+                prop_assert!(again.placements.is_empty(), "second pass placed {:?}", again.placements);
+            }
+        }
+    }
+}
