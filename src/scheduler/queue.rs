@@ -592,8 +592,6 @@ mod tests {
             node: usize,
             count: u32,
         },
-        /// The controller restarts: nothing survives but the cluster's objects.
-        Restart,
     }
 
     fn op() -> impl Strategy<Value = Op> {
