@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
 pub mod error;
 pub mod scheduler;
 pub mod telemetry;

@@ -19,6 +19,8 @@ pub struct Cli {
 enum Command {
     /// Show the cluster's GPU nodes: model, GPUs allocatable, in use and free, readiness.
     Nodes(nodes::NodesArgs),
+    /// Run the operator: reconcile GpuUsers and GpuInstances and place instances on GPU nodes.
+    Controller(crate::controller::ControllerArgs),
     /// Print the CustomResourceDefinitions generated from the Rust types (the source of crds/).
     Crd,
 }
@@ -28,6 +30,7 @@ impl Cli {
     pub async fn run(self) -> Result<(), Error> {
         match self.command {
             Command::Nodes(args) => nodes::run(args).await,
+            Command::Controller(args) => crate::controller::run(client().await?, args).await,
             Command::Crd => {
                 let yaml = crate::api::crds_yaml().map_err(|e| Error::Yaml(e.to_string()))?;
                 std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes())?;

@@ -1,0 +1,46 @@
+//! What a reconcile can fail with.
+
+use kube::runtime::finalizer;
+
+/// A reconcile error; the object is retried after a back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What we tried, in words.
+        action: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Adding or running a finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// Deletion waits for something (e.g. a user's instances to stop); retried shortly.
+    #[error("waiting: {0}")]
+    Waiting(String),
+    /// An object came back without a field the API always sets.
+    #[error("object has no {0}")]
+    Missing(&'static str),
+    /// Building an object failed (a bug).
+    #[error("building {0}: {1}")]
+    Build(&'static str, #[source] serde_json::Error),
+}
+
+impl Error {
+    /// Wraps a client error with what we tried, for `map_err`.
+    pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+}
+
+/// `Ok(None)` for a 404, so that deleting something already gone is not an error.
+pub fn ignore_not_found<T>(r: Result<T, kube::Error>) -> Result<Option<T>, kube::Error> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,126 @@
+//! The GpuInstance reconciler: follows each placed instance's pod, ends bookings at expiry,
+//! and on deletion removes the pod before letting the instance go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tracing::{field, info, instrument, warn};
+
+use super::error::ignore_not_found;
+use super::lifecycle::{self, PodAction, PodView};
+use super::pod::MANAGED_BY;
+use super::{Context, Error, apply_status};
+use crate::api::v1::GpuInstance;
+
+/// Finalizer on every GpuInstance: its pod is removed (and, with the usage agent, its last
+/// usage folded into its user) before it disappears.
+pub const FINALIZER: &str = "gpu-cloud.io/instance";
+
+/// Runs the instance controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let pods =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    Controller::new(
+        Api::<GpuInstance>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Pod>::all(client), pods)
+    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        if let Err(e) = res {
+            warn!(error = %e, "instance reconcile failed");
+        }
+    })
+    .await;
+}
+
+#[instrument(skip_all, fields(instance = %inst.namespace().unwrap_or_default(), name = %inst.name_any(), phase = field::Empty))]
+async fn reconcile(inst: Arc<GpuInstance>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = inst
+        .namespace()
+        .ok_or(Error::Missing("metadata.namespace"))?;
+    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, inst, |event| async {
+        match event {
+            Event::Apply(inst) => apply(&inst, &ctx).await,
+            Event::Cleanup(inst) => cleanup(&inst, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, Error> {
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let uid = inst.uid().ok_or(Error::Missing("metadata.uid"))?;
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let pod = pods.get_opt(&name).await.map_err(Error::kube("get pod"))?;
+    let view = pod.as_ref().and_then(|p| PodView::of(p, &uid));
+    let out = lifecycle::decide(inst, view.as_ref(), Timestamp::now());
+    tracing::Span::current().record("phase", field::debug(out.status.phase));
+
+    if inst.status.as_ref() != Some(&out.status) {
+        let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+        apply_status(&api, &name, &out.status)
+            .await
+            .map_err(Error::kube("write instance status"))?;
+    }
+    if out.pod == PodAction::Delete {
+        info!("booking ended: deleting its pod");
+        ignore_not_found(pods.delete(&name, &DeleteParams::default()).await)
+            .map_err(Error::kube("delete pod"))?;
+    }
+    for note in out.events {
+        ctx.event(inst, note.type_, note.reason, note.message).await;
+    }
+    if out.wake_scheduler {
+        ctx.wake.notify_one();
+    }
+    Ok(match out.requeue_after {
+        // A little past the deadline, so the clock has moved beyond it when we look.
+        Some(after) => Action::requeue(after + Duration::from_millis(200)),
+        None => Action::await_change(),
+    })
+}
+
+async fn cleanup(inst: &GpuInstance, ctx: &Context) -> Result<Action, Error> {
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let uid = inst.uid().unwrap_or_default();
+    let ours = pods.get_opt(&name).await.map_err(Error::kube("get pod"))?;
+    if ours
+        .as_ref()
+        .and_then(|p| PodView::of(p, &uid))
+        .is_some_and(|p| !p.terminating)
+    {
+        ignore_not_found(pods.delete(&name, &DeleteParams::default()).await)
+            .map_err(Error::kube("delete pod"))?;
+        ctx.event(
+            inst,
+            EventType::Normal,
+            "Stopped",
+            "instance deleted: its pod is being stopped".into(),
+        )
+        .await;
+    }
+    // Its GPUs count as free once the pod is gone; the placement loop sees that itself.
+    ctx.wake.notify_one();
+    Ok(Action::await_change())
+}
+
+fn error_policy(inst: Arc<GpuInstance>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(instance = %inst.object_ref(&()).name.unwrap_or_default(), error = %err, "retrying");
+    Action::requeue(Duration::from_secs(2))
+}

@@ -1,0 +1,122 @@
+//! `gpu-cloud controller`: the user and instance reconcilers and the placement loop.
+//!
+//! Each reconciler reads the world, asks a pure function what should be ([`lifecycle`],
+//! [`crate::scheduler`]), and writes the difference. Nothing is kept in memory that the
+//! cluster does not also hold: a restarted controller picks up where the last one stopped.
+
+pub mod conditions;
+mod error;
+pub mod instance;
+pub mod lifecycle;
+pub mod placement;
+pub mod pod;
+pub mod user;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, Recorder, Reporter};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tracing::warn;
+
+pub use error::Error;
+
+/// Field manager of every write the controller makes.
+pub const FIELD_MANAGER: &str = "gpu-cloud-controller";
+
+/// Settings of the controller.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// How often the placement loop runs even when nothing asked it to (catches node
+    /// changes such as a node becoming Ready).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// Reconciles in flight at once, per controller.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::api::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// What every reconciler shares.
+pub struct Context {
+    /// The client.
+    pub client: Client,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Wakes the placement loop (GPUs freed, an instance waits, a quota changed).
+    pub wake: Notify,
+    /// Settings.
+    pub args: ControllerArgs,
+}
+
+impl Context {
+    /// Publishes an event on `obj`; a failure is logged, never fatal.
+    pub async fn event<K>(
+        &self,
+        obj: &K,
+        type_: kube::runtime::events::EventType,
+        reason: &str,
+        note: String,
+    ) where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+}
+
+/// Writes `status` on `name` with server-side apply, as [`FIELD_MANAGER`]: fields the
+/// controller set before and leaves out now are removed, fields other managers own (the
+/// agent's usage) are left alone.
+pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Runs both controllers and the placement loop until SIGINT/SIGTERM.
+pub async fn run(client: Client, args: ControllerArgs) -> Result<(), crate::Error> {
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        wake: Notify::new(),
+        args,
+    });
+    tracing::info!("gpu-cloud controller starting");
+    let placement = tokio::spawn(placement::run(ctx.clone()));
+    tokio::join!(user::run(ctx.clone()), instance::run(ctx.clone()));
+    placement.abort();
+    tracing::info!("gpu-cloud controller stopped");
+    Ok(())
+}

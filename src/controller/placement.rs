@@ -1,0 +1,328 @@
+//! The placement loop: one pass at a time, it reads the whole cluster (nodes, pods, users,
+//! instances) with fresh quorum reads, asks [`crate::scheduler::plan`] what to place, creates
+//! the pods, and writes every waiting instance's queue position and reason.
+//!
+//! Passes never overlap, each starts from what the apiserver says (never from memory), and
+//! a placement is committed by creating a pod whose name is the instance's: a second
+//! attempt (after a crash, or by a second controller) collides with `AlreadyExists` instead
+//! of booking the GPUs twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, instrument, warn};
+
+use super::conditions::{Health, with_health};
+use super::lifecycle::{self, PodView};
+use super::{Context, Error, apply_status, pod};
+use crate::api::USER_LABEL;
+use crate::api::v1::{GpuInstance, GpuInstanceStatus, GpuUser, Phase};
+use crate::scheduler::{self, Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, Waiting};
+
+/// Writes in flight at once within a pass.
+const WRITE_CONCURRENCY: usize = 16;
+
+/// Runs passes until the task is aborted: on every wake-up, and every `resync` anyway.
+pub async fn run(ctx: Arc<Context>) {
+    loop {
+        tokio::select! {
+            _ = ctx.wake.notified() => {}
+            _ = tokio::time::sleep(ctx.args.resync) => {}
+        }
+        // Let a burst of changes (a batch of bookings applied at once) land in one pass.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(e) = pass(&ctx).await {
+            warn!(error = %e, "placement pass failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ctx.wake.notify_one();
+        }
+    }
+}
+
+/// Everything one pass reads.
+struct World {
+    nodes: Vec<Node>,
+    pods: Vec<Pod>,
+    namespaces: Vec<Namespace>,
+    users: Vec<GpuUser>,
+    instances: Vec<GpuInstance>,
+}
+
+#[instrument(skip_all, fields(placed, waiting))]
+async fn pass(ctx: &Context) -> Result<(), Error> {
+    let world = read_world(ctx).await?;
+    let snapshot = snapshot(&world);
+    let plan = scheduler::plan(&snapshot);
+    tracing::Span::current().record("placed", plan.placements.len());
+    tracing::Span::current().record("waiting", plan.waiting.len());
+
+    let by_key: BTreeMap<InstanceKey, &GpuInstance> =
+        world.instances.iter().map(|i| (key_of(i), i)).collect();
+    let user_of: BTreeMap<&InstanceKey, Option<&str>> = snapshot
+        .bookings
+        .iter()
+        .map(|b| (&b.key, b.user.as_deref()))
+        .collect();
+
+    // Owned inputs: the futures below must not borrow from a closure's argument.
+    let to_place: Vec<(GpuInstance, String, String)> = plan
+        .placements
+        .iter()
+        .filter_map(|(key, node)| {
+            let user = user_of.get(key).copied().flatten()?;
+            Some(((*by_key.get(key)?).clone(), user.to_owned(), node.clone()))
+        })
+        .collect();
+    let placed = to_place.len();
+    stream::iter(to_place)
+        .map(|(inst, user, node)| async move { place(ctx, &inst, &user, &node).await })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    if placed > 0 {
+        info!(count = placed, "placed instances");
+    }
+
+    let now = Timestamp::now();
+    let to_mark: Vec<(GpuInstance, Option<String>, Waiting)> = plan
+        .waiting
+        .into_iter()
+        .filter_map(|w| {
+            let user = user_of.get(&w.key).copied().flatten().map(str::to_owned);
+            Some(((*by_key.get(&w.key)?).clone(), user, w))
+        })
+        .collect();
+    stream::iter(to_mark)
+        .map(|(inst, user, w)| async move { mark_waiting(ctx, &inst, user.as_deref(), &w, now).await })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+async fn read_world(ctx: &Context) -> Result<World, Error> {
+    let c = &ctx.client;
+    let lp = ListParams::default();
+    let active = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    let (nodes, pods, namespaces, users, instances) = tokio::try_join!(
+        async {
+            Api::<Node>::all(c.clone())
+                .list(&lp)
+                .await
+                .map_err(Error::kube("list nodes"))
+        },
+        async {
+            Api::<Pod>::all(c.clone())
+                .list(&active)
+                .await
+                .map_err(Error::kube("list pods"))
+        },
+        async {
+            Api::<Namespace>::all(c.clone())
+                .list(&ListParams::default().labels(USER_LABEL))
+                .await
+                .map_err(Error::kube("list user namespaces"))
+        },
+        async {
+            Api::<GpuUser>::all(c.clone())
+                .list(&lp)
+                .await
+                .map_err(Error::kube("list GpuUsers"))
+        },
+        async {
+            Api::<GpuInstance>::all(c.clone())
+                .list(&lp)
+                .await
+                .map_err(Error::kube("list GpuInstances"))
+        },
+    )?;
+    Ok(World {
+        nodes: nodes.items,
+        pods: pods.items,
+        namespaces: namespaces.items,
+        users: users.items,
+        instances: instances.items,
+    })
+}
+
+fn key_of(inst: &GpuInstance) -> InstanceKey {
+    InstanceKey {
+        namespace: inst.namespace().unwrap_or_default(),
+        name: inst.name_any(),
+    }
+}
+
+/// The pure scheduler's view of the world.
+fn snapshot(world: &World) -> Snapshot {
+    let nodes = world.nodes.iter().map(NodeGpus::from_node).collect();
+    let used = scheduler::gpus_in_use(&world.pods);
+    let ns_user: BTreeMap<String, String> = world
+        .namespaces
+        .iter()
+        .filter_map(|ns| Some((ns.name_any(), ns.labels().get(USER_LABEL)?.clone())))
+        .collect();
+    let users = world
+        .users
+        .iter()
+        .map(|u| {
+            let q = &u.spec.quota;
+            let policy = UserPolicy {
+                max_gpus: q.max_gpus,
+                max_instances: q.max_instances,
+                allowed_models: q.allowed_models.clone(),
+                suspended: u.spec.suspended,
+            };
+            (u.name_any(), policy)
+        })
+        .collect();
+    let pod_of: BTreeMap<(String, String), &Pod> = world
+        .pods
+        .iter()
+        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
+        .collect();
+    let bookings = world
+        .instances
+        .iter()
+        .filter_map(|inst| {
+            let status = inst.status.clone().unwrap_or_default();
+            if inst.meta().deletion_timestamp.is_some()
+                || status.phase.is_some_and(Phase::is_finished)
+            {
+                return None;
+            }
+            let key = key_of(inst);
+            let uid = inst.uid().unwrap_or_default();
+            let pod = pod_of
+                .get(&(key.namespace.clone(), key.name.clone()))
+                .and_then(|p| PodView::of(p, &uid));
+            let placed_on = match (pod, status.node_name) {
+                (Some(p), _) => Some(p.node.unwrap_or_default()),
+                // Placed once, pod gone: the instance reconciler ends it; never re-place.
+                (None, Some(_)) => return None,
+                (None, None) => None,
+            };
+            Some(Booking {
+                user: ns_user.get(&key.namespace).cloned(),
+                model: inst.spec.gpu.model.clone(),
+                count: inst.spec.gpu.count,
+                priority: inst.spec.priority,
+                created: inst
+                    .meta()
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+                placed_on,
+                key,
+            })
+        })
+        .collect();
+    Snapshot {
+        nodes,
+        used,
+        users,
+        bookings,
+    }
+}
+
+/// Creates the pod (the commit point), then records the placement in the status.
+async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Result<(), Error> {
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let pod = pod::build(inst, user, node).map_err(|e| Error::Build("pod", e))?;
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let created = match pods.create(&PostParams::default(), &pod).await {
+        Ok(p) => p,
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            // A pod of that name exists: ours from an earlier attempt (the next pass sees
+            // it as placed), or a leftover still terminating. Either way, not twice.
+            debug!(instance = %name, "pod already exists");
+            return Ok(());
+        }
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            // The namespace's ResourceQuota refused it: our view of the quota was stale.
+            warn!(instance = %name, reason = %e.message, "pod refused");
+            ctx.event(inst, EventType::Warning, "PodRefused", e.message.clone())
+                .await;
+            return Ok(());
+        }
+        Err(e) => return Err(Error::kube("create pod")(e)),
+    };
+    let uid = inst.uid().unwrap_or_default();
+    let view = PodView::of(&created, &uid);
+    let out = lifecycle::decide(inst, view.as_ref(), Timestamp::now());
+    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+    apply_status(&api, &name, &out.status)
+        .await
+        .map_err(Error::kube("write instance status"))?;
+    let what = format!("{} x {}", inst.spec.gpu.count, inst.spec.gpu.model);
+    ctx.event(
+        inst,
+        EventType::Normal,
+        "Scheduled",
+        format!("placed {what} on {node}"),
+    )
+    .await;
+    Ok(())
+}
+
+/// Writes a waiting instance's queue status, if it changed.
+async fn mark_waiting(
+    ctx: &Context,
+    inst: &GpuInstance,
+    user: Option<&str>,
+    w: &Waiting,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let old = inst.status.clone().unwrap_or_default();
+    let status = queued_status(inst, user, w, now);
+    if status == old {
+        return Ok(());
+    }
+    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &w.key.namespace);
+    apply_status(&api, &w.key.name, &status)
+        .await
+        .map_err(Error::kube("write queue status"))?;
+    let reason_changed = old.conditions.iter().all(|c| c.reason != w.wait.reason());
+    if old.phase != Some(Phase::Queued) || reason_changed {
+        let type_ = if w.wait.stalled() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(inst, type_, w.wait.reason(), w.message.clone())
+            .await;
+    }
+    Ok(())
+}
+
+/// The status of an instance that waits (pure).
+pub fn queued_status(
+    inst: &GpuInstance,
+    user: Option<&str>,
+    w: &Waiting,
+    now: Timestamp,
+) -> GpuInstanceStatus {
+    let old = inst.status.clone().unwrap_or_default();
+    let generation = inst.metadata.generation;
+    let (reason, message) = (w.wait.reason(), w.message.as_str());
+    let health = if w.wait.stalled() {
+        Health::Stalled { reason, message }
+    } else {
+        Health::Progressing { reason, message }
+    };
+    GpuInstanceStatus {
+        phase: Some(Phase::Queued),
+        conditions: with_health(&old.conditions, health, generation, now),
+        observed_generation: generation,
+        user: user.map(str::to_owned),
+        queue_position: Some(w.position),
+        message: Some(w.message.clone()),
+        ..old
+    }
+}

@@ -1,0 +1,305 @@
+//! The GpuUser reconciler: a namespace per user, a RoleBinding of the user's subjects to
+//! the `gpu-cloud-user` ClusterRole there, a ResourceQuota matching the user's quota, and a
+//! status with what the user holds. On deletion it stops the user's instances first, then
+//! removes the namespace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{instrument, warn};
+
+use super::conditions::{Health, with_health};
+use super::error::ignore_not_found;
+use super::pod::MANAGED_BY;
+use super::{Context, Error, FIELD_MANAGER, apply_status};
+use crate::api::USER_LABEL;
+use crate::api::v1::{GpuInstance, GpuUser, GpuUserStatus, Phase, SubjectKind};
+use crate::scheduler::GPU_RESOURCE;
+
+/// Finalizer on every GpuUser: instances stopped and namespace removed before it goes.
+pub const FINALIZER: &str = "gpu-cloud.io/user";
+/// The ClusterRole a user's subjects are bound to in the user's namespace.
+pub const USER_CLUSTER_ROLE: &str = "gpu-cloud-user";
+/// Name of the RoleBinding and ResourceQuota the operator keeps in each user namespace.
+pub const OBJECT_NAME: &str = "gpu-cloud-user";
+/// Prefix of user namespaces: user `alice` books in `gpu-alice`.
+pub const NAMESPACE_PREFIX: &str = "gpu-";
+
+/// The namespace of user `name`.
+pub fn namespace_of(name: &str) -> String {
+    format!("{NAMESPACE_PREFIX}{name}")
+}
+
+/// Runs the user controller until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let managed = watcher::Config::default().labels(USER_LABEL);
+    Controller::new(
+        Api::<GpuUser>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Namespace>::all(client.clone()), managed)
+    // Instances change what a user holds: refresh the user's status.
+    .watches(
+        Api::<GpuInstance>::all(client),
+        watcher::Config::default(),
+        |inst| {
+            inst.namespace()
+                .and_then(|ns| ns.strip_prefix(NAMESPACE_PREFIX).map(str::to_owned))
+                .map(|user| ObjectRef::<GpuUser>::new(&user))
+        },
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        if let Err(e) = res {
+            warn!(error = %e, "user reconcile failed");
+        }
+    })
+    .await;
+}
+
+#[instrument(skip_all, fields(user = %user.name_any()))]
+async fn reconcile(user: Arc<GpuUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api = Api::<GpuUser>::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, user, |event| async {
+        match event {
+            Event::Apply(user) => apply(&user, &ctx).await,
+            Event::Cleanup(user) => cleanup(&user, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
+    let name = user.name_any();
+    let ns = namespace_of(&name);
+    let client = &ctx.client;
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    let old = user.status.clone().unwrap_or_default();
+    let generation = user.metadata.generation;
+    let now = Timestamp::now();
+
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let existing = namespaces
+        .get_opt(&ns)
+        .await
+        .map_err(Error::kube("get namespace"))?;
+    if let Some(taken) = existing.filter(|n| n.labels().get(USER_LABEL) != Some(&name)) {
+        let msg = format!(
+            "namespace {} exists and does not belong to GpuUser {name}",
+            taken.name_any()
+        );
+        let status = GpuUserStatus {
+            conditions: with_health(
+                &old.conditions,
+                Health::Stalled {
+                    reason: "NamespaceTaken",
+                    message: &msg,
+                },
+                generation,
+                now,
+            ),
+            observed_generation: generation,
+            ..old.clone()
+        };
+        if status != old {
+            apply_status(&Api::<GpuUser>::all(client.clone()), &name, &status)
+                .await
+                .map_err(Error::kube("write user status"))?;
+            ctx.event(user, EventType::Warning, "NamespaceTaken", msg)
+                .await;
+        }
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+
+    let owner = user
+        .controller_owner_ref(&())
+        .into_iter()
+        .collect::<Vec<_>>();
+    let labels = json!({USER_LABEL: name, "app.kubernetes.io/managed-by": MANAGED_BY});
+    let namespace = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": labels, "ownerReferences": owner},
+    });
+    namespaces
+        .patch(&ns, &ssa, &Patch::Apply(namespace))
+        .await
+        .map_err(Error::kube("apply namespace"))?;
+
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": OBJECT_NAME, "namespace": ns, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": USER_CLUSTER_ROLE},
+        "subjects": user.spec.subjects.iter().map(|s| match s.kind {
+            SubjectKind::ServiceAccount => json!({"kind": "ServiceAccount", "name": s.name, "namespace": s.namespace}),
+            SubjectKind::User => json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": s.name}),
+            SubjectKind::Group => json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": s.name}),
+        }).collect::<Vec<_>>(),
+    });
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .patch(OBJECT_NAME, &ssa, &Patch::Apply(binding))
+        .await
+        .map_err(Error::kube("apply RoleBinding"))?;
+
+    let mut hard = serde_json::Map::new();
+    if let Some(max) = user.spec.quota.max_gpus {
+        hard.insert(format!("requests.{GPU_RESOURCE}"), json!(max.to_string()));
+    }
+    let quota = json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": OBJECT_NAME, "namespace": ns, "labels": labels},
+        "spec": {"hard": hard},
+    });
+    Api::<ResourceQuota>::namespaced(client.clone(), &ns)
+        .patch(OBJECT_NAME, &ssa, &Patch::Apply(quota))
+        .await
+        .map_err(Error::kube("apply ResourceQuota"))?;
+
+    let instances = Api::<GpuInstance>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list instances"))?;
+    let (gpus_in_use, active) = holdings(&instances.items);
+    let message = if user.spec.suspended {
+        format!("suspended: no new instance starts; namespace {ns}")
+    } else {
+        format!("books in namespace {ns}")
+    };
+    let status = GpuUserStatus {
+        conditions: with_health(
+            &old.conditions,
+            Health::Ready {
+                reason: "Provisioned",
+                message: &message,
+            },
+            generation,
+            now,
+        ),
+        observed_generation: generation,
+        namespace: Some(ns.clone()),
+        gpus_in_use,
+        instances: active,
+    };
+    if status != old {
+        apply_status(&Api::<GpuUser>::all(client.clone()), &name, &status)
+            .await
+            .map_err(Error::kube("write user status"))?;
+        if old.namespace.is_none() {
+            ctx.event(
+                user,
+                EventType::Normal,
+                "Provisioned",
+                format!("namespace {ns} ready"),
+            )
+            .await;
+        }
+        if old.observed_generation != generation {
+            // Quota or suspension may have changed what can be placed.
+            ctx.wake.notify_one();
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// GPUs held by placed instances, and instances not finished (pure).
+pub fn holdings(instances: &[GpuInstance]) -> (u32, u32) {
+    let mut gpus = 0u32;
+    let mut active = 0u32;
+    for inst in instances {
+        let status = inst.status.as_ref();
+        let phase = status.and_then(|s| s.phase);
+        if phase.is_some_and(Phase::is_finished) {
+            continue;
+        }
+        active += 1;
+        if status.is_some_and(|s| s.node_name.is_some()) {
+            gpus = gpus.saturating_add(inst.spec.gpu.count);
+        }
+    }
+    (gpus, active)
+}
+
+async fn cleanup(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
+    let ns = namespace_of(&user.name_any());
+    let owned = Api::<Namespace>::all(ctx.client.clone())
+        .get_opt(&ns)
+        .await
+        .map_err(Error::kube("get namespace"))?
+        .filter(|n| n.labels().get(USER_LABEL) == Some(&user.name_any()));
+    if owned.is_none() {
+        return Ok(Action::await_change());
+    }
+    let instances = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+    let list = instances
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::kube("list instances"))?;
+    if !list.items.is_empty() {
+        // Each instance's own finalizer stops its pod (and folds in its usage) first.
+        for inst in list
+            .items
+            .iter()
+            .filter(|i| i.meta().deletion_timestamp.is_none())
+        {
+            ignore_not_found(
+                instances
+                    .delete(&inst.name_any(), &DeleteParams::default())
+                    .await,
+            )
+            .map_err(Error::kube("delete instance"))?;
+        }
+        ctx.event(
+            user,
+            EventType::Normal,
+            "Stopping",
+            format!("stopping {} instances", list.items.len()),
+        )
+        .await;
+        return Err(Error::Waiting(format!(
+            "{} instances of {} still stopping",
+            list.items.len(),
+            user.name_any()
+        )));
+    }
+    ignore_not_found(
+        Api::<Namespace>::all(ctx.client.clone())
+            .delete(&ns, &DeleteParams::default())
+            .await,
+    )
+    .map_err(Error::kube("delete namespace"))?;
+    ctx.event(
+        user,
+        EventType::Normal,
+        "Deleted",
+        format!("instances stopped, namespace {ns} deleted"),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+fn error_policy(user: Arc<GpuUser>, err: &Error, _ctx: Arc<Context>) -> Action {
+    match err {
+        Error::Finalizer(e)
+            if matches!(
+                **e,
+                kube::runtime::finalizer::Error::CleanupFailed(Error::Waiting(_))
+            ) => {}
+        _ => warn!(user = %user.name_any(), error = %err, "retrying"),
+    }
+    Action::requeue(Duration::from_secs(1))
+}
