@@ -159,9 +159,9 @@ pub struct GpuInstanceSpec {
     #[serde(default)]
     pub resources: ContainerResources,
     /// How long the booking lasts from placement, e.g. `30m`, `8h`, `1h30m`
-    /// (between 1m and 720h). The instance is stopped when it runs out.
+    /// (between 10s and 720h). The instance is stopped when it runs out.
     #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,6}[hms])+$')").message("spec.duration must look like 30m, 8h or 1h30m (units h, m, s)"))]
-    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,6}[hms])+$') || (duration(self) >= duration('1m') && duration(self) <= duration('720h'))").message("spec.duration must be between 1m and 720h"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,6}[hms])+$') || (duration(self) >= duration('10s') && duration(self) <= duration('720h'))").message("spec.duration must be between 10s and 720h"))]
     #[schemars(length(max = 32))]
     pub duration: String,
     /// Higher goes first in the queue; equal priorities are served first come, first served.

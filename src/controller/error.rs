@@ -29,6 +29,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The reconcile only waits for something to finish (not a failure worth a warning).
+    pub fn is_waiting(&self) -> bool {
+        match self {
+            Error::Waiting(_) => true,
+            Error::Finalizer(e) => {
+                matches!(**e, finalizer::Error::CleanupFailed(Error::Waiting(_)))
+            }
+            _ => false,
+        }
+    }
+
     /// Wraps a client error with what we tried, for `map_err`.
     pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let action = action.into();

@@ -98,11 +98,133 @@ fn start() -> Result<ControlPlane, String> {
 }
 
 extern "C" fn stop_at_exit() {
+    if let Some(mut c) = CONTROLLER.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     let child = SUPERVISOR.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(mut child) = child {
         drop(child.stdin.take()); // EOF: the script runs `down` and exits
         let _ = child.wait();
     }
+}
+
+/// The controller process shared by the tests (`gpu-cloud controller`), if started.
+static CONTROLLER: Mutex<Option<Child>> = Mutex::new(None);
+static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Makes sure the CRDs and the `gpu-cloud-user` ClusterRole are installed and one
+/// controller runs against the shared control plane. Call at the start of every test
+/// that needs the operator.
+pub async fn operator() -> Client {
+    let client = client().await;
+    let cp = control_plane();
+    let installed = INSTALLED.get_or_init(|| {
+        let out = Command::new(kubectl())
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .args(["apply", "--server-side", "--force-conflicts", "-f"])
+            .arg(repo_root().join("crds"))
+            .args(["-f"])
+            .arg(repo_root().join("charts/gpu-cloud/templates/user-clusterrole.yaml"))
+            .output()
+            .map_err(|e| format!("running kubectl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "installing CRDs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let out = Command::new(kubectl())
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/gpuusers.gpu-cloud.io",
+                "crd/gpuinstances.gpu-cloud.io",
+            ])
+            .output()
+            .map_err(|e| format!("running kubectl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "CRDs not established: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        start_controller()
+    });
+    if let Err(why) = installed {
+        panic!("cannot install the operator: {why}");
+    }
+    client
+}
+
+/// kubectl from the control-plane binaries.
+pub fn kubectl() -> PathBuf {
+    let out = Command::new(repo_root().join("hack/controlplane-build"))
+        .arg("--print")
+        .output()
+        .expect("hack/controlplane-build --print");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl")
+}
+
+fn start_controller() -> Result<(), String> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"));
+    cmd.args(["controller", "--resync", "2s"])
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("GPU_CLOUD_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            // The controller dies with the test process, however that ends.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = on_keeper(move || cmd.spawn())
+        .map_err(|e| format!("cannot start gpu-cloud controller: {e}"))?;
+    *CONTROLLER.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+    Ok(())
+}
+
+/// Runs `f` on a thread that lives as long as the test process. Children must be spawned
+/// there: PR_SET_PDEATHSIG fires when the *thread* that forked them ends, and every test
+/// runs on a thread of its own.
+fn on_keeper<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    type Job = Box<dyn FnOnce() + Send>;
+    static KEEPER: OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for job in rx {
+                job();
+            }
+        });
+        Mutex::new(tx)
+    });
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _ = done_tx.send(f());
+    });
+    keeper
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .expect("keeper thread alive");
+    done_rx.recv().expect("keeper thread answered")
+}
+
+/// SIGKILLs the shared controller and starts a new one (a crash and a restart).
+pub fn kill_and_restart_controller() {
+    if let Some(mut c) = CONTROLLER.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        c.kill().expect("SIGKILL the controller");
+        c.wait().expect("reap the controller");
+    }
+    start_controller().expect("restart the controller");
 }
 
 /// A client with admin rights on the shared control plane. Each test makes its own,
@@ -153,4 +275,158 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Creates `count` fake GPU nodes (kwok) with `gpus` GPUs of `model` each, named
+/// `<prefix>-<i>`, and waits until they are Ready and untainted. A test that books a model
+/// of its own never competes with other tests for GPUs.
+pub async fn gpu_nodes(
+    client: &Client,
+    prefix: &str,
+    model: &str,
+    count: usize,
+    gpus: u32,
+) -> Vec<String> {
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
+    let mut names = vec![];
+    for i in 0..count {
+        let name = format!("{prefix}-{i}");
+        let node = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {"type": "kwok", "kubernetes.io/hostname": name,
+                           "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": model}
+            },
+            "status": {
+                "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()},
+                "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()}
+            }
+        }))
+        .expect("node object");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create fake GPU node");
+        names.push(name);
+    }
+    for name in &names {
+        eventually(
+            Duration::from_secs(60),
+            &format!("node {name} Ready and untainted"),
+            || async {
+                let n = nodes.get(name).await.expect("get node");
+                let g = gpu_cloud::scheduler::NodeGpus::from_node(&n);
+                let tainted = n.spec.and_then(|s| s.taints).is_some_and(|t| !t.is_empty());
+                g.ready && !tainted
+            },
+        )
+        .await;
+    }
+    names
+}
+
+/// Registers GpuUser `name` with `spec` (JSON) and waits until it is Ready; returns its
+/// namespace.
+pub async fn user(client: &Client, name: &str, spec: serde_json::Value) -> String {
+    use gpu_cloud::api::v1::GpuUser;
+    let users = Api::<GpuUser>::all(client.clone());
+    let user: GpuUser = serde_json::from_value(serde_json::json!({
+        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .expect("GpuUser object");
+    users
+        .create(&PostParams::default(), &user)
+        .await
+        .expect("create GpuUser");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let u = users.get(name).await.expect("get GpuUser");
+        let status = u.status.unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if let Some(ns) = status.namespace.clone().filter(|_| ready) {
+            return ns;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GpuUser {name} not Ready after 30 s: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Books a GpuInstance `name` in `ns` with `spec` (JSON).
+pub async fn book(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> gpu_cloud::api::v1::GpuInstance {
+    use gpu_cloud::api::v1::GpuInstance;
+    let inst: GpuInstance = serde_json::from_value(serde_json::json!({
+        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec
+    }))
+    .expect("GpuInstance object");
+    Api::<GpuInstance>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &inst)
+        .await
+        .unwrap_or_else(|e| panic!("booking {ns}/{name}: {e}"))
+}
+
+/// Waits until instance `ns/name` satisfies `check`, and returns it.
+pub async fn wait_instance(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&gpu_cloud::api::v1::GpuInstance) -> bool,
+) -> gpu_cloud::api::v1::GpuInstance {
+    use gpu_cloud::api::v1::GpuInstance;
+    let api = Api::<GpuInstance>::namespaced(client.clone(), ns);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let inst = api
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("get {ns}/{name}: {e}"));
+        if check(&inst) {
+            return inst;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {ns}/{name} to be {what}; status: {:?}",
+            inst.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The phase of an instance, for `wait_instance` checks.
+pub fn phase(inst: &gpu_cloud::api::v1::GpuInstance) -> Option<gpu_cloud::api::v1::Phase> {
+    inst.status.as_ref().and_then(|s| s.phase)
+}
+
+/// `prefix-xxxxxx`: a name no other test (or earlier run on a reused cluster) has taken.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{:06x}", (nanos ^ std::process::id()) & 0xff_ffff)
+}
+
+/// A client that acts as user `name` (impersonation), as `kubectl --as` does.
+pub async fn client_as(name: &str) -> Client {
+    let path = &control_plane().kubeconfig;
+    let kubeconfig = Kubeconfig::read_from(path).expect("read kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    config.auth_info.impersonate = Some(name.to_owned());
+    Client::try_from(config).expect("impersonating client")
 }

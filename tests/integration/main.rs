@@ -5,4 +5,8 @@
 //! test works in a namespace of its own (see [`harness::namespace`]).
 
 mod harness;
+mod instances;
+mod isolation;
+mod scale;
 mod smoke;
+mod users;

@@ -1,0 +1,89 @@
+//! Tenant isolation, proven by impersonating a user's subject: a user manages instances in
+//! their own namespace only, reads their pods, and never writes status.
+
+use gpu_cloud::api::v1::GpuInstance;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use crate::harness;
+
+fn is_forbidden(r: Result<impl Sized, kube::Error>) -> bool {
+    matches!(r, Err(kube::Error::Api(e)) if e.code == 403)
+}
+
+#[tokio::test]
+async fn a_user_sees_and_touches_only_their_own_instances() {
+    let admin = harness::operator().await;
+    let (alice, bob) = (harness::unique("alice"), harness::unique("bob"));
+    let alice_ns = harness::user(
+        &admin,
+        &alice,
+        json!({"subjects": [{"kind": "User", "name": alice}]}),
+    )
+    .await;
+    let bob_ns = harness::user(
+        &admin,
+        &bob,
+        json!({"subjects": [{"kind": "User", "name": bob}]}),
+    )
+    .await;
+    let spec = json!({"gpu": {"model": "NVIDIA-NONE", "count": 1}, "image": "x", "duration": "1h"});
+    harness::book(&admin, &bob_ns, "bobs", spec.clone()).await;
+
+    let as_alice = harness::client_as(&alice).await;
+    let mine = Api::<GpuInstance>::namespaced(as_alice.clone(), &alice_ns);
+    let theirs = Api::<GpuInstance>::namespaced(as_alice.clone(), &bob_ns);
+
+    // Allowed: book, view, list, delete in her namespace; read its pods.
+    harness::book(&as_alice, &alice_ns, "mine", spec).await;
+    assert_eq!(
+        mine.list(&ListParams::default())
+            .await
+            .expect("alice lists hers")
+            .items
+            .len(),
+        1
+    );
+    mine.get("mine").await.expect("alice reads hers");
+    Api::<Pod>::namespaced(as_alice.clone(), &alice_ns)
+        .list(&ListParams::default())
+        .await
+        .expect("alice lists her pods");
+
+    // Refused: anything in bob's namespace, anything cluster-wide, any status write.
+    assert!(
+        is_forbidden(theirs.list(&ListParams::default()).await),
+        "alice listed bob's instances"
+    );
+    assert!(
+        is_forbidden(theirs.get("bobs").await),
+        "alice read bob's instance"
+    );
+    assert!(
+        is_forbidden(theirs.delete("bobs", &Default::default()).await),
+        "alice deleted bob's instance"
+    );
+    assert!(is_forbidden(
+        Api::<GpuInstance>::all(as_alice.clone())
+            .list(&ListParams::default())
+            .await
+    ));
+    assert!(is_forbidden(
+        Api::<Pod>::namespaced(as_alice.clone(), &bob_ns)
+            .list(&ListParams::default())
+            .await
+    ));
+    let status = Patch::Merge(json!({"status": {"phase": "Running"}}));
+    assert!(
+        is_forbidden(
+            mine.patch_status("mine", &PatchParams::default(), &status)
+                .await
+        ),
+        "alice wrote status"
+    );
+
+    mine.delete("mine", &Default::default())
+        .await
+        .expect("alice deletes hers");
+}
