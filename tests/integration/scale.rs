@@ -52,6 +52,36 @@ async fn two_hundred_bookings_at_once_survive_a_controller_crash() {
             .await;
     });
 
+    // Throughout the run, every sample of the pods must fit the nodes.
+    let watch_client = client.clone();
+    let watch_ns = ns.clone();
+    let sampler = tokio::spawn(async move {
+        let pods = Api::<Pod>::namespaced(watch_client, &watch_ns);
+        let mut samples = 0u32;
+        loop {
+            let list = pods.list(&ListParams::default()).await.expect("list pods");
+            let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
+            for p in &list.items {
+                let node = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
+                *per_node.entry(node).or_default() += pod_gpu_request(p);
+            }
+            if let Some((node, used)) = per_node.iter().find(|(_, u)| **u > GPUS_PER_NODE) {
+                return Err(format!(
+                    "sample {samples}: {node} holds {used} GPUs of {GPUS_PER_NODE}"
+                ));
+            }
+            samples += 1;
+            if list.items.len() >= 20 && samples > 50 {
+                return Ok(samples);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+
     // Crash the controller once placements are under way, then let a new one take over.
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     eventually(Duration::from_secs(60), "first placements", || async {
@@ -86,6 +116,10 @@ async fn two_hundred_bookings_at_once_survive_a_controller_crash() {
     )
     .await;
     let settled = started.elapsed();
+    let samples = sampler
+        .await
+        .expect("sampler")
+        .unwrap_or_else(|e| panic!("over capacity during the run: {e}"));
 
     let instances = api.list(&ListParams::default()).await.unwrap().items;
     let pods = pods.list(&ListParams::default()).await.unwrap().items;
@@ -142,7 +176,7 @@ async fn two_hundred_bookings_at_once_survive_a_controller_crash() {
     let used: u32 = per_node.values().sum();
     println!(
         "{INSTANCES} instances applied at once with a controller SIGKILL: settled in {settled:?}; \
-         {} Running holding {used} of {} GPUs, {} Queued",
+         {} Running holding {used} of {} GPUs, {} Queued; capacity held in {samples} samples",
         running.len(),
         NODES as u32 * GPUS_PER_NODE,
         INSTANCES - running.len()
