@@ -159,6 +159,21 @@ pub async fn operator() -> Client {
     client
 }
 
+/// Runs kubectl (admin) on the shared control plane; panics with its stderr on failure.
+pub fn kubectl_out(args: &[&str]) -> String {
+    let out = Command::new(kubectl())
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// kubectl from the control-plane binaries.
 pub fn kubectl() -> PathBuf {
     let out = Command::new(repo_root().join("hack/controlplane-build"))

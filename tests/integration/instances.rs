@@ -103,12 +103,54 @@ async fn book_view_delete_and_queue() {
         Some(format!("waiting for 2 x {model}: none free, 1 ahead").as_str())
     );
 
-    // View: both kinds listed together in the namespace.
+    // View: through the API, and as a person sees it with kubectl.
     let all = Api::<GpuInstance>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await
         .unwrap();
     assert_eq!(all.items.len(), 3);
+    let table = harness::kubectl_out(&["get", "gi", "-n", &ns, "-o", "wide"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "USER", "MODEL", "COUNT", "PHASE", "NODE", "EXPIRES", "AGE", "WAITING"
+        ],
+        "{table}"
+    );
+    let row_a = table
+        .lines()
+        .find(|l| l.starts_with("a "))
+        .unwrap_or_default();
+    for field in [name.as_str(), model, "2", "Running", nodes[0].as_str()] {
+        assert!(
+            row_a.split_whitespace().any(|w| w == field),
+            "{field} missing in {row_a:?}"
+        );
+    }
+    assert!(
+        table.contains("waiting for 1 x TEST-QUEUE-GPU: none free, 0 ahead"),
+        "{table}"
+    );
+    let both = harness::kubectl_out(&["get", "gpu", "-A"]);
+    assert!(
+        both.contains("gpuinstance.gpu-cloud.io/b")
+            && both.contains(&format!("gpuuser.gpu-cloud.io/{name}")),
+        "{both}"
+    );
+    harness::kubectl_out(&[
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=10s",
+        "-n",
+        &ns,
+        "gi/a",
+    ]);
 
     // Delete frees the GPUs for the queue at once.
     Api::<GpuInstance>::namespaced(client.clone(), &ns)

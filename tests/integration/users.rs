@@ -128,3 +128,56 @@ async fn register_update_and_delete_a_user() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_namespace_that_is_not_ours_is_never_taken_over() {
+    let client = harness::operator().await;
+    let name = harness::unique("ivan");
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": format!("gpu-{name}")}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&Default::default(), &ns)
+        .await
+        .unwrap();
+    let user: GpuUser = serde_json::from_value(json!({
+        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser", "metadata": {"name": name}, "spec": {}
+    }))
+    .unwrap();
+    let users = Api::<GpuUser>::all(client.clone());
+    users.create(&Default::default(), &user).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "Stalled NamespaceTaken",
+        || async {
+            let u = users.get(&name).await.unwrap();
+            u.status.is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Stalled" && c.status == "True" && c.reason == "NamespaceTaken"
+                })
+            })
+        },
+    )
+    .await;
+    let ns = Api::<Namespace>::all(client.clone())
+        .get(&format!("gpu-{name}"))
+        .await
+        .unwrap();
+    assert!(
+        ns.labels().get("gpu-cloud.io/user").is_none(),
+        "the operator labelled a namespace it does not own"
+    );
+    // Deleting such a user leaves the namespace alone.
+    users.delete(&name, &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "user gone", || async {
+        users.get_opt(&name).await.unwrap().is_none()
+    })
+    .await;
+    let ns = Api::<Namespace>::all(client.clone())
+        .get(&format!("gpu-{name}"))
+        .await
+        .unwrap();
+    assert!(
+        ns.metadata.deletion_timestamp.is_none(),
+        "a foreign namespace was deleted"
+    );
+}
