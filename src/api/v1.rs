@@ -232,6 +232,20 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The name as written in `status.phase` (also used as a condition and event reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Queued => "Queued",
+            Phase::Scheduled => "Scheduled",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Expired => "Expired",
+            Phase::Stopped => "Stopped",
+        }
+    }
+
     /// The instance has ended and holds no GPUs.
     pub fn is_finished(self) -> bool {
         matches!(

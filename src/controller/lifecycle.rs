@@ -182,63 +182,58 @@ pub fn decide(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outc
     status.user = pod.user.clone().or(old.user.clone());
     status.queue_position = None;
 
-    let (new_phase, health, note) = if now >= expires {
-        let msg = format!("the booking of {} ended at {expires}", inst.spec.duration);
+    let node = status.node_name.clone().unwrap_or_default();
+    // The new phase, what to tell people, and the event type of the transition (if any).
+    let (new_phase, message, event) = if now >= expires {
         out.pod = PodAction::Delete;
-        status.finished_at = Some(now);
-        (
-            Phase::Expired,
-            ("Expired", msg.clone()),
-            Some((EventType::Normal, "Expired", msg)),
-        )
+        let msg = format!("the booking of {} ended at {expires}", inst.spec.duration);
+        (Phase::Expired, msg, Some(EventType::Normal))
     } else {
         match pod.phase.as_deref() {
-            Some("Running") => {
-                let node = status.node_name.clone().unwrap_or_default();
-                let msg = format!("running on {node} until {expires}");
-                (
-                    Phase::Running,
-                    ("Running", msg.clone()),
-                    Some((EventType::Normal, "Running", msg)),
-                )
-            }
-            Some("Succeeded") => {
-                status.finished_at = Some(now);
-                let msg = "its program exited successfully".to_string();
-                (
-                    Phase::Succeeded,
-                    ("Succeeded", msg.clone()),
-                    Some((EventType::Normal, "Succeeded", msg)),
-                )
-            }
-            Some("Failed") => {
-                status.finished_at = Some(now);
-                let msg = "its program failed (see the pod's logs)".to_string();
-                (
-                    Phase::Failed,
-                    ("Failed", msg.clone()),
-                    Some((EventType::Warning, "Failed", msg)),
-                )
-            }
-            _ => {
-                let node = status.node_name.clone().unwrap_or_default();
-                let msg = format!("placed on {node}, its pod is starting");
-                (Phase::Scheduled, ("Scheduled", msg), None)
-            }
+            Some("Running") => (
+                Phase::Running,
+                format!("running on {node} until {expires}"),
+                Some(EventType::Normal),
+            ),
+            Some("Succeeded") => (
+                Phase::Succeeded,
+                "its program exited successfully".into(),
+                Some(EventType::Normal),
+            ),
+            Some("Failed") => (
+                Phase::Failed,
+                "its program failed (see the pod's logs)".into(),
+                Some(EventType::Warning),
+            ),
+            _ => (
+                Phase::Scheduled,
+                format!("placed on {node}, its pod is starting"),
+                None,
+            ),
         }
     };
+    if new_phase.is_finished() {
+        status.finished_at = Some(now);
+    }
     status.phase = Some(new_phase);
     status.message = None;
-    let (reason, message) = (health.0, health.1.as_str());
-    let h = match new_phase {
-        Phase::Running => Health::Ready { reason, message },
-        Phase::Scheduled => Health::Progressing { reason, message },
-        _ => Health::Done { reason, message },
+    let reason = new_phase.as_str();
+    let health = match new_phase {
+        Phase::Running => Health::Ready {
+            reason,
+            message: &message,
+        },
+        Phase::Scheduled => Health::Progressing {
+            reason,
+            message: &message,
+        },
+        _ => Health::Done {
+            reason,
+            message: &message,
+        },
     };
-    status.conditions = with_health(&old.conditions, h, generation, now);
-    if phase != Some(new_phase)
-        && let Some((type_, reason, message)) = note
-    {
+    status.conditions = with_health(&old.conditions, health, generation, now);
+    if let Some(type_) = event.filter(|_| phase != Some(new_phase)) {
         out.events.push(Note {
             type_,
             reason,
