@@ -24,6 +24,14 @@ pub enum Error {
     #[error("cannot render YAML: {0}")]
     Yaml(String),
 
+    /// The conversion webhook could not start.
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::WebhookError),
+
+    /// A storage migration stopped.
+    #[error(transparent)]
+    Migrate(#[from] crate::migrate::MigrateError),
+
     /// Writing the command's output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

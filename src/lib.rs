@@ -8,7 +8,25 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod error;
+pub mod migrate;
 pub mod scheduler;
 pub mod telemetry;
+pub mod webhook;
 
 pub use error::Error;
+
+/// Resolves on SIGINT or SIGTERM (what a pod gets when it is stopped).
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

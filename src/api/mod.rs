@@ -3,13 +3,17 @@
 //! `v1` is the current version. The CRDs in `crds/` are what [`crds_yaml`] prints
 //! (`gpu-cloud crd`); a test fails when they drift from these types.
 
+pub mod conversion;
 pub mod duration;
 pub mod v1;
+pub mod v1alpha1;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
+    CustomResourceConversion, CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
+    ServiceReference, WebhookClientConfig, WebhookConversion,
 };
 use kube::CustomResourceExt;
+use kube::core::crd::merge_crds;
 
 /// The API group of every gpu-cloud resource.
 pub const GROUP: &str = "gpu-cloud.io";
@@ -18,9 +22,40 @@ pub const USER_LABEL: &str = "gpu-cloud.io/user";
 /// Label on an instance's pod naming the GpuInstance.
 pub const INSTANCE_LABEL: &str = "gpu-cloud.io/instance";
 
+/// Where the apiserver reaches the conversion webhook in a cluster (the chart's Service);
+/// `gpu-cloud webhook` rewrites this, with its CA, into the CRDs when it starts.
+pub const WEBHOOK_SERVICE: (&str, &str, i32) = ("gpu-cloud", "gpu-cloud-webhook", 443);
+/// Path of the conversion endpoint.
+pub const CONVERT_PATH: &str = "/convert";
+
+/// The GpuInstance CRD: v1alpha1 and v1 served, v1 stored, converted by the webhook.
+pub fn instance_crd() -> CustomResourceDefinition {
+    let versions = vec![v1alpha1::GpuInstance::crd(), v1::GpuInstance::crd()];
+    // Both come from our own types; merging only fails if their names or scopes differed.
+    let mut crd =
+        merge_crds(versions, "v1").expect("v1alpha1 and v1 GpuInstance CRDs describe one resource");
+    let (namespace, name, port) = WEBHOOK_SERVICE;
+    crd.spec.conversion = Some(CustomResourceConversion {
+        strategy: "Webhook".into(),
+        webhook: Some(WebhookConversion {
+            client_config: Some(WebhookClientConfig {
+                service: Some(ServiceReference {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    path: Some(CONVERT_PATH.into()),
+                    port: Some(port),
+                }),
+                ..Default::default()
+            }),
+            conversion_review_versions: vec!["v1".into()],
+        }),
+    });
+    crd
+}
+
 /// Every CRD gpu-cloud serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![v1::GpuUser::crd(), v1::GpuInstance::crd()];
+    let mut crds = vec![v1::GpuUser::crd(), instance_crd()];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version

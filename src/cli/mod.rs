@@ -21,6 +21,10 @@ enum Command {
     Nodes(nodes::NodesArgs),
     /// Run the operator: reconcile GpuUsers and GpuInstances and place instances on GPU nodes.
     Controller(crate::controller::ControllerArgs),
+    /// Serve CRD conversion between gpu-cloud.io versions (a TLS webhook for the apiserver).
+    Webhook(crate::webhook::WebhookArgs),
+    /// Rewrite every stored object at the storage version, then trim storedVersions.
+    Migrate(crate::migrate::MigrateArgs),
     /// Print the CustomResourceDefinitions generated from the Rust types (the source of crds/).
     Crd,
 }
@@ -31,6 +35,8 @@ impl Cli {
         match self.command {
             Command::Nodes(args) => nodes::run(args).await,
             Command::Controller(args) => crate::controller::run(client().await?, args).await,
+            Command::Webhook(args) => crate::webhook::run(client().await?, args).await,
+            Command::Migrate(args) => crate::migrate::run(client().await?, args).await,
             Command::Crd => {
                 let yaml = crate::api::crds_yaml().map_err(|e| Error::Yaml(e.to_string()))?;
                 std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes())?;

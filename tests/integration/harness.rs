@@ -445,3 +445,112 @@ pub async fn client_as(name: &str) -> Client {
     config.auth_info.impersonate = Some(name.to_owned());
     Client::try_from(config).expect("impersonating client")
 }
+
+/// A control plane of one test's own, for tests that change cluster-wide things (CRD
+/// versions) that the other tests rely on. Stopped when dropped.
+pub struct PrivateControlPlane {
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateControlPlane {
+    /// Starts one (no GPU nodes) and waits until it is ready.
+    pub fn start(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("gpu-cloud-test-{}-{name}", std::process::id()));
+        let mut cmd = Command::new(repo_root().join("hack/cluster"));
+        cmd.args(["up", "--attach", "--nodes", "0", "--dir"])
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = on_keeper(move || cmd.spawn()).expect("run hack/cluster");
+        let stdout = child.stdout.take().expect("stdout pipe");
+        let ready = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.trim() == "ready");
+        assert!(
+            ready,
+            "private control plane {name} did not start; logs in {}",
+            dir.join("logs").display()
+        );
+        PrivateControlPlane {
+            kubeconfig: dir.join("admin.kubeconfig"),
+            child: Some(child),
+        }
+    }
+
+    /// An admin client on it.
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take()); // EOF: the script tears the cluster down
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the gpu-cloud binary with `args` against `kubeconfig`; returns (success, stdout,
+/// stderr).
+pub fn gpu_cloud(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gpu-cloud");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A background `gpu-cloud` process (e.g. the webhook), killed when dropped.
+pub struct Background(Child);
+
+impl Background {
+    /// Starts `gpu-cloud args...` against `kubeconfig`.
+    pub fn start(kubeconfig: &Path, args: &[&str]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"));
+        cmd.args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        // SAFETY: prctl only sets a flag on the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Background(on_keeper(move || cmd.spawn()).expect("start gpu-cloud"))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

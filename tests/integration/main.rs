@@ -7,6 +7,7 @@
 mod harness;
 mod instances;
 mod isolation;
+mod migration;
 mod scale;
 mod smoke;
 mod users;
