@@ -300,5 +300,20 @@ mod tests {
         let certs = generate_certs(&args).unwrap();
         assert!(certs.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         tls_config(&certs).unwrap();
+
+        // The cert-manager layout: tls.crt and tls.key in a directory (a mounted Secret).
+        let dir = std::env::temp_dir().join(format!("gpu-cloud-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tls.crt"), &certs.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), &certs.key_pem).unwrap();
+        let read = read_certs(&dir).unwrap();
+        tls_config(&read).unwrap();
+        std::fs::remove_file(dir.join("tls.key")).unwrap();
+        let err = read_certs(&dir).err().unwrap().to_string();
+        assert!(
+            err.contains("tls.key") && err.contains("--cert-dir"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

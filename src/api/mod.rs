@@ -5,6 +5,7 @@
 
 pub mod conversion;
 pub mod duration;
+pub mod guard;
 pub mod v1;
 pub mod v1alpha1;
 
