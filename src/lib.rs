@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod controller;
 pub mod error;
+pub mod metrics;
 pub mod migrate;
 pub mod scheduler;
 pub mod telemetry;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
@@ -30,20 +29,15 @@ pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let pods =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
-    Controller::new(
+    let results = Controller::new(
         Api::<GpuInstance>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(Api::<Pod>::all(client), pods)
     .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
     .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        if let Err(e) = res {
-            warn!(error = %e, "instance reconcile failed");
-        }
-    })
-    .await;
+    .run(reconcile, error_policy, ctx.clone());
+    super::report(results, ctx.metrics.clone(), "instance").await;
 }
 
 #[instrument(skip_all, fields(instance = %inst.namespace().unwrap_or_default(), name = %inst.name_any(), phase = field::Empty))]

@@ -24,6 +24,8 @@ use tracing::warn;
 
 pub use error::Error;
 
+use crate::metrics::ControllerMetrics;
+
 /// Field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "gpu-cloud-controller";
 
@@ -37,6 +39,9 @@ pub struct ControllerArgs {
     /// Reconciles in flight at once, per controller.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -53,6 +58,8 @@ pub struct Context {
     pub wake: Notify,
     /// Settings.
     pub args: ControllerArgs,
+    /// Prometheus metrics.
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 impl Context {
@@ -101,22 +108,67 @@ where
     .map(|_| ())
 }
 
+/// Drains a controller's stream of outcomes: counts them, and logs failures (a deletion
+/// that only waits for something is not one).
+pub(crate) async fn report<K>(
+    results: impl futures::Stream<
+        Item = Result<
+            (
+                kube::runtime::reflector::ObjectRef<K>,
+                kube::runtime::controller::Action,
+            ),
+            kube::runtime::controller::Error<Error, kube::runtime::watcher::Error>,
+        >,
+    >,
+    metrics: Arc<ControllerMetrics>,
+    controller: &'static str,
+) where
+    K: kube::Resource,
+    K::DynamicType: std::fmt::Debug + Eq + std::hash::Hash + Clone,
+{
+    use futures::StreamExt;
+    results
+        .for_each(|res| {
+            metrics.reconciled(controller, res.is_ok());
+            match res {
+                Err(kube::runtime::controller::Error::ReconcilerFailed(e, _)) if e.is_waiting() => {
+                }
+                Err(e) => warn!(controller, error = %e, "reconcile failed"),
+                Ok(_) => {}
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
 /// Runs both controllers and the placement loop until SIGINT/SIGTERM.
 pub async fn run(client: Client, args: ControllerArgs) -> Result<(), crate::Error> {
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(ControllerMetrics::new(&mut registry));
+    let server = tokio::spawn(crate::metrics::serve(
+        args.metrics_addr,
+        Arc::new(registry),
+        metrics.clone(),
+    ));
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         wake: Notify::new(),
         args,
+        metrics,
     });
     tracing::info!("gpu-cloud controller starting");
     let placement = tokio::spawn(placement::run(ctx.clone()));
+    ctx.metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::join!(user::run(ctx.clone()), instance::run(ctx.clone()));
     placement.abort();
+    server.abort();
     tracing::info!("gpu-cloud controller stopped");
     Ok(())
 }

@@ -38,7 +38,12 @@ pub async fn run(ctx: Arc<Context>) {
         }
         // Let a burst of changes (a batch of bookings applied at once) land in one pass.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Err(e) = pass(&ctx).await {
+        let started = std::time::Instant::now();
+        let result = pass(&ctx).await;
+        ctx.metrics
+            .pass_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = result {
             warn!(error = %e, "placement pass failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             ctx.wake.notify_one();
@@ -62,6 +67,13 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
     let plan = scheduler::plan(&snapshot);
     tracing::Span::current().record("placed", plan.placements.len());
     tracing::Span::current().record("waiting", plan.waiting.len());
+    let stalled = plan.waiting.iter().filter(|w| w.wait.stalled()).count();
+    ctx.metrics
+        .waiting
+        .set(i64::try_from(plan.waiting.len()).unwrap_or(i64::MAX));
+    ctx.metrics
+        .stalled
+        .set(i64::try_from(stalled).unwrap_or(i64::MAX));
 
     let by_key: BTreeMap<InstanceKey, &GpuInstance> =
         world.instances.iter().map(|i| (key_of(i), i)).collect();
@@ -253,6 +265,7 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
         }
         Err(e) => return Err(Error::kube("create pod")(e)),
     };
+    ctx.metrics.placed.inc();
     let uid = inst.uid().unwrap_or_default();
     let view = PodView::of(&created, &uid);
     let out = lifecycle::decide(inst, view.as_ref(), Timestamp::now());

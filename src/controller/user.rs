@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -46,7 +45,7 @@ pub fn namespace_of(name: &str) -> String {
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let managed = watcher::Config::default().labels(USER_LABEL);
-    Controller::new(
+    let results = Controller::new(
         Api::<GpuUser>::all(client.clone()),
         watcher::Config::default(),
     )
@@ -63,13 +62,8 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
     .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        if let Err(e) = res {
-            warn!(error = %e, "user reconcile failed");
-        }
-    })
-    .await;
+    .run(reconcile, error_policy, ctx.clone());
+    super::report(results, ctx.metrics.clone(), "user").await;
 }
 
 #[instrument(skip_all, fields(user = %user.name_any()))]
@@ -293,13 +287,8 @@ async fn cleanup(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
 }
 
 fn error_policy(user: Arc<GpuUser>, err: &Error, _ctx: Arc<Context>) -> Action {
-    match err {
-        Error::Finalizer(e)
-            if matches!(
-                **e,
-                kube::runtime::finalizer::Error::CleanupFailed(Error::Waiting(_))
-            ) => {}
-        _ => warn!(user = %user.name_any(), error = %err, "retrying"),
+    if !err.is_waiting() {
+        warn!(user = %user.name_any(), error = %err, "retrying");
     }
     Action::requeue(Duration::from_secs(1))
 }

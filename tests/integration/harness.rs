@@ -184,8 +184,9 @@ pub fn kubectl() -> PathBuf {
 }
 
 fn start_controller() -> Result<(), String> {
+    let addr = format!("127.0.0.1:{}", controller_metrics_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"));
-    cmd.args(["controller", "--resync", "2s"])
+    cmd.args(["controller", "--resync", "2s", "--metrics-addr", &addr])
         .env("KUBECONFIG", &control_plane().kubeconfig)
         .env(
             "RUST_LOG",
@@ -231,6 +232,27 @@ fn on_keeper<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         .send(job)
         .expect("keeper thread alive");
     done_rx.recv().expect("keeper thread answered")
+}
+
+/// Port of the shared controller's /metrics, /healthz and /readyz.
+pub fn controller_metrics_port() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(free_port)
+}
+
+/// `GET path` on 127.0.0.1:port over plain HTTP/1.0; returns (status line, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    ))
 }
 
 /// SIGKILLs the shared controller and starts a new one (a crash and a restart).
@@ -547,10 +569,16 @@ impl Drop for Background {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, below the ephemeral range (where outgoing connections
+/// could take it before our process binds it) and apart from hack/cluster's ports.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 5000 + (std::process::id() % 2000) as u16 * 2;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 1000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }

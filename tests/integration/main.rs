@@ -8,6 +8,7 @@ mod harness;
 mod instances;
 mod isolation;
 mod migration;
+mod observability;
 mod scale;
 mod smoke;
 mod users;

@@ -1,0 +1,132 @@
+//! Prometheus metrics of the controller, and the HTTP endpoint that serves them with
+//! `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+/// Labels of a reconcile outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `user` or `instance`.
+    pub controller: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// What the controller counts.
+pub struct ControllerMetrics {
+    /// Reconciles by controller and outcome.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Placement passes and how long each took.
+    pub pass_seconds: Histogram,
+    /// Instances placed on a node.
+    pub placed: Counter,
+    /// Instances waiting after the last pass.
+    pub waiting: Gauge,
+    /// Of those, the ones that cannot run until a person acts (Stalled).
+    pub stalled: Gauge,
+    /// The process is up and its watches are running.
+    pub ready: AtomicBool,
+}
+
+impl ControllerMetrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = ControllerMetrics {
+            reconciles: Family::default(),
+            pass_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            placed: Counter::default(),
+            waiting: Gauge::default(),
+            stalled: Gauge::default(),
+            ready: AtomicBool::new(false),
+        };
+        let r = registry.sub_registry_with_prefix("gpu_cloud");
+        r.register(
+            "reconciles",
+            "Reconciles by controller and result",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "placement_pass_seconds",
+            "Duration of a placement pass",
+            m.pass_seconds.clone(),
+        );
+        r.register(
+            "instances_placed",
+            "Instances placed on a node",
+            m.placed.clone(),
+        );
+        r.register(
+            "instances_waiting",
+            "Instances waiting after the last placement pass",
+            m.waiting.clone(),
+        );
+        r.register(
+            "instances_stalled",
+            "Waiting instances that cannot run until a person acts",
+            m.stalled.clone(),
+        );
+        m
+    }
+
+    /// Counts one reconcile outcome.
+    pub fn reconciled(&self, controller: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { controller, result })
+            .inc();
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, metrics: Arc<ControllerMetrics>) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (StatusCode::OK, body),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = metrics.ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        );
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            info!(%addr, "metrics and health endpoints serving");
+            if let Err(e) = axum::serve(listener, app).await {
+                warn!(error = %e, "metrics endpoint stopped");
+            }
+        }
+        Err(e) => warn!(%addr, error = %e, "cannot serve metrics"),
+    }
+}
