@@ -298,20 +298,43 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
     name
 }
 
+/// Polls `probe` every 200 ms until it gives `Ok(value)`; after `limit` panics naming
+/// `what` and the last state seen (the `Err`).
+pub async fn poll<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Polls `check` until it returns true; panics naming `what` after `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let probe = || {
+        let fut = check();
+        async move {
+            if fut.await {
+                Ok(())
+            } else {
+                Err("not yet".to_owned())
+            }
+        }
+    };
+    poll(limit, what, probe).await
 }
 
 /// Creates `count` fake GPU nodes (kwok) with `gpus` GPUs of `model` each, named
@@ -377,23 +400,28 @@ pub async fn user(client: &Client, name: &str, spec: serde_json::Value) -> Strin
         .create(&PostParams::default(), &user)
         .await
         .expect("create GpuUser");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let u = users.get(name).await.expect("get GpuUser");
-        let status = u.status.unwrap_or_default();
-        let ready = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        if let Some(ns) = status.namespace.clone().filter(|_| ready) {
-            return ns;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "GpuUser {name} not Ready after 30 s: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll(
+        Duration::from_secs(30),
+        &format!("GpuUser {name} Ready"),
+        || async {
+            let status = users
+                .get(name)
+                .await
+                .expect("get GpuUser")
+                .status
+                .unwrap_or_default();
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            status
+                .namespace
+                .clone()
+                .filter(|_| ready)
+                .ok_or_else(|| format!("{status:?}"))
+        },
+    )
+    .await
 }
 
 /// Books a GpuInstance `name` in `ns` with `spec` (JSON).
@@ -425,22 +453,22 @@ pub async fn wait_instance(
 ) -> gpu_cloud::api::v1::GpuInstance {
     use gpu_cloud::api::v1::GpuInstance;
     let api = Api::<GpuInstance>::namespaced(client.clone(), ns);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let inst = api
-            .get(name)
-            .await
-            .unwrap_or_else(|e| panic!("get {ns}/{name}: {e}"));
-        if check(&inst) {
-            return inst;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {ns}/{name} to be {what}; status: {:?}",
-            inst.status
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    poll(
+        Duration::from_secs(60),
+        &format!("{ns}/{name} to be {what}"),
+        || async {
+            let inst = api
+                .get(name)
+                .await
+                .unwrap_or_else(|e| panic!("get {ns}/{name}: {e}"));
+            if check(&inst) {
+                Ok(inst)
+            } else {
+                Err(format!("status {:?}", inst.status))
+            }
+        },
+    )
+    .await
 }
 
 /// The phase of an instance, for `wait_instance` checks.

@@ -23,27 +23,24 @@ async fn the_controller_serves_metrics_health_and_readiness() {
     let spec =
         json!({"gpu": {"model": "NVIDIA-NOWHERE", "count": 1}, "image": "x", "duration": "1h"});
     harness::book(&client, &ns, "w", spec).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = harness::http_get(port, "/metrics").expect("GET /metrics");
-        let value = |prefix: &str| {
-            body.lines()
-                .find(|l| l.starts_with(prefix))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let counted = value("gpu_cloud_placement_pass_seconds_count") > 0.0
-            && value(r#"gpu_cloud_reconciles_total{controller="instance",result="ok"}"#) > 0.0
-            && value(r#"gpu_cloud_reconciles_total{controller="user",result="ok"}"#) > 0.0
-            && value("gpu_cloud_instances_stalled") >= 1.0;
-        if counted {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics never showed the work done:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    harness::poll(
+        Duration::from_secs(30),
+        "metrics that show the work done",
+        || async {
+            let (_, body) = harness::http_get(port, "/metrics").map_err(|e| e.to_string())?;
+            let value = |prefix: &str| {
+                body.lines()
+                    .find(|l| l.starts_with(prefix))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let counted = value("gpu_cloud_placement_pass_seconds_count") > 0.0
+                && value(r#"gpu_cloud_reconciles_total{controller="instance",result="ok"}"#) > 0.0
+                && value(r#"gpu_cloud_reconciles_total{controller="user",result="ok"}"#) > 0.0
+                && value("gpu_cloud_instances_stalled") >= 1.0;
+            if counted { Ok(()) } else { Err(body) }
+        },
+    )
+    .await;
 }
