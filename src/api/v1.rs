@@ -112,6 +112,42 @@ pub struct GpuUserStatus {
     /// The user's instances that are placed or waiting (not finished).
     #[serde(default)]
     pub instances: u32,
+    /// GPU use of all the user's instances, deleted ones included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UserUsage>,
+}
+
+/// A user's usage: lifetime and the current calendar month (UTC).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UserUsage {
+    /// Everything so far.
+    pub lifetime: UsageTotals,
+    /// The month in progress (`2026-11`), by when each instance was last sampled.
+    pub current_period: UsageTotals,
+    /// Which month `currentPeriod` is.
+    pub period: String,
+    /// Usage of deleted instances, folded in by their finalizer.
+    #[serde(default)]
+    pub retired: UsageTotals,
+    /// Of `retired`, the same by month (`2026-11`), for `currentPeriod`.
+    #[serde(default)]
+    pub retired_by_period: std::collections::BTreeMap<String, UsageTotals>,
+    /// Deleted instances already folded in (newest last; bounded).
+    #[serde(default)]
+    pub retired_uids: Vec<String>,
+}
+
+/// Sums of usage.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageTotals {
+    /// GPU-hours.
+    pub gpu_hours: f64,
+    /// Energy, kWh.
+    pub energy_kwh: f64,
+    /// Instances counted.
+    pub instances: u32,
 }
 
 /// A booking of GPUs: which and how many, what to run on them, for how long.
@@ -292,6 +328,58 @@ pub struct GpuInstanceStatus {
     /// While waiting or stalled: why, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// GPU use measured by the node agent (field manager `gpu-cloud-agent`), cumulative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// What an instance really used, cumulative since placement.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// GPU-seconds held: GPUs × seconds since placement.
+    pub gpu_seconds: f64,
+    /// Time-weighted mean GPU utilization, percent.
+    pub avg_utilization: f64,
+    /// Largest GPU memory in use seen, bytes.
+    pub peak_memory_bytes: u64,
+    /// Energy used by its GPUs, joules.
+    pub energy_joules: f64,
+    /// When these figures were taken.
+    pub sampled_at: Timestamp,
+    /// `nvml` (measured) or `simulated` (a node without GPUs: invented figures).
+    pub source: UsageSource,
+    /// The last power reading, watts (all its GPUs together).
+    #[serde(default)]
+    pub power_watts: f64,
+    /// The GPUs (UUIDs) it ran on.
+    #[serde(default)]
+    pub devices: Vec<DeviceCounter>,
+    /// The agent wrote its last figures: the instance ended.
+    #[serde(default, rename = "final")]
+    pub final_: bool,
+}
+
+/// Where usage figures come from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSource {
+    /// Read from the NVIDIA driver (NVML).
+    #[default]
+    Nvml,
+    /// Invented by the agent for nodes without GPUs (tests, demos).
+    Simulated,
+}
+
+/// One GPU and its energy counter when last sampled, so that a restarted agent resumes
+/// from it without losing or double counting energy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCounter {
+    /// GPU UUID.
+    pub uuid: String,
+    /// The device's total-energy counter, millijoules.
+    pub energy_millijoules: u64,
 }
 
 /// A condition in the shape of `metav1.Condition`, as kstatus, `kubectl wait`, Argo CD and

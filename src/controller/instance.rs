@@ -17,7 +17,7 @@ use tracing::{field, info, instrument, warn};
 use super::error::ignore_not_found;
 use super::lifecycle::{self, PodAction, PodView};
 use super::pod::MANAGED_BY;
-use super::{Context, Error, apply_status};
+use super::{Context, Error, apply_instance_status};
 use crate::api::v1::GpuInstance;
 
 /// Finalizer on every GpuInstance: its pod is removed (and, with the usage agent, its last
@@ -67,7 +67,7 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, Error> {
 
     if inst.status.as_ref() != Some(&out.status) {
         let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
-        apply_status(&api, &name, &out.status)
+        apply_instance_status(&api, &name, &out.status)
             .await
             .map_err(Error::kube("write instance status"))?;
     }
@@ -111,10 +111,52 @@ async fn cleanup(inst: &GpuInstance, ctx: &Context) -> Result<Action, Error> {
     }
     // Its GPUs count as free once the pod is gone; the placement loop sees that itself.
     ctx.wake.notify_one();
+    // Its usage must reach its user before it goes.
+    if let Some(wait) = usage_not_folded(inst, ctx).await? {
+        return Err(Error::Waiting(wait));
+    }
     Ok(Action::await_change())
 }
 
+/// Why the instance's usage is not yet part of its user's totals, or `None` when it is (or
+/// there is nothing to fold, or nobody to fold it into).
+async fn usage_not_folded(inst: &GpuInstance, ctx: &Context) -> Result<Option<String>, Error> {
+    let status = inst.status.clone().unwrap_or_default();
+    if status.usage.is_none() && status.node_name.is_none() {
+        return Ok(None); // never ran
+    }
+    let ns = inst.namespace().unwrap_or_default();
+    let namespace = Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone())
+        .get_opt(&ns)
+        .await
+        .map_err(Error::kube("get namespace"))?;
+    let Some(user) = namespace.and_then(|n| n.labels().get(crate::api::USER_LABEL).cloned()) else {
+        return Ok(None);
+    };
+    let user_obj = Api::<crate::api::v1::GpuUser>::all(ctx.client.clone())
+        .get_opt(&user)
+        .await
+        .map_err(Error::kube("get GpuUser"))?;
+    let Some(user_obj) = user_obj.filter(|u| u.metadata.deletion_timestamp.is_none()) else {
+        return Ok(None); // the user goes too, and its records with it
+    };
+    let uid = inst.uid().unwrap_or_default();
+    let folded = user_obj
+        .status
+        .and_then(|s| s.usage)
+        .is_some_and(|u| u.retired_uids.contains(&uid));
+    Ok((!folded).then(|| {
+        format!(
+            "usage of {ns}/{} not yet folded into GpuUser {user}",
+            inst.name_any()
+        )
+    }))
+}
+
 fn error_policy(inst: Arc<GpuInstance>, err: &Error, _ctx: Arc<Context>) -> Action {
+    if err.is_waiting() {
+        return Action::requeue(Duration::from_secs(1));
+    }
     warn!(instance = %inst.object_ref(&()).name.unwrap_or_default(), error = %err, "retrying");
     Action::requeue(Duration::from_secs(2))
 }

@@ -10,6 +10,7 @@ pub mod instance;
 pub mod lifecycle;
 pub mod placement;
 pub mod pod;
+pub mod rollup;
 pub mod user;
 
 use std::sync::Arc;
@@ -139,6 +140,18 @@ pub(crate) async fn report<K>(
             futures::future::ready(())
         })
         .await;
+}
+
+/// Writes an instance's status as the controller: everything but `usage`, which the node
+/// agent owns (under its own field manager) and the controller must never write back stale.
+pub async fn apply_instance_status(
+    api: &Api<crate::api::v1::GpuInstance>,
+    name: &str,
+    status: &crate::api::v1::GpuInstanceStatus,
+) -> Result<(), kube::Error> {
+    let mut mine = status.clone();
+    mine.usage = None;
+    apply_status(api, name, &mine).await
 }
 
 /// Runs both controllers and the placement loop until SIGINT/SIGTERM.

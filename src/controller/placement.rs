@@ -21,7 +21,7 @@ use tracing::{debug, info, instrument, warn};
 
 use super::conditions::{Health, with_health};
 use super::lifecycle::{self, PodView};
-use super::{Context, Error, apply_status, pod};
+use super::{Context, Error, apply_instance_status, pod};
 use crate::api::USER_LABEL;
 use crate::api::v1::{GpuInstance, GpuInstanceStatus, GpuUser, Phase};
 use crate::scheduler::{self, Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, Waiting};
@@ -270,7 +270,7 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
     let view = PodView::of(&created, &uid);
     let out = lifecycle::decide(inst, view.as_ref(), Timestamp::now());
     let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
-    apply_status(&api, &name, &out.status)
+    apply_instance_status(&api, &name, &out.status)
         .await
         .map_err(Error::kube("write instance status"))?;
     let what = format!("{} x {}", inst.spec.gpu.count, inst.spec.gpu.model);
@@ -298,7 +298,7 @@ async fn mark_waiting(
         return Ok(());
     }
     let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &w.key.namespace);
-    apply_status(&api, &w.key.name, &status)
+    apply_instance_status(&api, &w.key.name, &status)
         .await
         .map_err(Error::kube("write queue status"))?;
     let reason_changed = old.conditions.iter().all(|c| c.reason != w.wait.reason());

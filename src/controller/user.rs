@@ -22,7 +22,7 @@ use tracing::{instrument, warn};
 use super::conditions::{Health, with_health};
 use super::error::ignore_not_found;
 use super::pod::MANAGED_BY;
-use super::{Context, Error, FIELD_MANAGER, apply_status};
+use super::{Context, Error, FIELD_MANAGER, apply_status, rollup};
 use crate::api::USER_LABEL;
 use crate::api::v1::{GpuInstance, GpuUser, GpuUserStatus, Phase, SubjectKind};
 use crate::scheduler::GPU_RESOURCE;
@@ -188,7 +188,17 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
         namespace: Some(ns.clone()),
         gpus_in_use,
         instances: active,
+        usage: Some(rollup::user_usage(
+            old.usage.as_ref(),
+            &instances.items,
+            now,
+        )),
     };
+    // Deleted instances whose last figures are not in yet: look again shortly.
+    let folding = instances
+        .items
+        .iter()
+        .any(|i| i.metadata.deletion_timestamp.is_some());
     if status != old {
         apply_status(&Api::<GpuUser>::all(client.clone()), &name, &status)
             .await
@@ -207,7 +217,11 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
             ctx.wake.notify_one();
         }
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(Action::requeue(Duration::from_secs(if folding {
+        2
+    } else {
+        300
+    })))
 }
 
 /// GPUs held by placed instances, and instances not finished (pure).
