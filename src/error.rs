@@ -24,6 +24,10 @@ pub enum Error {
     #[error("cannot render YAML: {0}")]
     Yaml(String),
 
+    /// The node agent stopped.
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+
     /// The conversion webhook could not start.
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),

@@ -4,6 +4,7 @@
 //! module never touches a client) and thin I/O layers (the [`cli`] commands) that gather
 //! inputs from the cluster and act on the outcome.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod controller;

@@ -21,6 +21,9 @@ enum Command {
     Nodes(nodes::NodesArgs),
     /// Run the operator: reconcile GpuUsers and GpuInstances and place instances on GPU nodes.
     Controller(crate::controller::ControllerArgs),
+    /// Run on a GPU node: measure GPU use (NVML, or --simulate) and write it into the
+    /// instances' status.usage and /metrics.
+    Agent(crate::agent::AgentArgs),
     /// Serve CRD conversion between gpu-cloud.io versions (a TLS webhook for the apiserver).
     Webhook(crate::webhook::WebhookArgs),
     /// Rewrite every stored object at the storage version, then trim storedVersions.
@@ -35,6 +38,7 @@ impl Cli {
         match self.command {
             Command::Nodes(args) => nodes::run(args).await,
             Command::Controller(args) => crate::controller::run(client().await?, args).await,
+            Command::Agent(args) => crate::agent::run(args).await,
             Command::Webhook(args) => crate::webhook::run(client().await?, args).await,
             Command::Migrate(args) => crate::migrate::run(client().await?, args).await,
             Command::Crd => {

@@ -11,4 +11,5 @@ mod migration;
 mod observability;
 mod scale;
 mod smoke;
+mod usage;
 mod users;
