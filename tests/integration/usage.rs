@@ -8,7 +8,7 @@ use std::time::Duration;
 use gpu_cloud::agent::simulated::{UTILIZATION_ANNOTATION, power_per_gpu};
 use gpu_cloud::api::v1::{GpuInstance, GpuUser, Phase, Usage, UsageSource};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 
 use crate::harness::{self, Background, phase, poll};
@@ -75,21 +75,15 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
     let port = harness::free_port();
     let mut running_agent = Some(agent(&kubeconfig, &nodes[0], port));
 
-    harness::book(
-        &client,
-        &ns,
-        "a",
-        json!({"gpu": {"model": model, "count": 2}, "image": "x", "duration": "1h"}),
-    )
-    .await;
-    let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
-    api.patch(
-        "a",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {UTILIZATION_ANNOTATION: "40"}}})),
-    )
-    .await
+    // Its simulated utilization is set from the start, so the truth is one number.
+    let a: GpuInstance = serde_json::from_value(json!({
+        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
+        "metadata": {"name": "a", "namespace": ns, "annotations": {UTILIZATION_ANNOTATION: "40"}},
+        "spec": {"gpu": {"model": model, "count": 2}, "image": "x", "duration": "1h"}
+    }))
     .unwrap();
+    let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
+    api.create(&Default::default(), &a).await.expect("book a");
     harness::book(
         &client,
         &ns,
