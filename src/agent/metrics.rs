@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 
 use super::accumulate::Sample;
 use super::nvml::DeviceReading;
+use super::podresources::Holder;
 use crate::api::v1::{GpuInstance, Usage};
 
 type G = Gauge<f64, AtomicU64>;
@@ -130,19 +131,19 @@ impl AgentMetrics {
         &self,
         readings: &[DeviceReading],
         nodes: &[String],
-        pods: &BTreeMap<(String, String), String>,
+        holders: &BTreeMap<String, Holder>,
     ) {
         let host = nodes.first().cloned().unwrap_or_default();
-        let _ = pods;
         for r in readings {
+            let h = holders.get(&r.uuid);
             let labels = DeviceLabels {
                 gpu: r.index.to_string(),
                 UUID: r.uuid.clone(),
                 modelName: r.name.clone(),
                 Hostname: host.clone(),
-                namespace: String::new(),
-                pod: String::new(),
-                container: String::new(),
+                namespace: h.map(|h| h.namespace.clone()).unwrap_or_default(),
+                pod: h.map(|h| h.pod.clone()).unwrap_or_default(),
+                container: h.map(|h| h.container.clone()).unwrap_or_default(),
             };
             self.util.get_or_create(&labels).set(r.utilization);
             self.fb_used.get_or_create(&labels).set(mib(r.memory_used));

@@ -10,6 +10,7 @@ pub mod attribution;
 pub mod cgroup;
 mod metrics;
 pub mod nvml;
+pub mod podresources;
 pub mod simulated;
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +60,9 @@ pub struct AgentArgs {
     /// Where the host's /proc is mounted (process → pod attribution).
     #[arg(long, default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// The kubelet's PodResources socket (device → pod attribution).
+    #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
+    pub pod_resources_socket: PathBuf,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -159,8 +163,20 @@ async fn cycle(
             let readings = nvml.read();
             let pod_uid_of = pods_on_nodes(client, &args.nodes).await?;
             let pid_pods = pid_pods(&args.proc_root, &readings);
-            let shares = attribution::attribute(&readings, &BTreeMap::new(), &pid_pods);
-            metrics.devices(&readings, &args.nodes, &pod_uid_of);
+            let holders = gpu_holders(&args.pod_resources_socket).await;
+            let device_pods = holders
+                .iter()
+                .filter_map(|(gpu, h)| {
+                    Some((
+                        gpu.clone(),
+                        pod_uid_of
+                            .get(&(h.namespace.clone(), h.pod.clone()))?
+                            .clone(),
+                    ))
+                })
+                .collect();
+            let shares = attribution::attribute(&readings, &device_pods, &pid_pods);
+            metrics.devices(&readings, &args.nodes, &holders);
             (UsageSource::Nvml, Some((shares, pod_uid_of)))
         }
     };
@@ -290,6 +306,18 @@ async fn pods_on_nodes(
         }
     }
     Ok(out)
+}
+
+/// GPU UUID → the container the kubelet gave it to. Without the socket (or on error) the
+/// processes alone attribute use; that is logged, not fatal.
+async fn gpu_holders(socket: &std::path::Path) -> BTreeMap<String, podresources::Holder> {
+    match podresources::list(socket.to_path_buf()).await {
+        Ok(resp) => podresources::gpu_holders(&resp),
+        Err(e) => {
+            warn!(socket = %socket.display(), error = %e, "no PodResources; attributing by process only");
+            BTreeMap::new()
+        }
+    }
 }
 
 /// Process id → pod UID for the processes on the GPUs.
