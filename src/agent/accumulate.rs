@@ -45,8 +45,10 @@ pub fn advance(
     }
     let held = f64::from(sample.gpus) * dt;
     let gpu_seconds = base.gpu_seconds + held;
+    // Moved toward the new reading by its share of the time: a steady reading stays
+    // exactly itself (no rounding drift).
     let avg_utilization = if gpu_seconds > 0.0 {
-        (base.avg_utilization * base.gpu_seconds + sample.utilization * held) / gpu_seconds
+        base.avg_utilization + (sample.utilization - base.avg_utilization) * (held / gpu_seconds)
     } else {
         0.0
     };

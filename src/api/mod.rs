@@ -11,7 +11,7 @@ pub mod v1alpha1;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceConversion, CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
-    ServiceReference, WebhookClientConfig, WebhookConversion,
+    JSONSchemaPropsOrBool, ServiceReference, WebhookClientConfig, WebhookConversion,
 };
 use kube::CustomResourceExt;
 use kube::core::crd::merge_crds;
@@ -82,6 +82,9 @@ fn drop_unknown_formats(schema: &mut JSONSchemaProps) {
     }
     if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
         drop_unknown_formats(items);
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(values)) = schema.additional_properties.as_mut() {
+        drop_unknown_formats(values);
     }
 }
 
