@@ -119,7 +119,8 @@ async fn book_view_delete_and_queue() {
     assert_eq!(
         header,
         [
-            "NAME", "USER", "MODEL", "COUNT", "PHASE", "NODE", "EXPIRES", "AGE", "WAITING"
+            "NAME", "USER", "MODEL", "COUNT", "PHASE", "NODE", "EXPIRES", "GPU", "UTIL", "AGE",
+            "WAITING"
         ],
         "{table}"
     );
