@@ -113,6 +113,8 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
     assert_exact(&usage_after("b", 3.0).await, 50.0);
 
     // /metrics: dcgm-exporter's series for the simulated GPUs, and gpu-cloud's totals.
+    let (ready, _) = harness::http_get(port, "/readyz").expect("agent /readyz");
+    assert!(ready.contains(" 200 "), "{ready}");
     let (_, body) = harness::http_get(port, "/metrics").expect("agent /metrics");
     let util_a = body
         .lines()
@@ -184,6 +186,45 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
     );
     assert_eq!(user_usage.lifetime.instances, 2);
     assert_eq!(phase(&api.get("a").await.unwrap()), Some(Phase::Running));
+
+    // Delete a too: the user's totals are then exactly the two final records.
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    let final_a = poll(Duration::from_secs(60), "a's final usage", || async {
+        match api.get_opt("a").await.map_err(|e| e.to_string())? {
+            Some(i)
+                if i.status
+                    .as_ref()
+                    .and_then(|s| s.usage.as_ref())
+                    .is_some_and(|u| u.final_) =>
+            {
+                Ok(i)
+            }
+            other => Err(format!("{:?}", other.and_then(|i| i.status))),
+        }
+    })
+    .await;
+    let final_a = assert_exact(&final_a, 40.0);
+    let totals = poll(Duration::from_secs(60), "both folded", || async {
+        let u = users.get(&name).await.map_err(|e| e.to_string())?;
+        let usage = u.status.and_then(|s| s.usage).ok_or("no usage")?;
+        if usage.retired.instances == 2 {
+            Ok(usage)
+        } else {
+            Err(format!("{usage:?}"))
+        }
+    })
+    .await;
+    let hours = (final_a.gpu_seconds + final_usage.gpu_seconds) / 3600.0;
+    let kwh = (final_a.energy_joules + final_usage.energy_joules) / 3.6e6;
+    assert!(
+        (totals.lifetime.gpu_hours - hours).abs() < 1e-9,
+        "{totals:?}"
+    );
+    assert!(
+        (totals.lifetime.energy_kwh - kwh).abs() < 1e-12,
+        "{totals:?}"
+    );
+    assert_eq!(totals.lifetime.instances, 2);
 }
 
 #[tokio::test]
