@@ -139,15 +139,20 @@ async fn cycle(
     metrics: &metrics::AgentMetrics,
 ) -> Result<(), AgentError> {
     let now = Timestamp::now();
-    let list = Api::<GpuInstance>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| AgentError::Kube {
-            action: "list GpuInstances",
-            source,
-        })?;
-    let mine: Vec<&GpuInstance> = list
-        .items
+    // Only this node's instances (a selectable field of the CRD), not the whole cluster's.
+    let mut items = Vec::new();
+    for node in &args.nodes {
+        let lp = ListParams::default().fields(&format!("status.nodeName={node}"));
+        let list = Api::<GpuInstance>::all(client.clone())
+            .list(&lp)
+            .await
+            .map_err(|source| AgentError::Kube {
+                action: "list GpuInstances",
+                source,
+            })?;
+        items.extend(list.items);
+    }
+    let mine: Vec<&GpuInstance> = items
         .iter()
         .filter(|i| {
             let s = i.status.as_ref();

@@ -158,6 +158,7 @@ pub struct UsageTotals {
     kind = "GpuInstance",
     namespaced,
     shortname = "gi",
+    selectable = ".status.nodeName",
     category = "gpu",
     status = "GpuInstanceStatus",
     printcolumn = r#"{"name":"User","type":"string","jsonPath":".status.user"}"#,
