@@ -39,18 +39,27 @@ pub struct ControllerMetrics {
     pub stalled: Gauge,
     /// The process is up and its watches are running.
     pub ready: AtomicBool,
+    registry: Registry,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ControllerMetrics {
-    /// Creates the metrics and registers them.
-    pub fn new(registry: &mut Registry) -> Self {
-        let m = ControllerMetrics {
+    /// Creates the metrics, registered under `gpu_cloud_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let mut m = ControllerMetrics {
             reconciles: Family::default(),
             pass_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             placed: Counter::default(),
             waiting: Gauge::default(),
             stalled: Gauge::default(),
             ready: AtomicBool::new(false),
+            registry: Registry::default(),
         };
         let r = registry.sub_registry_with_prefix("gpu_cloud");
         r.register(
@@ -78,6 +87,7 @@ impl ControllerMetrics {
             "Waiting instances that cannot run until a person acts",
             m.stalled.clone(),
         );
+        m.registry = registry;
         m
     }
 
@@ -90,17 +100,37 @@ impl ControllerMetrics {
     }
 }
 
+/// What a metrics endpoint serves: the metrics as text, and whether the process is ready.
+pub trait Exporter: Send + Sync + 'static {
+    /// The metrics in the Prometheus text format.
+    fn encode(&self) -> Result<String, std::fmt::Error>;
+    /// `/readyz` answers 200.
+    fn ready(&self) -> bool;
+}
+
+impl Exporter for ControllerMetrics {
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
+        Ok(body)
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, metrics: Arc<ControllerMetrics>) {
+pub async fn serve(addr: SocketAddr, exporter: Arc<dyn Exporter>) {
+    let for_ready = exporter.clone();
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
-                let registry = registry.clone();
+                let body = exporter.encode();
                 async move {
-                    let mut body = String::new();
-                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                        Ok(()) => (StatusCode::OK, body),
+                    match body {
+                        Ok(body) => (StatusCode::OK, body),
                         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                     }
                 }
@@ -110,7 +140,7 @@ pub async fn serve(addr: SocketAddr, registry: Arc<Registry>, metrics: Arc<Contr
         .route(
             "/readyz",
             get(move || {
-                let ready = metrics.ready.load(Ordering::Relaxed);
+                let ready = for_ready.ready();
                 async move {
                     if ready {
                         (StatusCode::OK, "ok")

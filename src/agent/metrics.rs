@@ -2,13 +2,8 @@
 //! dashboards work), plus gpu-cloud's per-instance and per-user totals.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
 use kube::ResourceExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -228,50 +223,17 @@ impl AgentMetrics {
             self.energy.clear();
         }
     }
+}
 
+impl crate::metrics::Exporter for AgentMetrics {
     fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut body = String::new();
         prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
         Ok(body)
     }
-}
 
-/// Serves `/metrics`, `/healthz`, `/readyz` (ready after the first good cycle).
-pub(super) async fn serve(addr: SocketAddr, metrics: Arc<AgentMetrics>) {
-    let m2 = metrics.clone();
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    match m.encode() {
-                        Ok(body) => (StatusCode::OK, body),
-                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-                    }
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = m2.ready.load(Ordering::Relaxed);
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-                    }
-                }
-            }),
-        );
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(listener) => {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "metrics endpoint stopped");
-            }
-        }
-        Err(e) => tracing::warn!(%addr, error = %e, "cannot serve metrics"),
+    /// Ready after the first good sampling cycle.
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 }

@@ -108,7 +108,7 @@ pub async fn run(args: AgentArgs) -> Result<(), crate::Error> {
     };
     let client = crate::cli::client().await?;
     let metrics = Arc::new(metrics::AgentMetrics::default());
-    let server = tokio::spawn(metrics::serve(args.metrics_addr, metrics.clone()));
+    let server = tokio::spawn(crate::metrics::serve(args.metrics_addr, metrics.clone()));
     info!(nodes = ?args.nodes, simulate = args.simulate, "gpu-cloud agent starting");
     let mut tracked: HashMap<String, Tracked> = HashMap::new();
     let mut tick = tokio::time::interval(args.sample_interval);

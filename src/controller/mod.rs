@@ -160,13 +160,8 @@ pub async fn run(client: Client, args: ControllerArgs) -> Result<(), crate::Erro
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = Arc::new(ControllerMetrics::new(&mut registry));
-    let server = tokio::spawn(crate::metrics::serve(
-        args.metrics_addr,
-        Arc::new(registry),
-        metrics.clone(),
-    ));
+    let metrics = Arc::new(ControllerMetrics::new());
+    let server = tokio::spawn(crate::metrics::serve(args.metrics_addr, metrics.clone()));
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,

@@ -20,6 +20,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use super::conditions::{Health, with_health};
+use super::error::ignore_not_found;
 use super::lifecycle::{self, PodView};
 use super::{Context, Error, apply_instance_status, pod};
 use crate::api::USER_LABEL;
@@ -270,8 +271,8 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
     let view = PodView::of(&created, &uid);
     let out = lifecycle::decide(inst, view.as_ref(), Timestamp::now());
     let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
-    apply_instance_status(&api, &name, &out.status)
-        .await
+    // Deleted meanwhile: its pod goes with it (owner reference).
+    ignore_not_found(apply_instance_status(&api, &name, &out.status).await)
         .map_err(Error::kube("write instance status"))?;
     let what = format!("{} x {}", inst.spec.gpu.count, inst.spec.gpu.model);
     ctx.event(
@@ -298,9 +299,13 @@ async fn mark_waiting(
         return Ok(());
     }
     let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &w.key.namespace);
-    apply_instance_status(&api, &w.key.name, &status)
-        .await
-        .map_err(Error::kube("write queue status"))?;
+    // Deleted since this pass read it: nothing to say about it.
+    if ignore_not_found(apply_instance_status(&api, &w.key.name, &status).await)
+        .map_err(Error::kube("write queue status"))?
+        .is_none()
+    {
+        return Ok(());
+    }
     let reason_changed = old.conditions.iter().all(|c| c.reason != w.wait.reason());
     if old.phase != Some(Phase::Queued) || reason_changed {
         let type_ = if w.wait.stalled() {

@@ -45,6 +45,28 @@ fn assert_exact(inst: &GpuInstance, util: f64) -> Usage {
     usage
 }
 
+/// Waits for the agent's final figures on a deleted instance, and returns it.
+async fn with_final_usage(api: &Api<GpuInstance>, name: &str) -> GpuInstance {
+    poll(
+        Duration::from_secs(60),
+        &format!("{name}'s final usage"),
+        || async {
+            match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                Some(i)
+                    if i.status
+                        .as_ref()
+                        .and_then(|s| s.usage.as_ref())
+                        .is_some_and(|u| u.final_) =>
+                {
+                    Ok(i)
+                }
+                other => Err(format!("{:?}", other.and_then(|i| i.status))),
+            }
+        },
+    )
+    .await
+}
+
 fn agent(kubeconfig: &std::path::Path, node: &str, metrics_port: u16) -> Background {
     let addr = format!("127.0.0.1:{metrics_port}");
     Background::start(
@@ -142,20 +164,7 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
 
     // Delete b: its final figures (to its deletion) are folded into the user before it goes.
     api.delete("b", &DeleteParams::default()).await.unwrap();
-    let final_b = poll(Duration::from_secs(60), "b's final usage", || async {
-        match api.get_opt("b").await.map_err(|e| e.to_string())? {
-            Some(i)
-                if i.status
-                    .as_ref()
-                    .and_then(|s| s.usage.as_ref())
-                    .is_some_and(|u| u.final_) =>
-            {
-                Ok(i)
-            }
-            other => Err(format!("{:?}", other.and_then(|i| i.status))),
-        }
-    })
-    .await;
+    let final_b = with_final_usage(&api, "b").await;
     let final_usage = assert_exact(&final_b, 50.0);
     let b_uid = final_b.uid().unwrap();
     harness::eventually(Duration::from_secs(60), "b gone", || async {
@@ -189,20 +198,7 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
 
     // Delete a too: the user's totals are then exactly the two final records.
     api.delete("a", &DeleteParams::default()).await.unwrap();
-    let final_a = poll(Duration::from_secs(60), "a's final usage", || async {
-        match api.get_opt("a").await.map_err(|e| e.to_string())? {
-            Some(i)
-                if i.status
-                    .as_ref()
-                    .and_then(|s| s.usage.as_ref())
-                    .is_some_and(|u| u.final_) =>
-            {
-                Ok(i)
-            }
-            other => Err(format!("{:?}", other.and_then(|i| i.status))),
-        }
-    })
-    .await;
+    let final_a = with_final_usage(&api, "a").await;
     let final_a = assert_exact(&final_a, 40.0);
     let totals = poll(Duration::from_secs(60), "both folded", || async {
         let u = users.get(&name).await.map_err(|e| e.to_string())?;
