@@ -20,9 +20,9 @@ pub enum Error {
         source: kube::Error,
     },
 
-    /// Turning a value into YAML failed (a bug: please report it).
-    #[error("cannot render YAML: {0}")]
-    Yaml(String),
+    /// Turning a value into YAML or JSON failed (a bug: please report it).
+    #[error("cannot render the output: {0}")]
+    Render(String),
 
     /// The node agent stopped.
     #[error(transparent)]

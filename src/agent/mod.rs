@@ -41,7 +41,7 @@ pub struct AgentArgs {
         long = "node",
         env = "NODE_NAME",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "once"
     )]
     pub nodes: Vec<String>,
     /// Invent figures instead of reading NVML (nodes without GPUs: tests, demos). Usage is
@@ -60,6 +60,10 @@ pub struct AgentArgs {
     /// Where the host's /proc is mounted (process → pod attribution).
     #[arg(long, default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// Read the GPUs once, print the readings as JSON and exit (no cluster needed): a quick
+    /// check of NVML on a node.
+    #[arg(long, conflicts_with = "simulate")]
+    pub once: bool,
     /// The kubelet's PodResources socket (device → pod attribution).
     #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
     pub pod_resources_socket: PathBuf,
@@ -106,6 +110,13 @@ pub async fn run(args: AgentArgs) -> Result<(), crate::Error> {
     } else {
         Source::Nvml(Box::new(NvmlSource::open().map_err(AgentError::from)?))
     };
+    if let (true, Source::Nvml(nvml)) = (args.once, &mut source) {
+        let readings = nvml.read();
+        let json = serde_json::to_string_pretty(&readings)
+            .map_err(|e| crate::Error::Render(e.to_string()))?;
+        println!("{json}");
+        return Ok(());
+    }
     let client = crate::cli::client().await?;
     let metrics = Arc::new(metrics::AgentMetrics::default());
     let server = tokio::spawn(crate::metrics::serve(args.metrics_addr, metrics.clone()));

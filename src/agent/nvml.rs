@@ -10,7 +10,7 @@ use nvml_wrapper::enums::device::UsedGpuMemory;
 use crate::api::v1::DeviceCounter;
 
 /// One GPU as NVML reports it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeviceReading {
     /// Index on the node.
     pub index: u32,

@@ -42,7 +42,7 @@ impl Cli {
             Command::Webhook(args) => crate::webhook::run(client().await?, args).await,
             Command::Migrate(args) => crate::migrate::run(client().await?, args).await,
             Command::Crd => {
-                let yaml = crate::api::crds_yaml().map_err(|e| Error::Yaml(e.to_string()))?;
+                let yaml = crate::api::crds_yaml().map_err(|e| Error::Render(e.to_string()))?;
                 std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes())?;
                 Ok(())
             }
