@@ -24,6 +24,10 @@ pub enum Error {
     #[error("cannot render the output: {0}")]
     Render(String),
 
+    /// The controller stopped.
+    #[error(transparent)]
+    Controller(#[from] crate::controller::ControllerError),
+
     /// The node agent stopped.
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),

@@ -43,6 +43,17 @@ pub struct ControllerArgs {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
+    /// Run only while holding the Lease `gpu-cloud-controller` (several replicas, one
+    /// active). Without it, never run two controllers against one cluster: they would place
+    /// instances without seeing each other's decisions.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (a Deployment passes its own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gpu-cloud")]
+    pub lease_namespace: String,
+    /// How long a Lease held by a vanished leader blocks the others, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub lease_duration: u64,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -154,8 +165,66 @@ pub async fn apply_instance_status(
     apply_status(api, name, &mine).await
 }
 
-/// Runs both controllers and the placement loop until SIGINT/SIGTERM.
+/// Name of the Lease that elects the active controller.
+pub const LEASE_NAME: &str = "gpu-cloud-controller";
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The Lease could not be used.
+    #[error("leader election on Lease {LEASE_NAME}: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// Another replica took over; this one stops (its Deployment restarts it as a standby).
+    #[error("lost the Lease {LEASE_NAME} to another replica; stopping")]
+    LostLease,
+}
+
+/// Runs both controllers and the placement loop until SIGINT/SIGTERM; with
+/// `--leader-elect`, only once this replica holds the Lease, and it stops when it loses it.
 pub async fn run(client: Client, args: ControllerArgs) -> Result<(), crate::Error> {
+    if !args.leader_elect {
+        return run_active(client, args).await;
+    }
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(args.lease_namespace.clone())
+        .with_identity(identity.clone())
+        .with_duration(args.lease_duration)
+        .with_grace(2)
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(ControllerError::from)?;
+    let (mut leading, lease_task) = manager.watch().await;
+    tracing::info!(%identity, lease = LEASE_NAME, "waiting to lead");
+    while !*leading.borrow_and_update() {
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { return Err(ControllerError::LostLease.into()); },
+            _ = crate::shutdown_signal() => return Ok(()),
+        }
+    }
+    tracing::info!(%identity, "leading: starting the controllers");
+    let lost = async move {
+        loop {
+            if leading.changed().await.is_err() || !*leading.borrow_and_update() {
+                return;
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = run_active(client, args) => r,
+        _ = lost => Err(ControllerError::LostLease.into()),
+    };
+    // The watch channel is closed now: the Lease task releases the Lease (so a standby
+    // takes over at once on a clean stop) and ends.
+    let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
+    result
+}
+
+async fn run_active(client: Client, args: ControllerArgs) -> Result<(), crate::Error> {
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),

@@ -120,37 +120,7 @@ pub async fn operator() -> Client {
     let client = client().await;
     let cp = control_plane();
     let installed = INSTALLED.get_or_init(|| {
-        let out = Command::new(kubectl())
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .args(["apply", "--server-side", "--force-conflicts", "-f"])
-            .arg(repo_root().join("crds"))
-            .args(["-f"])
-            .arg(repo_root().join("charts/gpu-cloud/templates/user-clusterrole.yaml"))
-            .output()
-            .map_err(|e| format!("running kubectl: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "installing CRDs: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let out = Command::new(kubectl())
-            .env("KUBECONFIG", &cp.kubeconfig)
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/gpuusers.gpu-cloud.io",
-                "crd/gpuinstances.gpu-cloud.io",
-            ])
-            .output()
-            .map_err(|e| format!("running kubectl: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "CRDs not established: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        install(&cp.kubeconfig)?;
         start_controller()
     });
     if let Err(why) = installed {
@@ -172,6 +142,43 @@ pub fn kubectl_out(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Installs the CRDs (from crds/) and the gpu-cloud-user ClusterRole on the cluster of
+/// `kubeconfig`, and waits until the CRDs are established.
+pub fn install(kubeconfig: &Path) -> Result<(), String> {
+    let out = Command::new(kubectl())
+        .env("KUBECONFIG", kubeconfig)
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(repo_root().join("crds"))
+        .args(["-f"])
+        .arg(repo_root().join("charts/gpu-cloud/templates/user-clusterrole.yaml"))
+        .output()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "installing CRDs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let out = Command::new(kubectl())
+        .env("KUBECONFIG", kubeconfig)
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/gpuusers.gpu-cloud.io",
+            "crd/gpuinstances.gpu-cloud.io",
+        ])
+        .output()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "CRDs not established: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 /// kubectl from the control-plane binaries.
@@ -574,11 +581,19 @@ pub struct Background(Child);
 impl Background {
     /// Starts `gpu-cloud args...` against `kubeconfig`.
     pub fn start(kubeconfig: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(kubeconfig, args, &[])
+    }
+
+    /// Starts `gpu-cloud args...` against `kubeconfig` with extra environment variables.
+    pub fn start_with_env(kubeconfig: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"));
         cmd.args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         // SAFETY: prctl only sets a flag on the child.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

@@ -7,6 +7,7 @@
 mod harness;
 mod instances;
 mod isolation;
+mod leader;
 mod migration;
 mod observability;
 mod scale;
