@@ -11,6 +11,7 @@ pub mod controller;
 pub mod error;
 pub mod metrics;
 pub mod migrate;
+pub mod plugin;
 pub mod scheduler;
 pub mod telemetry;
 pub mod webhook;

@@ -11,6 +11,7 @@ mod isolation;
 mod leader;
 mod migration;
 mod observability;
+mod plugin;
 mod scale;
 mod smoke;
 mod usage;
