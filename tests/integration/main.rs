@@ -12,6 +12,7 @@ mod leader;
 mod migration;
 mod observability;
 mod plugin;
+mod rbac;
 mod scale;
 mod smoke;
 mod usage;

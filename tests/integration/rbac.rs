@@ -1,0 +1,262 @@
+//! The chart's RBAC, on a control plane of the test's own: each component's ServiceAccount
+//! may do what its code does and nothing it should not (SubjectAccessReview), and the
+//! controller and the agent really work with nothing but their ServiceAccount's token.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use gpu_cloud::api::v1::{GpuInstance, Phase};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, PostParams};
+use kube::config::Kubeconfig;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::harness::{self, Background, PrivateControlPlane, phase, poll};
+
+const NS: &str = "gpu-cloud";
+
+/// (ServiceAccount, verb, group, resource[/subresource], name, allowed?)
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    bool,
+);
+
+fn sa(name: &str) -> String {
+    format!("system:serviceaccount:{NS}:gpu-cloud-{name}")
+}
+
+/// May `user` do `verb` on `resource` (`group/resource[/subresource]`, optional name)?
+async fn can(
+    client: &Client,
+    user: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    name: Option<&str>,
+) -> bool {
+    let (resource, subresource) = resource
+        .split_once('/')
+        .map_or((resource, None), |(r, s)| (r, Some(s)));
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"user": user, "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{NS}")],
+                 "resourceAttributes": {"verb": verb, "group": group, "resource": resource,
+                                        "subresource": subresource, "name": name, "namespace": "gpu-anyone"}}
+    }))
+    .unwrap();
+    let out = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
+    out.status.is_some_and(|s| s.allowed)
+}
+
+/// A kubeconfig that authenticates with a token of ServiceAccount `gpu-cloud-<name>`.
+async fn token_kubeconfig(client: &Client, admin: &Path, name: &str) -> PathBuf {
+    let req: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), NS)
+        .create_token_request(&format!("gpu-cloud-{name}"), &PostParams::default(), &req)
+        .await
+        .expect("TokenRequest")
+        .status
+        .expect("token")
+        .token;
+    let kc = Kubeconfig::read_from(admin).expect("admin kubeconfig");
+    let cluster = kc.clusters[0].cluster.clone().expect("cluster");
+    let path = admin.with_file_name(format!("{name}.token.kubeconfig"));
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n\
+         users:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: {name}}}\ncurrent-context: c\n",
+        cluster.server.expect("server"),
+        cluster.certificate_authority_data.expect("CA"),
+    );
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path
+}
+
+#[tokio::test]
+async fn each_component_has_exactly_what_it_needs() {
+    let cp = PrivateControlPlane::start("rbac");
+    let client = cp.client().await;
+    harness::install(&cp.kubeconfig).expect("install CRDs");
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let rendered = Command::new(harness::kubectl().with_file_name("helm"))
+        .args(["template", "gpu-cloud"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/gpu-cloud"))
+        .args(["--namespace", NS])
+        .output()
+        .expect("helm template");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let chart = cp.kubeconfig.with_file_name("chart.yaml");
+    std::fs::write(&chart, &rendered.stdout).unwrap();
+    let applied = Command::new(harness::kubectl())
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .args(["apply", "--server-side", "-f"])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    // Allowed and refused, per ServiceAccount.
+    let g = "gpu-cloud.io";
+    let cases: &[Case] = &[
+        ("agent", "patch", g, "gpuinstances/status", None, true),
+        ("agent", "list", g, "gpuinstances", None, true),
+        ("agent", "create", "", "pods", None, false),
+        ("agent", "patch", g, "gpuinstances", None, false),
+        ("agent", "get", "", "secrets", None, false),
+        ("controller", "create", "", "pods", None, true),
+        ("controller", "patch", g, "gpuinstances/status", None, true),
+        (
+            "controller",
+            "bind",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            Some("gpu-cloud-user"),
+            true,
+        ),
+        (
+            "controller",
+            "bind",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            Some("cluster-admin"),
+            false,
+        ),
+        ("controller", "get", "", "secrets", None, false),
+        ("controller", "delete", "", "nodes", None, false),
+        (
+            "webhook",
+            "patch",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            Some("gpuinstances.gpu-cloud.io"),
+            true,
+        ),
+        (
+            "webhook",
+            "patch",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            Some("other.example.com"),
+            false,
+        ),
+        ("webhook", "list", g, "gpuinstances", None, false),
+        (
+            "migrate",
+            "patch",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions/status",
+            None,
+            true,
+        ),
+        ("migrate", "update", g, "gpuinstances", None, true),
+        ("migrate", "delete", g, "gpuinstances", None, false),
+    ];
+    for &(who, verb, group, resource, name, want) in cases {
+        let got = can(&client, &sa(who), verb, group, resource, name).await;
+        assert_eq!(got, want, "{who} {verb} {group}/{resource} {name:?}");
+    }
+
+    // The controller and the agent work with only their own tokens.
+    let controller_kc = token_kubeconfig(&client, &cp.kubeconfig, "controller").await;
+    let agent_kc = token_kubeconfig(&client, &cp.kubeconfig, "agent").await;
+    let metrics = format!("127.0.0.1:{}", harness::free_port());
+    let _controller = Background::start_with_env(
+        &controller_kc,
+        &[
+            "controller",
+            "--leader-elect",
+            "--lease-namespace",
+            NS,
+            "--metrics-addr",
+            &metrics,
+        ],
+        &[("POD_NAME", "rbac-test")],
+    );
+    let nodes = harness::gpu_nodes(&client, "t-rbac", "TEST-RBAC-GPU", 1, 2).await;
+    let agent_metrics = format!("127.0.0.1:{}", harness::free_port());
+    let _agent = Background::start(
+        &agent_kc,
+        &[
+            "agent",
+            "--simulate",
+            "--node",
+            &nodes[0],
+            "--write-interval",
+            "1s",
+            "--metrics-addr",
+            &agent_metrics,
+        ],
+    );
+    let user_ns = harness::user(
+        &client,
+        "rita",
+        json!({"subjects": [{"kind": "User", "name": "rita"}]}),
+    )
+    .await;
+    harness::book(
+        &client,
+        &user_ns,
+        "job",
+        json!({"gpu": {"model": "TEST-RBAC-GPU", "count": 1}, "image": "x", "duration": "1h"}),
+    )
+    .await;
+    harness::wait_instance(&client, &user_ns, "job", "Running", |i| {
+        phase(i) == Some(Phase::Running)
+    })
+    .await;
+    let api = Api::<GpuInstance>::namespaced(client.clone(), &user_ns);
+    poll(
+        Duration::from_secs(30),
+        "usage written by the agent under its own token",
+        || async {
+            let i = api.get("job").await.map_err(|e| e.to_string())?;
+            let has = i
+                .status
+                .as_ref()
+                .and_then(|s| s.usage.as_ref())
+                .is_some_and(|u| u.gpu_seconds > 0.0);
+            if has {
+                Ok(())
+            } else {
+                Err(format!("{:?}", i.status))
+            }
+        },
+    )
+    .await;
+    let managers: Vec<String> = api
+        .get("job")
+        .await
+        .unwrap()
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.contains(&"gpu-cloud-agent".to_string())
+            && managers.contains(&"gpu-cloud-controller".to_string()),
+        "{managers:?}"
+    );
+}
