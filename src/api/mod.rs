@@ -58,6 +58,12 @@ pub fn instance_crd() -> CustomResourceDefinition {
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![v1::GpuUser::crd(), instance_crd()];
     for crd in &mut crds {
+        // CRD versions are the migrations: Helm must upgrade them with the chart (they are
+        // templates there, not crds/) and must never delete them, or every object goes.
+        crd.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("helm.sh/resource-policy".into(), "keep".into());
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
                 .schema
@@ -98,6 +104,19 @@ pub fn crds_yaml() -> Result<String, serde_saphyr::SerializeError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_chart_carries_the_same_crds() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/gpu-cloud/files/crds.yaml"
+        );
+        let chart = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            chart == super::crds_yaml().expect("render CRDs"),
+            "charts/gpu-cloud/files/crds.yaml is stale: cargo run -- crd > charts/gpu-cloud/files/crds.yaml"
+        );
+    }
+
     #[test]
     fn crds_folder_matches_the_types() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/gpu-cloud.yaml");

@@ -1,0 +1,175 @@
+//! The Helm chart on a control plane of the test's own: lint, install (kwok runs the pods,
+//! the post-install migrate Job completes), upgrade (CRDs carried, the hook runs again),
+//! uninstall (CRDs and user data kept).
+
+use std::path::Path;
+use std::process::Command;
+
+use gpu_cloud::api::v1::GpuUser;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use crate::harness::{self, PrivateControlPlane};
+
+fn helm(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new(harness::kubectl().with_file_name("helm"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HELM_CACHE_HOME", kubeconfig.with_file_name("helm-cache"))
+        .env("HELM_CONFIG_HOME", kubeconfig.with_file_name("helm-config"))
+        .env("HELM_DATA_HOME", kubeconfig.with_file_name("helm-data"))
+        .output()
+        .expect("run helm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "helm {args:?}:\n{text}");
+    text
+}
+
+#[tokio::test]
+async fn install_upgrade_uninstall() {
+    let cp = PrivateControlPlane::start("chart");
+    let client = cp.client().await;
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/gpu-cloud");
+    let chart = chart.to_str().expect("utf-8 path");
+    let kc = &cp.kubeconfig;
+    assert!(helm(kc, &["lint", chart]).contains("0 chart(s) failed"));
+    let gpu_nodes = harness::gpu_nodes(&client, "t-chart", "NVIDIA-L4", 2, 1).await;
+
+    let out = helm(
+        kc,
+        &[
+            "install",
+            "gpu-cloud",
+            chart,
+            "-n",
+            "gpu-cloud",
+            "--create-namespace",
+            "--set",
+            "agent.simulate=true",
+            "--wait-for-jobs",
+            "--timeout",
+            "120s",
+        ],
+    );
+    assert!(
+        out.contains("STATUS: deployed") && out.contains("Register a user"),
+        "{out}"
+    );
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let inst_crd = crds
+        .get("gpuinstances.gpu-cloud.io")
+        .await
+        .expect("CRD installed by the chart");
+    assert_eq!(
+        inst_crd
+            .annotations()
+            .get("helm.sh/resource-policy")
+            .map(String::as_str),
+        Some("keep")
+    );
+    assert_eq!(inst_crd.spec.versions.len(), 2);
+    let deploys = Api::<Deployment>::namespaced(client.clone(), "gpu-cloud");
+    let controller = deploys
+        .get("gpu-cloud-controller")
+        .await
+        .expect("controller Deployment");
+    assert_eq!(controller.spec.and_then(|s| s.replicas), Some(2));
+    harness::eventually(
+        std::time::Duration::from_secs(60),
+        "agent on every GPU node",
+        || async {
+            let ds = Api::<DaemonSet>::namespaced(client.clone(), "gpu-cloud")
+                .get("gpu-cloud-agent")
+                .await
+                .unwrap();
+            ds.status
+                .is_some_and(|s| s.desired_number_scheduled == gpu_nodes.len() as i32)
+        },
+    )
+    .await;
+
+    // User data that must survive everything below.
+    let user: GpuUser = serde_json::from_value(json!({
+        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser", "metadata": {"name": "keeper"}, "spec": {"quota": {"maxGpus": 2}}
+    }))
+    .unwrap();
+    Api::<GpuUser>::all(client.clone())
+        .create(&PostParams::default(), &user)
+        .await
+        .unwrap();
+
+    let out = helm(
+        kc,
+        &[
+            "upgrade",
+            "gpu-cloud",
+            chart,
+            "-n",
+            "gpu-cloud",
+            "--set",
+            "agent.simulate=true",
+            "--set",
+            "controller.replicas=3",
+            "--wait-for-jobs",
+            "--timeout",
+            "120s",
+        ],
+    );
+    assert!(
+        out.contains("STATUS: deployed") && out.contains("REVISION: 2"),
+        "{out}"
+    );
+    let controller = deploys.get("gpu-cloud-controller").await.unwrap();
+    assert_eq!(controller.spec.and_then(|s| s.replicas), Some(3));
+    let history = helm(kc, &["history", "gpu-cloud", "-n", "gpu-cloud"]);
+    assert!(history.contains("Upgrade complete"), "{history}");
+
+    helm(
+        kc,
+        &[
+            "uninstall",
+            "gpu-cloud",
+            "-n",
+            "gpu-cloud",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(
+        deploys
+            .get_opt("gpu-cloud-controller")
+            .await
+            .unwrap()
+            .is_none(),
+        "workloads removed"
+    );
+    assert!(
+        crds.get_opt("gpuinstances.gpu-cloud.io")
+            .await
+            .unwrap()
+            .is_some(),
+        "CRDs kept"
+    );
+    assert!(
+        crds.get_opt("gpuusers.gpu-cloud.io")
+            .await
+            .unwrap()
+            .is_some(),
+        "CRDs kept"
+    );
+    assert!(
+        Api::<GpuUser>::all(client)
+            .get_opt("keeper")
+            .await
+            .unwrap()
+            .is_some(),
+        "user data kept"
+    );
+}
