@@ -246,6 +246,50 @@ async fn each_component_has_exactly_what_it_needs() {
         },
     )
     .await;
+    // The migrate Job's and the webhook's tokens suffice for their work too.
+    let migrate_kc = token_kubeconfig(&client, &cp.kubeconfig, "migrate").await;
+    let (ok, _, err) = harness::gpu_cloud(&migrate_kc, &["migrate"]);
+    assert!(ok, "migrate under its ServiceAccount: {err}");
+    let webhook_kc = token_kubeconfig(&client, &cp.kubeconfig, "webhook").await;
+    let port = harness::free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let _webhook = Background::start(
+        &webhook_kc,
+        &[
+            "webhook",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--url",
+            &url,
+        ],
+    );
+    let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone());
+    poll(
+        Duration::from_secs(30),
+        "the webhook's CA injected under its ServiceAccount",
+        || async {
+            let crd = crds
+                .get("gpuinstances.gpu-cloud.io")
+                .await
+                .map_err(|e| e.to_string())?;
+            let cfg = crd
+                .spec
+                .conversion
+                .and_then(|c| c.webhook)
+                .and_then(|w| w.client_config);
+            match cfg {
+                Some(c)
+                    if c.url.as_deref() == Some(&format!("{url}/convert"))
+                        && c.ca_bundle.is_some() =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
     let managers: Vec<String> = api
         .get("job")
         .await
