@@ -1,6 +1,6 @@
-//! The Helm chart on a control plane of the test's own: lint, install (kwok runs the pods,
-//! the post-install migrate Job completes), upgrade (CRDs carried, the hook runs again),
-//! uninstall (CRDs and user data kept).
+//! The Helm chart on a control plane of the test's own: lint, install the previous chart
+//! version (kwok runs the pods, the post-install migrate Job completes), upgrade to this one
+//! (the new CRD version carried, the hook runs again), uninstall (CRDs and user data kept).
 
 use std::path::Path;
 use std::process::Command;
@@ -8,8 +8,8 @@ use std::process::Command;
 use gpu_cloud::api::v1::GpuUser;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::ResourceExt;
 use kube::api::{Api, PostParams};
+use kube::{CustomResourceExt, ResourceExt};
 use serde_json::json;
 
 use crate::harness::{self, PrivateControlPlane};
@@ -32,8 +32,21 @@ fn helm(kubeconfig: &Path, args: &[&str]) -> String {
     text
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 #[tokio::test]
-async fn install_upgrade_uninstall() {
+async fn install_the_previous_version_upgrade_uninstall() {
     let cp = PrivateControlPlane::start("chart");
     let client = cp.client().await;
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/gpu-cloud");
@@ -42,12 +55,28 @@ async fn install_upgrade_uninstall() {
     assert!(helm(kc, &["lint", chart]).contains("0 chart(s) failed"));
     let gpu_nodes = harness::gpu_nodes(&client, "t-chart", "NVIDIA-L4", 2, 1).await;
 
+    // The previous chart version: this chart as it was when GpuInstance had only v1alpha1.
+    let previous = kc.with_file_name("chart-previous");
+    copy_dir(Path::new(chart), &previous);
+    let chart_yaml = std::fs::read_to_string(previous.join("Chart.yaml"))
+        .unwrap()
+        .replace("version: 0.1.0", "version: 0.0.1");
+    std::fs::write(previous.join("Chart.yaml"), chart_yaml).unwrap();
+    let mut old_crd = serde_json::to_value(gpu_cloud::api::v1alpha1::GpuInstance::crd()).unwrap();
+    old_crd["metadata"]["annotations"] = json!({"helm.sh/resource-policy": "keep"});
+    let user_crd = serde_json::to_value(&gpu_cloud::api::crds()[0]).unwrap();
+    std::fs::write(
+        previous.join("files/crds.yaml"),
+        format!("{user_crd}\n---\n{old_crd}\n"),
+    )
+    .unwrap();
+    let previous = previous.to_str().expect("utf-8 path").to_owned();
     let out = helm(
         kc,
         &[
             "install",
             "gpu-cloud",
-            chart,
+            &previous,
             "-n",
             "gpu-cloud",
             "--create-namespace",
@@ -74,7 +103,11 @@ async fn install_upgrade_uninstall() {
             .map(String::as_str),
         Some("keep")
     );
-    assert_eq!(inst_crd.spec.versions.len(), 2);
+    assert_eq!(
+        inst_crd.spec.versions.len(),
+        1,
+        "the previous chart serves v1alpha1 only"
+    );
     let deploys = Api::<Deployment>::namespaced(client.clone(), "gpu-cloud");
     let controller = deploys
         .get("gpu-cloud-controller")
@@ -125,6 +158,24 @@ async fn install_upgrade_uninstall() {
     assert!(
         out.contains("STATUS: deployed") && out.contains("REVISION: 2"),
         "{out}"
+    );
+    // The upgrade carried the new CRD version (v1 stored). The migrate Job is its hook (helm
+    // waits for it and fails the upgrade if it fails).
+    let hooks = helm(kc, &["get", "hooks", "gpu-cloud", "-n", "gpu-cloud"]);
+    assert!(
+        hooks.contains("name: gpu-cloud-migrate") && hooks.contains("post-install,post-upgrade"),
+        "{hooks}"
+    );
+    let inst_crd = crds.get("gpuinstances.gpu-cloud.io").await.unwrap();
+    let versions: Vec<(String, bool)> = inst_crd
+        .spec
+        .versions
+        .iter()
+        .map(|v| (v.name.clone(), v.storage))
+        .collect();
+    assert_eq!(
+        versions,
+        [("v1".to_string(), true), ("v1alpha1".to_string(), false)]
     );
     let controller = deploys.get("gpu-cloud-controller").await.unwrap();
     assert_eq!(controller.spec.and_then(|s| s.replicas), Some(3));
