@@ -128,6 +128,49 @@ async fn install_the_previous_version_upgrade_uninstall() {
     )
     .await;
 
+    // The restricted Pod Security profile holds for every pod but the agent's.
+    let pss: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({"metadata": {
+        "name": "pss-check", "labels": {"pod-security.kubernetes.io/warn": "restricted"}}}))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &pss)
+        .await
+        .unwrap();
+    for (template, restricted) in [
+        ("controller", true),
+        ("webhook", true),
+        ("migrate-job", true),
+        ("agent", false),
+    ] {
+        let rendered = helm(
+            kc,
+            &[
+                "template",
+                "gpu-cloud",
+                chart,
+                "-n",
+                "pss-check",
+                "--show-only",
+                &format!("templates/{template}.yaml"),
+            ],
+        );
+        let manifest = kc.with_file_name(format!("pss-{template}.yaml"));
+        std::fs::write(&manifest, rendered).unwrap();
+        let out = Command::new(harness::kubectl())
+            .env("KUBECONFIG", kc)
+            .args(["apply", "--dry-run=server", "-n", "pss-check", "-f"])
+            .arg(&manifest)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{template}: {stderr}");
+        assert_eq!(
+            !stderr.contains("would violate PodSecurity"),
+            restricted,
+            "{template}: {stderr}"
+        );
+    }
+
     // User data that must survive everything below.
     let user: GpuUser = serde_json::from_value(json!({
         "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser", "metadata": {"name": "keeper"}, "spec": {"quota": {"maxGpus": 2}}
