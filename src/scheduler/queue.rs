@@ -182,11 +182,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
 
 /// One sweep down the queue.
 fn sweep(snapshot: &Snapshot) -> Plan {
-    let mut free: BTreeMap<&str, u32> = BTreeMap::new();
-    for node in &snapshot.nodes {
-        let used = snapshot.used.get(&node.name).copied().unwrap_or(0);
-        free.insert(&node.name, node.allocatable.saturating_sub(used));
-    }
+    let mut ledger = Ledger::new(snapshot);
     let mut user_gpus: BTreeMap<&str, u32> = BTreeMap::new();
     let mut user_placed: BTreeMap<&str, u32> = BTreeMap::new();
     for b in snapshot.bookings.iter().filter(|b| b.placed_on.is_some()) {
@@ -215,16 +211,14 @@ fn sweep(snapshot: &Snapshot) -> Plan {
         let decision = decide(
             b,
             snapshot,
-            &free,
+            &ledger,
             &user_gpus,
             &user_placed,
             &blocked_models,
         );
         match decision {
-            Ok(node) => {
-                if let Some(f) = free.get_mut(node) {
-                    *f -= b.count;
-                }
+            Ok(index) => {
+                let node = ledger.take(index, b.count);
                 if let Some(user) = b.user.as_deref() {
                     *user_gpus.entry(user).or_default() += b.count;
                     *user_placed.entry(user).or_default() += 1;
@@ -250,14 +244,95 @@ fn sweep(snapshot: &Snapshot) -> Plan {
     plan
 }
 
-fn decide<'s>(
+/// One sweep's view of free GPUs: per node, and per model the nodes of that model with
+/// the largest node and the largest free block kept current, so that a booking that cannot
+/// fit costs O(1) and only a placement walks its model's nodes.
+struct Ledger<'s> {
+    nodes: &'s [NodeGpus],
+    free: Vec<u32>,
+    models: BTreeMap<&'s str, ModelNodes>,
+}
+
+/// The nodes of one GPU model.
+struct ModelNodes {
+    /// Ready, schedulable, untainted nodes (indexes into `Ledger::nodes`).
+    eligible: Vec<usize>,
+    /// The largest node of the model, eligible or not.
+    largest: u32,
+    /// The most free GPUs on one eligible node.
+    largest_free: u32,
+}
+
+impl<'s> Ledger<'s> {
+    fn new(snapshot: &'s Snapshot) -> Self {
+        let nodes = snapshot.nodes.as_slice();
+        let free: Vec<u32> = nodes
+            .iter()
+            .map(|n| {
+                n.allocatable
+                    .saturating_sub(snapshot.used.get(&n.name).copied().unwrap_or(0))
+            })
+            .collect();
+        let mut models: BTreeMap<&str, ModelNodes> = BTreeMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let Some(model) = n.model.as_deref() else {
+                continue;
+            };
+            let m = models.entry(model).or_insert(ModelNodes {
+                eligible: vec![],
+                largest: 0,
+                largest_free: 0,
+            });
+            m.largest = m.largest.max(n.allocatable);
+            if n.eligible() {
+                m.eligible.push(i);
+                m.largest_free = m.largest_free.max(free[i]);
+            }
+        }
+        Ledger {
+            nodes,
+            free,
+            models,
+        }
+    }
+
+    /// The eligible node of `model` left with the fewest free GPUs after taking `count`
+    /// (then by name).
+    fn best_fit(&self, model: &ModelNodes, count: u32) -> Option<usize> {
+        model
+            .eligible
+            .iter()
+            .copied()
+            .filter(|&i| self.free[i] >= count)
+            .min_by(|&x, &y| {
+                (self.free[x] - count, &self.nodes[x].name)
+                    .cmp(&(self.free[y] - count, &self.nodes[y].name))
+            })
+    }
+
+    /// Takes `count` GPUs on node `index`; returns its name.
+    fn take(&mut self, index: usize, count: u32) -> &'s str {
+        self.free[index] -= count;
+        let node = &self.nodes[index];
+        if let Some(m) = node
+            .model
+            .as_deref()
+            .and_then(|model| self.models.get_mut(model))
+        {
+            m.largest_free = m.eligible.iter().map(|&i| self.free[i]).max().unwrap_or(0);
+        }
+        &node.name
+    }
+}
+
+fn decide(
     b: &Booking,
-    snapshot: &'s Snapshot,
-    free: &BTreeMap<&str, u32>,
+    snapshot: &Snapshot,
+    ledger: &Ledger<'_>,
     user_gpus: &BTreeMap<&str, u32>,
     user_placed: &BTreeMap<&str, u32>,
     blocked_models: &BTreeSet<&str>,
-) -> Result<&'s str, Wait> {
+) -> Result<usize, Wait> {
     let user = b.user.as_deref().ok_or(Wait::NoUser)?;
     let policy = snapshot.users.get(user).ok_or(Wait::NoUser)?;
     if policy.suspended {
@@ -269,18 +344,14 @@ fn decide<'s>(
     if let Some(max) = policy.max_gpus.filter(|&max| b.count > max) {
         return Err(Wait::OverQuotaLimit { max });
     }
-    let of_model = || {
-        snapshot
-            .nodes
-            .iter()
-            .filter(|n| n.model.as_deref() == Some(&b.model))
-    };
-    let largest = of_model()
-        .map(|n| n.allocatable)
-        .max()
+    let model = ledger
+        .models
+        .get(b.model.as_str())
         .ok_or(Wait::UnknownModel)?;
-    if largest < b.count {
-        return Err(Wait::TooLarge { largest });
+    if model.largest < b.count {
+        return Err(Wait::TooLarge {
+            largest: model.largest,
+        });
     }
     let in_use = user_gpus.get(user).copied().unwrap_or(0);
     if let Some(max) = policy.max_gpus.filter(|&max| in_use + b.count > max) {
@@ -290,16 +361,12 @@ fn decide<'s>(
     if let Some(max) = policy.max_instances.filter(|&max| placed >= max) {
         return Err(Wait::InstanceQuota { placed, max });
     }
-    let eligible = || of_model().filter(|n| n.eligible());
-    let free_on = |n: &NodeGpus| free.get(n.name.as_str()).copied().unwrap_or(0);
-    let largest_free = eligible().map(free_on).max().unwrap_or(0);
-    if blocked_models.contains(b.model.as_str()) {
+    let largest_free = model.largest_free;
+    if blocked_models.contains(b.model.as_str()) || largest_free < b.count {
         return Err(Wait::Capacity { largest_free });
     }
-    eligible()
-        .filter(|n| free_on(n) >= b.count)
-        .min_by(|x, y| (free_on(x) - b.count, &x.name).cmp(&(free_on(y) - b.count, &y.name)))
-        .map(|n| n.name.as_str())
+    ledger
+        .best_fit(model, b.count)
         .ok_or(Wait::Capacity { largest_free })
 }
 
