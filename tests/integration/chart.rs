@@ -171,6 +171,36 @@ async fn install_the_previous_version_upgrade_uninstall() {
         );
     }
 
+    // The agent with the host's driver mounted (GPU operator layout) is accepted too.
+    let rendered = helm(
+        kc,
+        &[
+            "template",
+            "gpu-cloud",
+            chart,
+            "-n",
+            "pss-check",
+            "--show-only",
+            "templates/agent.yaml",
+            "--set",
+            "agent.driverHostPath=/run/nvidia/driver",
+        ],
+    );
+    assert!(rendered.contains("path: /run/nvidia/driver"), "{rendered}");
+    let manifest = kc.with_file_name("pss-agent-driver.yaml");
+    std::fs::write(&manifest, rendered).unwrap();
+    let out = Command::new(harness::kubectl())
+        .env("KUBECONFIG", kc)
+        .args(["apply", "--dry-run=server", "-n", "pss-check", "-f"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // User data that must survive everything below.
     let user: GpuUser = serde_json::from_value(json!({
         "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser", "metadata": {"name": "keeper"}, "spec": {"quota": {"maxGpus": 2}}
