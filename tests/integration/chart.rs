@@ -32,6 +32,22 @@ fn helm(kubeconfig: &Path, args: &[&str]) -> String {
     text
 }
 
+/// Applies a rendered manifest to namespace pss-check with a server-side dry-run; asserts
+/// it is accepted and returns kubectl's warnings.
+fn dry_run(kubeconfig: &Path, name: &str, manifest: &str) -> String {
+    let path = kubeconfig.with_file_name(format!("pss-{name}.yaml"));
+    std::fs::write(&path, manifest).unwrap();
+    let out = Command::new(harness::kubectl())
+        .env("KUBECONFIG", kubeconfig)
+        .args(["apply", "--dry-run=server", "-n", "pss-check", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{name}: {stderr}");
+    stderr
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -154,16 +170,7 @@ async fn install_the_previous_version_upgrade_uninstall() {
                 &format!("templates/{template}.yaml"),
             ],
         );
-        let manifest = kc.with_file_name(format!("pss-{template}.yaml"));
-        std::fs::write(&manifest, rendered).unwrap();
-        let out = Command::new(harness::kubectl())
-            .env("KUBECONFIG", kc)
-            .args(["apply", "--dry-run=server", "-n", "pss-check", "-f"])
-            .arg(&manifest)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{template}: {stderr}");
+        let stderr = dry_run(kc, template, &rendered);
         assert_eq!(
             !stderr.contains("would violate PodSecurity"),
             restricted,
@@ -187,19 +194,7 @@ async fn install_the_previous_version_upgrade_uninstall() {
         ],
     );
     assert!(rendered.contains("path: /run/nvidia/driver"), "{rendered}");
-    let manifest = kc.with_file_name("pss-agent-driver.yaml");
-    std::fs::write(&manifest, rendered).unwrap();
-    let out = Command::new(harness::kubectl())
-        .env("KUBECONFIG", kc)
-        .args(["apply", "--dry-run=server", "-n", "pss-check", "-f"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    dry_run(kc, "agent-driver", &rendered);
 
     // User data that must survive everything below.
     let user: GpuUser = serde_json::from_value(json!({
