@@ -170,10 +170,13 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             };
         }
         let w = world.to_mut();
-        for (key, node) in &swept.placements {
-            if let Some(b) = w.bookings.iter_mut().find(|b| &b.key == key) {
-                b.placed_on = Some(node.clone());
-                *w.used.entry(node.clone()).or_default() += b.count;
+        // An index, not a search per placement: one pass may place thousands.
+        let placed: BTreeMap<&InstanceKey, &String> =
+            swept.placements.iter().map(|(k, n)| (k, n)).collect();
+        for b in w.bookings.iter_mut() {
+            if let Some(node) = placed.get(&b.key) {
+                b.placed_on = Some((*node).clone());
+                *w.used.entry((*node).clone()).or_default() += b.count;
             }
         }
         placements.extend(swept.placements);
