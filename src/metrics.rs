@@ -25,6 +25,13 @@ pub struct ReconcileLabels {
     pub result: &'static str,
 }
 
+/// Labels of a watch cache.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `nodes`, `pods`, `namespaces`, `gpuusers` or `gpuinstances`.
+    pub resource: &'static str,
+}
+
 /// What the controller counts.
 pub struct ControllerMetrics {
     /// Reconciles by controller and outcome.
@@ -37,6 +44,10 @@ pub struct ControllerMetrics {
     pub waiting: Gauge,
     /// Of those, the ones that cannot run until a person acts (Stalled).
     pub stalled: Gauge,
+    /// API requests sent, by verb and resource (the client counts them).
+    pub api_requests: crate::client::RequestCounts,
+    /// Objects in each watch cache.
+    pub cached: Family<CacheLabels, Gauge>,
     /// The process is up and its watches are running.
     pub ready: AtomicBool,
     registry: Registry,
@@ -58,6 +69,8 @@ impl ControllerMetrics {
             placed: Counter::default(),
             waiting: Gauge::default(),
             stalled: Gauge::default(),
+            api_requests: Family::default(),
+            cached: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -86,6 +99,16 @@ impl ControllerMetrics {
             "instances_stalled",
             "Waiting instances that cannot run until a person acts",
             m.stalled.clone(),
+        );
+        r.register(
+            "api_requests",
+            "API requests sent, by verb and resource",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "cached_objects",
+            "Objects held in each watch cache after the last placement pass",
+            m.cached.clone(),
         );
         m.registry = registry;
         m

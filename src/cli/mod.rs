@@ -37,7 +37,11 @@ impl Cli {
     pub async fn run(self) -> Result<(), Error> {
         match self.command {
             Command::Nodes(args) => nodes::run(args).await,
-            Command::Controller(args) => crate::controller::run(client().await?, args).await,
+            Command::Controller(args) => {
+                let metrics = std::sync::Arc::new(crate::metrics::ControllerMetrics::new());
+                let client = crate::client::build(&args.api, metrics.api_requests.clone()).await?;
+                crate::controller::run(client, args, metrics).await
+            }
             Command::Agent(args) => crate::agent::run(args).await,
             Command::Webhook(args) => crate::webhook::run(client().await?, args).await,
             Command::Migrate(args) => crate::migrate::run(client().await?, args).await,

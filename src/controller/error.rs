@@ -33,9 +33,17 @@ impl Error {
     pub fn is_waiting(&self) -> bool {
         match self {
             Error::Waiting(_) => true,
-            Error::Finalizer(e) => {
-                matches!(**e, finalizer::Error::CleanupFailed(Error::Waiting(_)))
-            }
+            Error::Finalizer(e) => match &**e {
+                finalizer::Error::CleanupFailed(Error::Waiting(_)) => true,
+                // The finalizer patch tests the finalizer list it read from the cache; a
+                // cache a moment behind (our own earlier write not seen yet) fails the test.
+                // The next try reads a newer cache.
+                finalizer::Error::AddFinalizer(kube::Error::Api(a))
+                | finalizer::Error::RemoveFinalizer(kube::Error::Api(a)) => {
+                    a.code == 422 || a.code == 409
+                }
+                _ => false,
+            },
             _ => false,
         }
     }

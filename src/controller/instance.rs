@@ -10,13 +10,12 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ReflectHandle;
 use kube::{Resource, ResourceExt};
 use tracing::{field, info, instrument, warn};
 
 use super::error::ignore_not_found;
 use super::lifecycle::{self, PodAction, PodView};
-use super::pod::MANAGED_BY;
 use super::{Context, Error, apply_instance_status};
 use crate::api::v1::GpuInstance;
 
@@ -24,19 +23,17 @@ use crate::api::v1::GpuInstance;
 /// usage folded into its user) before it disappears.
 pub const FINALIZER: &str = "gpu-cloud.io/instance";
 
-/// Runs the instance controller until shutdown.
-pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let pods =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
-    let results = Controller::new(
-        Api::<GpuInstance>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Pod>::all(client), pods)
-    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx.clone());
+/// Runs the instance controller until shutdown, triggered by the instance and pod caches.
+pub async fn run(
+    ctx: Arc<Context>,
+    instances: ReflectHandle<GpuInstance>,
+    pods: ReflectHandle<Pod>,
+) {
+    let results = Controller::for_shared_stream(instances, ctx.caches.instances.clone())
+        .owns_shared_stream(pods)
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone());
     super::report(results, ctx.metrics.clone(), "instance").await;
 }
 
@@ -60,12 +57,13 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, Error> {
     let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
     let uid = inst.uid().ok_or(Error::Missing("metadata.uid"))?;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
-    let pod = pods.get_opt(&name).await.map_err(Error::kube("get pod"))?;
+    let pod = ctx.caches.pod(&ns, &name);
     let view = pod.as_ref().and_then(|p| PodView::of(p, &uid));
     let out = lifecycle::decide(inst, view.as_ref(), Timestamp::now());
     tracing::Span::current().record("phase", field::debug(out.status.phase));
 
-    if inst.status.as_ref() != Some(&out.status) {
+    // No status and nothing to say yet is not a change: never write an empty status.
+    if inst.status.clone().unwrap_or_default() != out.status {
         let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
         apply_instance_status(&api, &name, &out.status)
             .await
@@ -93,9 +91,9 @@ async fn cleanup(inst: &GpuInstance, ctx: &Context) -> Result<Action, Error> {
     let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     let uid = inst.uid().unwrap_or_default();
-    let ours = pods.get_opt(&name).await.map_err(Error::kube("get pod"))?;
+    let ours = ctx.caches.pod(&ns, &name);
     if ours
-        .as_ref()
+        .as_deref()
         .and_then(|p| PodView::of(p, &uid))
         .is_some_and(|p| !p.terminating)
     {
@@ -126,24 +124,21 @@ async fn usage_not_folded(inst: &GpuInstance, ctx: &Context) -> Result<Option<St
         return Ok(None); // never ran
     }
     let ns = inst.namespace().unwrap_or_default();
-    let namespace = Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone())
-        .get_opt(&ns)
-        .await
-        .map_err(Error::kube("get namespace"))?;
-    let Some(user) = namespace.and_then(|n| n.labels().get(crate::api::USER_LABEL).cloned()) else {
+    let Some(user) = ctx.caches.user_of_namespace(&ns) else {
         return Ok(None);
     };
-    let user_obj = Api::<crate::api::v1::GpuUser>::all(ctx.client.clone())
-        .get_opt(&user)
-        .await
-        .map_err(Error::kube("get GpuUser"))?;
+    let user_obj = ctx
+        .caches
+        .users
+        .get(&kube::runtime::reflector::ObjectRef::new(&user));
     let Some(user_obj) = user_obj.filter(|u| u.metadata.deletion_timestamp.is_none()) else {
         return Ok(None); // the user goes too, and its records with it
     };
     let uid = inst.uid().unwrap_or_default();
     let folded = user_obj
         .status
-        .and_then(|s| s.usage)
+        .as_ref()
+        .and_then(|s| s.usage.as_ref())
         .is_some_and(|u| u.retired_uids.contains(&uid));
     Ok((!folded).then(|| {
         format!(

@@ -15,6 +15,9 @@ use crate::api::USER_LABEL;
 use crate::api::duration;
 use crate::api::v1::{GpuInstance, GpuInstanceStatus, Phase};
 
+/// How long a new pod may start before the instance's status says `Scheduled`.
+pub const STARTING_GRACE: Duration = Duration::from_secs(2);
+
 /// What the instance's pod looks like, reduced to what the decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodView {
@@ -131,17 +134,11 @@ pub fn decide(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outc
             });
             out.wake_scheduler = true;
         } else if phase.is_none() {
-            status.phase = Some(Phase::Pending);
-            status.conditions = with_health(
-                &old.conditions,
-                Health::Progressing {
-                    reason: "Pending",
-                    message: "waiting for the scheduler",
-                },
-                generation,
-                now,
-            );
+            // New: the placement loop places it or writes why it waits, within a pass.
+            // A `Pending` status first would be one more write per booking that nobody
+            // reads.
             out.wake_scheduler = true;
+            return out;
         } else {
             // Queued: the placement loop owns this status; make sure it looks again
             // (the spec may have changed, e.g. its priority).
@@ -181,6 +178,19 @@ pub fn decide(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outc
     status.pod_name = Some(pod.name.clone());
     status.user = pod.user.clone().or(old.user.clone());
     status.queue_position = None;
+
+    // A pod that starts within moments is reported once, as Running: a `Scheduled` status
+    // first would be one more write per booking. One slow to start (pulling its image) is
+    // reported as Scheduled once the grace has passed.
+    let starting = pod.phase.as_deref().is_none_or(|p| p == "Pending");
+    if starting && phase != Some(Phase::Scheduled) && now < expires {
+        let age = now.duration_since(started);
+        let grace = SignedDuration::try_from(STARTING_GRACE).unwrap_or(SignedDuration::ZERO);
+        if age < grace {
+            out.requeue_after = Some(Duration::try_from(grace - age).unwrap_or(STARTING_GRACE));
+            return out;
+        }
+    }
 
     let node = status.node_name.clone().unwrap_or_default();
     // The new phase, what to tell people, and the event type of the transition (if any).
@@ -281,11 +291,25 @@ mod tests {
     }
 
     #[test]
-    fn a_new_instance_becomes_pending_and_wakes_the_scheduler() {
+    fn a_new_instance_wakes_the_scheduler_without_a_write() {
         let out = decide(&instance(json!(null)), None, ts(10));
-        assert_eq!(out.status.phase, Some(Phase::Pending));
-        assert_eq!(out.status.observed_generation, Some(2));
+        assert_eq!(out.status, GpuInstanceStatus::default());
         assert!(out.wake_scheduler);
+    }
+
+    #[test]
+    fn a_starting_pod_is_reported_once_running_or_after_the_grace() {
+        let inst = instance(json!(null));
+        let out = decide(&inst, Some(&pod("Pending")), ts(1001));
+        assert_eq!(out.status, GpuInstanceStatus::default());
+        assert_eq!(out.requeue_after, Some(Duration::from_secs(1)));
+        assert_eq!(
+            decide(&inst, Some(&pod("Running")), ts(1001)).status.phase,
+            Some(Phase::Running)
+        );
+        let slow = decide(&inst, Some(&pod("Pending")), ts(1002));
+        assert_eq!(slow.status.phase, Some(Phase::Scheduled));
+        assert_eq!(slow.status.node_name.as_deref(), Some("gpu-l4-0"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! [`crate::scheduler`]), and writes the difference. Nothing is kept in memory that the
 //! cluster does not also hold: a restarted controller picks up where the last one stopped.
 
+pub mod cache;
 pub mod conditions;
 mod error;
 pub mod instance;
@@ -40,6 +41,12 @@ pub struct ControllerArgs {
     /// Reconciles in flight at once, per controller.
     #[arg(long, default_value_t = 16)]
     pub concurrency: u16,
+    /// Writes in flight at once within a placement pass (pod creations, queue statuses).
+    #[arg(long, default_value_t = 32)]
+    pub write_concurrency: usize,
+    /// Client-side rate limit of API requests.
+    #[command(flatten)]
+    pub api: crate::client::ApiArgs,
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
@@ -72,6 +79,12 @@ pub struct Context {
     pub args: ControllerArgs,
     /// Prometheus metrics.
     pub metrics: Arc<ControllerMetrics>,
+    /// What the watches say of the cluster.
+    pub caches: cache::Caches,
+    /// Pods created that the pod cache may not show yet.
+    pub assumed: cache::Assumed,
+    /// Users whose namespace, RoleBinding and ResourceQuota are in place.
+    pub provisioned: user::Provisioned,
 }
 
 impl Context {
@@ -145,6 +158,10 @@ pub(crate) async fn report<K>(
             match res {
                 Err(kube::runtime::controller::Error::ReconcilerFailed(e, _)) if e.is_waiting() => {
                 }
+                // A change of a child whose owner is already gone: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(controller, %obj, "owner gone");
+                }
                 Err(e) => warn!(controller, error = %e, "reconcile failed"),
                 Ok(_) => {}
             }
@@ -181,9 +198,13 @@ pub enum ControllerError {
 
 /// Runs both controllers and the placement loop until SIGINT/SIGTERM; with
 /// `--leader-elect`, only once this replica holds the Lease, and it stops when it loses it.
-pub async fn run(client: Client, args: ControllerArgs) -> Result<(), crate::Error> {
+pub async fn run(
+    client: Client,
+    args: ControllerArgs,
+    metrics: Arc<ControllerMetrics>,
+) -> Result<(), crate::Error> {
     if !args.leader_elect {
-        return run_active(client, args).await;
+        return run_active(client, args, metrics).await;
     }
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -215,7 +236,7 @@ pub async fn run(client: Client, args: ControllerArgs) -> Result<(), crate::Erro
         }
     };
     let result = tokio::select! {
-        r = run_active(client, args) => r,
+        r = run_active(client, args, metrics) => r,
         _ = lost => Err(ControllerError::LostLease.into()),
     };
     // The watch channel is closed now: the Lease task releases the Lease (so a standby
@@ -224,28 +245,44 @@ pub async fn run(client: Client, args: ControllerArgs) -> Result<(), crate::Erro
     result
 }
 
-async fn run_active(client: Client, args: ControllerArgs) -> Result<(), crate::Error> {
+async fn run_active(
+    client: Client,
+    args: ControllerArgs,
+    metrics: Arc<ControllerMetrics>,
+) -> Result<(), crate::Error> {
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let metrics = Arc::new(ControllerMetrics::new());
     let server = tokio::spawn(crate::metrics::serve(args.metrics_addr, metrics.clone()));
+    let (caches, feeds, watches) = cache::Caches::start(&client);
+    tracing::info!("gpu-cloud controller starting: filling the watch caches");
+    tokio::select! {
+        r = caches.ready() => r.map_err(|e| crate::Error::Config(format!("watch caches: {e}")))?,
+        _ = crate::shutdown_signal() => return Ok(()),
+    }
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         wake: Notify::new(),
         args,
         metrics,
+        caches,
+        assumed: cache::Assumed::default(),
+        provisioned: user::Provisioned::default(),
     });
-    tracing::info!("gpu-cloud controller starting");
+    tracing::info!("gpu-cloud controller started");
     let placement = tokio::spawn(placement::run(ctx.clone()));
     ctx.metrics
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    tokio::join!(user::run(ctx.clone()), instance::run(ctx.clone()));
+    tokio::join!(
+        user::run(ctx.clone(), feeds.users, feeds.user_instances, feeds.namespaces),
+        instance::run(ctx.clone(), feeds.instances, feeds.pods)
+    );
     placement.abort();
     server.abort();
+    drop(watches);
     tracing::info!("gpu-cloud controller stopped");
     Ok(())
 }

@@ -1,11 +1,12 @@
 //! The placement loop: one pass at a time, it reads the whole cluster (nodes, pods, users,
-//! instances) with fresh quorum reads, asks [`crate::scheduler::plan`] what to place, creates
-//! the pods, and writes every waiting instance's queue position and reason.
+//! instances) from the watch caches, asks [`crate::scheduler::plan`] what to place, creates
+//! the pods, and writes each waiting instance's queue position and reason when it changed.
 //!
-//! Passes never overlap, each starts from what the apiserver says (never from memory), and
-//! a placement is committed by creating a pod whose name is the instance's: a second
-//! attempt (after a crash, or by a second controller) collides with `AlreadyExists` instead
-//! of booking the GPUs twice.
+//! Passes never overlap. The caches may lag the apiserver by a moment: pods this process
+//! created count as placed until the pod cache shows them ([`super::cache::Assumed`]), and
+//! a restarted controller starts from fresh lists. A placement is committed by creating a
+//! pod whose name is the instance's: a second attempt (after a crash, or by a second
+//! controller) collides with `AlreadyExists` instead of booking the GPUs twice.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,21 +15,19 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PartialObjectMeta, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
 use super::conditions::{Health, with_health};
 use super::error::ignore_not_found;
-use super::lifecycle::{self, PodView};
+use super::lifecycle::PodView;
 use super::{Context, Error, apply_instance_status, pod};
 use crate::api::USER_LABEL;
+use crate::metrics::CacheLabels;
 use crate::api::v1::{GpuInstance, GpuInstanceStatus, GpuUser, Phase};
 use crate::scheduler::{self, Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, Waiting};
-
-/// Writes in flight at once within a pass.
-const WRITE_CONCURRENCY: usize = 16;
 
 /// Runs passes until the task is aborted: on every wake-up, and every `resync` anyway.
 pub async fn run(ctx: Arc<Context>) {
@@ -54,16 +53,16 @@ pub async fn run(ctx: Arc<Context>) {
 
 /// Everything one pass reads.
 struct World {
-    nodes: Vec<Node>,
-    pods: Vec<Pod>,
-    namespaces: Vec<Namespace>,
-    users: Vec<GpuUser>,
-    instances: Vec<GpuInstance>,
+    nodes: Vec<Arc<Node>>,
+    pods: Vec<Arc<Pod>>,
+    namespaces: Vec<Arc<PartialObjectMeta<Namespace>>>,
+    users: Vec<Arc<GpuUser>>,
+    instances: Vec<Arc<GpuInstance>>,
 }
 
 #[instrument(skip_all, fields(placed, waiting))]
 async fn pass(ctx: &Context) -> Result<(), Error> {
-    let world = read_world(ctx).await?;
+    let world = read_world(ctx);
     let snapshot = snapshot(&world);
     let plan = scheduler::plan(&snapshot);
     tracing::Span::current().record("placed", plan.placements.len());
@@ -76,7 +75,7 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
         .stalled
         .set(i64::try_from(stalled).unwrap_or(i64::MAX));
 
-    let by_key: BTreeMap<InstanceKey, &GpuInstance> =
+    let by_key: BTreeMap<InstanceKey, &Arc<GpuInstance>> =
         world.instances.iter().map(|i| (key_of(i), i)).collect();
     let user_of: BTreeMap<&InstanceKey, Option<&str>> = snapshot
         .bookings
@@ -85,7 +84,7 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
         .collect();
 
     // Owned inputs: the futures below must not borrow from a closure's argument.
-    let to_place: Vec<(GpuInstance, String, String)> = plan
+    let to_place: Vec<(Arc<GpuInstance>, String, String)> = plan
         .placements
         .iter()
         .filter_map(|(key, node)| {
@@ -94,9 +93,10 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
         })
         .collect();
     let placed = to_place.len();
+    let writes = ctx.args.write_concurrency.max(1);
     stream::iter(to_place)
         .map(|(inst, user, node)| async move { place(ctx, &inst, &user, &node).await })
-        .buffer_unordered(WRITE_CONCURRENCY)
+        .buffer_unordered(writes)
         .try_collect::<Vec<()>>()
         .await?;
     if placed > 0 {
@@ -104,7 +104,7 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
     }
 
     let now = Timestamp::now();
-    let to_mark: Vec<(GpuInstance, Option<String>, Waiting)> = plan
+    let to_mark: Vec<(Arc<GpuInstance>, Option<String>, Waiting)> = plan
         .waiting
         .into_iter()
         .filter_map(|w| {
@@ -114,55 +114,37 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
         .collect();
     stream::iter(to_mark)
         .map(|(inst, user, w)| async move { mark_waiting(ctx, &inst, user.as_deref(), &w, now).await })
-        .buffer_unordered(WRITE_CONCURRENCY)
+        .buffer_unordered(writes)
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
 }
 
-async fn read_world(ctx: &Context) -> Result<World, Error> {
-    let c = &ctx.client;
-    let lp = ListParams::default();
-    let active = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-    let (nodes, pods, namespaces, users, instances) = tokio::try_join!(
-        async {
-            Api::<Node>::all(c.clone())
-                .list(&lp)
-                .await
-                .map_err(Error::kube("list nodes"))
-        },
-        async {
-            Api::<Pod>::all(c.clone())
-                .list(&active)
-                .await
-                .map_err(Error::kube("list pods"))
-        },
-        async {
-            Api::<Namespace>::all(c.clone())
-                .list(&ListParams::default().labels(USER_LABEL))
-                .await
-                .map_err(Error::kube("list user namespaces"))
-        },
-        async {
-            Api::<GpuUser>::all(c.clone())
-                .list(&lp)
-                .await
-                .map_err(Error::kube("list GpuUsers"))
-        },
-        async {
-            Api::<GpuInstance>::all(c.clone())
-                .list(&lp)
-                .await
-                .map_err(Error::kube("list GpuInstances"))
-        },
-    )?;
-    Ok(World {
-        nodes: nodes.items,
-        pods: pods.items,
-        namespaces: namespaces.items,
-        users: users.items,
-        instances: instances.items,
-    })
+/// Reads the caches, adding the pods created that the pod cache does not show yet.
+fn read_world(ctx: &Context) -> World {
+    let c = &ctx.caches;
+    let mut pods = c.pods.state();
+    pods.extend(ctx.assumed.pending(&c.pods).into_iter().map(Arc::new));
+    let world = World {
+        nodes: c.nodes.state(),
+        pods,
+        namespaces: c.namespaces.state(),
+        users: c.users.state(),
+        instances: c.instances.state(),
+    };
+    for (resource, n) in [
+        ("nodes", world.nodes.len()),
+        ("pods", world.pods.len()),
+        ("namespaces", world.namespaces.len()),
+        ("gpuusers", world.users.len()),
+        ("gpuinstances", world.instances.len()),
+    ] {
+        ctx.metrics
+            .cached
+            .get_or_create(&CacheLabels { resource })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    world
 }
 
 fn key_of(inst: &GpuInstance) -> InstanceKey {
@@ -174,8 +156,8 @@ fn key_of(inst: &GpuInstance) -> InstanceKey {
 
 /// The pure scheduler's view of the world.
 fn snapshot(world: &World) -> Snapshot {
-    let nodes = world.nodes.iter().map(NodeGpus::from_node).collect();
-    let used = scheduler::gpus_in_use(&world.pods);
+    let nodes = world.nodes.iter().map(|n| NodeGpus::from_node(n)).collect();
+    let used = scheduler::gpus_in_use(world.pods.iter().map(|p| p.as_ref()));
     let ns_user: BTreeMap<String, String> = world
         .namespaces
         .iter()
@@ -198,7 +180,7 @@ fn snapshot(world: &World) -> Snapshot {
     let pod_of: BTreeMap<(String, String), &Pod> = world
         .pods
         .iter()
-        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
+        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.as_ref()))
         .collect();
     let bookings = world
         .instances
@@ -244,45 +226,36 @@ fn snapshot(world: &World) -> Snapshot {
     }
 }
 
-/// Creates the pod (the commit point), then records the placement in the status.
+/// Creates the pod: the commit point. The instance reconciler reports the placement in the
+/// instance's status once the pod runs (one write instead of two).
 async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Result<(), Error> {
     let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
     let pod = pod::build(inst, user, node).map_err(|e| Error::Build("pod", e))?;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
-    let created = match pods.create(&PostParams::default(), &pod).await {
-        Ok(p) => p,
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(created) => {
+            ctx.assumed.insert(created);
+            ctx.metrics.placed.inc();
+            debug!(instance = %name, %node, "placed");
+            Ok(())
+        }
         Err(kube::Error::Api(e)) if e.code == 409 => {
             // A pod of that name exists: ours from an earlier attempt (the next pass sees
             // it as placed), or a leftover still terminating. Either way, not twice.
             debug!(instance = %name, "pod already exists");
-            return Ok(());
+            Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 403 => {
             // The namespace's ResourceQuota refused it: our view of the quota was stale.
             warn!(instance = %name, reason = %e.message, "pod refused");
             ctx.event(inst, EventType::Warning, "PodRefused", e.message.clone())
                 .await;
-            return Ok(());
+            Ok(())
         }
-        Err(e) => return Err(Error::kube("create pod")(e)),
-    };
-    ctx.metrics.placed.inc();
-    let uid = inst.uid().unwrap_or_default();
-    let view = PodView::of(&created, &uid);
-    let out = lifecycle::decide(inst, view.as_ref(), Timestamp::now());
-    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
-    // Deleted meanwhile: its pod goes with it (owner reference).
-    ignore_not_found(apply_instance_status(&api, &name, &out.status).await)
-        .map_err(Error::kube("write instance status"))?;
-    let what = format!("{} x {}", inst.spec.gpu.count, inst.spec.gpu.model);
-    ctx.event(
-        inst,
-        EventType::Normal,
-        "Scheduled",
-        format!("placed {what} on {node}"),
-    )
-    .await;
-    Ok(())
+        // Its namespace is going away, or the instance with it.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube("create pod")(e)),
+    }
 }
 
 /// Writes a waiting instance's queue status, if it changed.

@@ -3,18 +3,18 @@
 //! status with what the user holds. On deletion it stops the user's instances first, then
 //! removes the namespace.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{instrument, warn};
@@ -41,28 +41,56 @@ pub fn namespace_of(name: &str) -> String {
     format!("{NAMESPACE_PREFIX}{name}")
 }
 
-/// Runs the user controller until shutdown.
-pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let managed = watcher::Config::default().labels(USER_LABEL);
-    let results = Controller::new(
-        Api::<GpuUser>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Namespace>::all(client.clone()), managed)
-    // Instances change what a user holds: refresh the user's status.
-    .watches(
-        Api::<GpuInstance>::all(client),
-        watcher::Config::default(),
-        |inst| {
+/// How often a converged user's namespace, RoleBinding and ResourceQuota are applied again
+/// anyway (repairs hand edits; the cheap path skips them).
+const REAPPLY: Duration = Duration::from_secs(300);
+
+/// When each user's objects were last applied, and at which generation: lets a converged
+/// user's reconcile (one per instance change) skip three writes. Memory only: after a
+/// restart everything is applied once again.
+#[derive(Default)]
+pub struct Provisioned(Mutex<HashMap<String, (Option<i64>, Instant)>>);
+
+impl Provisioned {
+    /// `name` was applied at `generation` less than `within` ago.
+    fn fresh(&self, name: &str, generation: Option<i64>, within: Duration) -> bool {
+        self.0.lock().is_ok_and(|m| {
+            m.get(name)
+                .is_some_and(|(g, at)| *g == generation && at.elapsed() < within)
+        })
+    }
+
+    fn record(&self, name: &str, generation: Option<i64>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(name.to_owned(), (generation, Instant::now()));
+        }
+    }
+}
+
+/// Runs the user controller until shutdown, triggered by the user, instance and namespace
+/// caches.
+pub async fn run(
+    ctx: Arc<Context>,
+    users: ReflectHandle<GpuUser>,
+    instances: ReflectHandle<GpuInstance>,
+    namespaces: ReflectHandle<PartialObjectMeta<Namespace>>,
+) {
+    let config = kube::runtime::controller::Config::default()
+        .concurrency(ctx.args.concurrency)
+        // A burst of bookings changes a user many times a second: one status write for the
+        // lot, a moment later.
+        .debounce(Duration::from_millis(500));
+    let results = Controller::for_shared_stream(users, ctx.caches.users.clone())
+        .owns_shared_stream(namespaces)
+        // Instances change what a user holds: refresh the user's status.
+        .watches_shared_stream(instances, |inst| {
             inst.namespace()
                 .and_then(|ns| ns.strip_prefix(NAMESPACE_PREFIX).map(str::to_owned))
                 .map(|user| ObjectRef::<GpuUser>::new(&user))
-        },
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx.clone());
+        })
+        .with_config(config)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone());
     super::report(results, ctx.metrics.clone(), "user").await;
 }
 
@@ -83,17 +111,23 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
     let name = user.name_any();
     let ns = namespace_of(&name);
     let client = &ctx.client;
-    let ssa = PatchParams::apply(FIELD_MANAGER).force();
     let old = user.status.clone().unwrap_or_default();
     let generation = user.metadata.generation;
     let now = Timestamp::now();
 
     let namespaces = Api::<Namespace>::all(client.clone());
-    let existing = namespaces
-        .get_opt(&ns)
-        .await
-        .map_err(Error::kube("get namespace"))?;
-    if let Some(taken) = existing.filter(|n| n.labels().get(USER_LABEL) != Some(&name)) {
+    let ours = ctx.caches.user_of_namespace(&ns).as_deref() == Some(name.as_str());
+    // Not ours in the cache (which holds only user namespaces): absent, or someone else's.
+    let taken = if ours {
+        None
+    } else {
+        namespaces
+            .get_opt(&ns)
+            .await
+            .map_err(Error::kube("get namespace"))?
+            .filter(|n| n.labels().get(USER_LABEL) != Some(&name))
+    };
+    if let Some(taken) = taken {
         let msg = format!(
             "namespace {} exists and does not belong to GpuUser {name}",
             taken.name_any()
@@ -121,54 +155,16 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
 
-    let owner = user
-        .controller_owner_ref(&())
-        .into_iter()
-        .collect::<Vec<_>>();
-    let labels = json!({USER_LABEL: name, "app.kubernetes.io/managed-by": MANAGED_BY});
-    let namespace = json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": ns, "labels": labels, "ownerReferences": owner},
-    });
-    namespaces
-        .patch(&ns, &ssa, &Patch::Apply(namespace))
-        .await
-        .map_err(Error::kube("apply namespace"))?;
-
-    let binding = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": OBJECT_NAME, "namespace": ns, "labels": labels},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": USER_CLUSTER_ROLE},
-        "subjects": user.spec.subjects.iter().map(|s| match s.kind {
-            SubjectKind::ServiceAccount => json!({"kind": "ServiceAccount", "name": s.name, "namespace": s.namespace}),
-            SubjectKind::User => json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": s.name}),
-            SubjectKind::Group => json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": s.name}),
-        }).collect::<Vec<_>>(),
-    });
-    Api::<RoleBinding>::namespaced(client.clone(), &ns)
-        .patch(OBJECT_NAME, &ssa, &Patch::Apply(binding))
-        .await
-        .map_err(Error::kube("apply RoleBinding"))?;
-
-    let mut hard = serde_json::Map::new();
-    if let Some(max) = user.spec.quota.max_gpus {
-        hard.insert(format!("requests.{GPU_RESOURCE}"), json!(max.to_string()));
+    let converged = ours
+        && old.observed_generation == generation
+        && ctx.provisioned.fresh(&name, generation, REAPPLY);
+    if !converged {
+        provision(user, &ns, ctx).await?;
+        ctx.provisioned.record(&name, generation);
     }
-    let quota = json!({
-        "apiVersion": "v1", "kind": "ResourceQuota",
-        "metadata": {"name": OBJECT_NAME, "namespace": ns, "labels": labels},
-        "spec": {"hard": hard},
-    });
-    Api::<ResourceQuota>::namespaced(client.clone(), &ns)
-        .patch(OBJECT_NAME, &ssa, &Patch::Apply(quota))
-        .await
-        .map_err(Error::kube("apply ResourceQuota"))?;
 
-    let instances = Api::<GpuInstance>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("list instances"))?;
-    let (gpus_in_use, active) = holdings(&instances.items);
+    let instances = instances_in(ctx, &ns);
+    let (gpus_in_use, active) = holdings(&instances);
     let message = if user.spec.suspended {
         format!("suspended: no new instance starts; namespace {ns}")
     } else {
@@ -190,13 +186,12 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
         instances: active,
         usage: Some(rollup::user_usage(
             old.usage.as_ref(),
-            &instances.items,
+            &instances,
             now,
         )),
     };
     // Deleted instances whose last figures are not in yet: look again shortly.
     let folding = instances
-        .items
         .iter()
         .any(|i| i.metadata.deletion_timestamp.is_some());
     if status != old {
@@ -224,6 +219,68 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
     })))
 }
 
+/// Applies the user's namespace, RoleBinding and ResourceQuota.
+async fn provision(user: &GpuUser, ns: &str, ctx: &Context) -> Result<(), Error> {
+    let name = user.name_any();
+    let client = &ctx.client;
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let owner = user
+        .controller_owner_ref(&())
+        .into_iter()
+        .collect::<Vec<_>>();
+    let labels = json!({USER_LABEL: name, "app.kubernetes.io/managed-by": MANAGED_BY});
+    let namespace = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": ns, "labels": labels, "ownerReferences": owner},
+    });
+    namespaces
+        .patch(ns, &ssa, &Patch::Apply(namespace))
+        .await
+        .map_err(Error::kube("apply namespace"))?;
+
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": OBJECT_NAME, "namespace": ns, "labels": labels},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": USER_CLUSTER_ROLE},
+        "subjects": user.spec.subjects.iter().map(|s| match s.kind {
+            SubjectKind::ServiceAccount => json!({"kind": "ServiceAccount", "name": s.name, "namespace": s.namespace}),
+            SubjectKind::User => json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": s.name}),
+            SubjectKind::Group => json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": s.name}),
+        }).collect::<Vec<_>>(),
+    });
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .patch(OBJECT_NAME, &ssa, &Patch::Apply(binding))
+        .await
+        .map_err(Error::kube("apply RoleBinding"))?;
+
+    let mut hard = serde_json::Map::new();
+    if let Some(max) = user.spec.quota.max_gpus {
+        hard.insert(format!("requests.{GPU_RESOURCE}"), json!(max.to_string()));
+    }
+    let quota = json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": OBJECT_NAME, "namespace": ns, "labels": labels},
+        "spec": {"hard": hard},
+    });
+    Api::<ResourceQuota>::namespaced(client.clone(), ns)
+        .patch(OBJECT_NAME, &ssa, &Patch::Apply(quota))
+        .await
+        .map_err(Error::kube("apply ResourceQuota"))?;
+
+    Ok(())
+}
+
+/// The instances in a user's namespace, from the cache.
+fn instances_in(ctx: &Context, ns: &str) -> Vec<GpuInstance> {
+    ctx.caches
+        .instances
+        .state_filter(|i| i.namespace().as_deref() == Some(ns))
+        .iter()
+        .map(|i| (**i).clone())
+        .collect()
+}
+
 /// GPUs held by placed instances, and instances not finished (pure).
 pub fn holdings(instances: &[GpuInstance]) -> (u32, u32) {
     let mut gpus = 0u32;
@@ -244,23 +301,14 @@ pub fn holdings(instances: &[GpuInstance]) -> (u32, u32) {
 
 async fn cleanup(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
     let ns = namespace_of(&user.name_any());
-    let owned = Api::<Namespace>::all(ctx.client.clone())
-        .get_opt(&ns)
-        .await
-        .map_err(Error::kube("get namespace"))?
-        .filter(|n| n.labels().get(USER_LABEL) == Some(&user.name_any()));
-    if owned.is_none() {
+    if ctx.caches.user_of_namespace(&ns).as_deref() != Some(user.name_any().as_str()) {
         return Ok(Action::await_change());
     }
     let instances = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
-    let list = instances
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("list instances"))?;
-    if !list.items.is_empty() {
+    let list = instances_in(ctx, &ns);
+    if !list.is_empty() {
         // Each instance's own finalizer stops its pod (and folds in its usage) first.
         for inst in list
-            .items
             .iter()
             .filter(|i| i.meta().deletion_timestamp.is_none())
         {
@@ -275,12 +323,12 @@ async fn cleanup(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
             user,
             EventType::Normal,
             "Stopping",
-            format!("stopping {} instances", list.items.len()),
+            format!("stopping {} instances", list.len()),
         )
         .await;
         return Err(Error::Waiting(format!(
             "{} instances of {} still stopping",
-            list.items.len(),
+            list.len(),
             user.name_any()
         )));
     }

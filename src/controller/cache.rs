@@ -1,0 +1,241 @@
+//! The watch caches the controller reads instead of asking the apiserver: nodes, pods,
+//! user namespaces (metadata only), GpuUsers and GpuInstances, each filled by one watch and
+//! shared by the placement loop and both reconcilers.
+//!
+//! Objects are slimmed as they arrive (managed fields, annotations and what placement never
+//! reads are dropped), so 10,000 pods and instances fit in tens of MiB. A cache can lag the
+//! apiserver by a moment; the placement loop covers its own writes with [`Assumed`] pods,
+//! and on a restart every cache starts from a fresh, consistent list.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::api::USER_LABEL;
+use crate::api::v1::{GpuInstance, GpuUser};
+
+/// Events a cache holds for a slow subscriber before its watch waits.
+const BUFFER: usize = 4096;
+
+/// What the controller knows of the cluster, kept current by watches.
+#[derive(Clone)]
+pub struct Caches {
+    /// Every node.
+    pub nodes: Store<Node>,
+    /// Every pod, slimmed to what GPU accounting and the instance lifecycle read.
+    pub pods: Store<Pod>,
+    /// Namespaces labelled with a GpuUser (metadata only).
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Every GpuUser.
+    pub users: Store<GpuUser>,
+    /// Every GpuInstance.
+    pub instances: Store<GpuInstance>,
+}
+
+/// Change streams of the caches, one per consumer, for the reconcilers' triggers.
+pub struct Feeds {
+    /// Pods, for the instance controller (a pod's change reconciles its instance).
+    pub pods: ReflectHandle<Pod>,
+    /// GpuInstances, for the instance controller.
+    pub instances: ReflectHandle<GpuInstance>,
+    /// GpuInstances, for the user controller (an instance's change refreshes its user).
+    pub user_instances: ReflectHandle<GpuInstance>,
+    /// GpuUsers, for the user controller.
+    pub users: ReflectHandle<GpuUser>,
+    /// User namespaces, for the user controller.
+    pub namespaces: ReflectHandle<PartialObjectMeta<Namespace>>,
+}
+
+/// The tasks that run the watches; dropped with the controller.
+pub struct Watches(Vec<JoinHandle<()>>);
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+impl Caches {
+    /// Starts the watches. Subscribe-before-start: the feeds see the initial lists too.
+    pub fn start(client: &Client) -> (Caches, Feeds, Watches) {
+        let all = watcher::Config::default();
+        let (nodes, [], n) = run("nodes", watcher(Api::all(client.clone()), all.clone()), slim_node);
+        let (pods, [pods_feed], p) =
+            run("pods", watcher(Api::all(client.clone()), all.clone()), slim_pod);
+        let (namespaces, [ns_feed], ns) = run(
+            "namespaces",
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher::Config::default().labels(USER_LABEL),
+            ),
+            slim_meta,
+        );
+        let (users, [users_feed], u) =
+            run("gpuusers", watcher(Api::all(client.clone()), all.clone()), slim_meta);
+        let (instances, [inst_feed, user_inst_feed], i) =
+            run("gpuinstances", watcher(Api::all(client.clone()), all), slim_meta);
+        (
+            Caches {
+                nodes,
+                pods,
+                namespaces,
+                users,
+                instances,
+            },
+            Feeds {
+                pods: pods_feed,
+                instances: inst_feed,
+                user_instances: user_inst_feed,
+                users: users_feed,
+                namespaces: ns_feed,
+            },
+            Watches(vec![n, p, ns, u, i]),
+        )
+    }
+
+    /// Waits until every cache holds its initial list: before that, an empty cache would
+    /// look like free GPUs.
+    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.nodes.wait_until_ready().await?;
+        self.pods.wait_until_ready().await?;
+        self.namespaces.wait_until_ready().await?;
+        self.users.wait_until_ready().await?;
+        self.instances.wait_until_ready().await
+    }
+
+    /// The pod named `name` in `ns`, if cached.
+    pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods
+            .get(&reflector::ObjectRef::new(name).within(ns))
+    }
+
+    /// The GpuUser a namespace belongs to, by its label.
+    pub fn user_of_namespace(&self, ns: &str) -> Option<String> {
+        self.namespaces
+            .get(&reflector::ObjectRef::new(ns))
+            .and_then(|n| n.labels().get(USER_LABEL).cloned())
+    }
+}
+
+/// Runs one watch into a shared store with `N` subscribers.
+fn run<K, const N: usize>(
+    what: &'static str,
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+    slim: fn(&mut K),
+) -> (Store<K>, [ReflectHandle<K>; N], JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store_shared(BUFFER);
+    // A shared store always has a dispatcher, so every subscribe succeeds.
+    let feeds: [ReflectHandle<K>; N] = std::array::from_fn(|_| {
+        writer
+            .subscribe()
+            .unwrap_or_else(|| unreachable!("store_shared makes a dispatcher"))
+    });
+    let stream = events
+        .default_backoff()
+        .modify(slim)
+        .reflect_shared(writer);
+    let task = tokio::spawn(async move {
+        stream
+            .for_each(|ev| {
+                if let Err(e) = ev {
+                    warn!(cache = what, error = %e, "watch failed; retrying with backoff");
+                }
+                futures::future::ready(())
+            })
+            .await;
+    });
+    (reader, feeds, task)
+}
+
+fn slim_meta<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
+fn slim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.annotations = None;
+    if let Some(s) = node.status.as_mut() {
+        s.images = None;
+        s.volumes_attached = None;
+        s.volumes_in_use = None;
+    }
+}
+
+/// Keeps what GPU accounting (`scheduler::capacity`) and the instance lifecycle read:
+/// metadata but annotations, node, phase and the containers' resources.
+fn slim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        spec.affinity = None;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            c.env = None;
+            c.env_from = None;
+            c.args = None;
+            c.command = None;
+            c.volume_mounts = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+        }
+    }
+    if let Some(s) = pod.status.as_mut() {
+        s.conditions = None;
+        s.container_statuses = None;
+        s.init_container_statuses = None;
+    }
+}
+
+/// Pods the controller created that its pod cache may not show yet: without them, a pass
+/// right after a placement would see the GPUs as free again. An entry leaves once the cache
+/// has its pod, or after [`Assumed::TTL`] (the pod was deleted before the cache saw it).
+#[derive(Default)]
+pub struct Assumed(Mutex<HashMap<(String, String), (Pod, Instant)>>);
+
+impl Assumed {
+    /// How long a created pod is assumed at most.
+    pub const TTL: Duration = Duration::from_secs(30);
+
+    /// Records a pod just created.
+    pub fn insert(&self, pod: Pod) {
+        let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key, (pod, Instant::now()));
+        }
+    }
+
+    /// The assumed pods the cache does not have yet; forgets the others.
+    pub fn pending(&self, pods: &Store<Pod>) -> Vec<Pod> {
+        let Ok(mut m) = self.0.lock() else {
+            return vec![];
+        };
+        m.retain(|(ns, name), (pod, at)| {
+            let cached = pods
+                .get(&reflector::ObjectRef::new(name).within(ns))
+                .is_some_and(|c| c.uid() == pod.uid());
+            !cached && at.elapsed() < Self::TTL
+        });
+        m.values().map(|(p, _)| p.clone()).collect()
+    }
+}
