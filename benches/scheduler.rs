@@ -1,12 +1,32 @@
-//! Cost of the pure placement decision (`scheduler::plan`) as nodes and the queue grow:
-//! one pass with N nodes and Q queued bookings (most cannot be placed: the cluster is
-//! nearly full), and the pass after a large deletion frees a tenth of the nodes.
+//! Criterion micro-benchmarks of the pure placement decision, `scheduler::plan(&Snapshot)`
+//! (no API server: the snapshot is built once, outside the timed loop; each iteration is
+//! one whole pass, including the waiting bookings' messages and dropping the plan).
+//!
+//! - `one decision`: 1k and 10k nodes of 8 GPUs, 10k queued bookings; the cluster full
+//!   (nothing placeable), and full but for one free GPU (one booking is placed: two sweeps).
+//! - `queue drained after a large deletion`: the same, with 1 in 10 nodes freed: the pass
+//!   that places everything that fits.
+//! - `growth by queue length` (1k nodes) and `growth by nodes` (10k queued): both cases over
+//!   1k, 2k, 5k and 10k; the throughput (elements per second, the element being a queued
+//!   booking or a node) stays flat where the cost grows linearly.
 //!
 //!   cargo bench --bench scheduler
+//!   cargo bench --bench scheduler -- 'growth by nodes'   # one group
+//!
+//! About a minute on 2 cores. Each case takes 10 samples of equal size (flat sampling), so
+//! the middle figure on criterion's `time:` line is the mean; the median is in
+//! `target/criterion/<group>/<case>/new/estimates.json`. `cargo test --all-targets` runs
+//! every case once, unoptimised, as a smoke test (about 2 s).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::hint::black_box;
+use std::time::Duration;
 
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
+    criterion_main,
+};
 use gpu_cloud::scheduler::{Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, plan};
 use jiff::Timestamp;
 
@@ -16,7 +36,21 @@ const MODELS: [&str; 3] = [
     "NVIDIA-L4",
 ];
 
-fn snapshot(nodes: usize, queued: usize, free_every: usize) -> Snapshot {
+/// How full the cluster is.
+#[derive(Clone, Copy)]
+enum Fill {
+    /// Every GPU in use.
+    Full,
+    /// Every GPU in use but one, on the last H100 node: the H100 queue's head (1 GPU) fits.
+    OneFreeGpu,
+    /// Every node full except one in `n`, which is empty.
+    FreeEvery(usize),
+}
+
+/// `nodes` nodes of 8 GPUs (the three models in turn) and `queued` waiting bookings of
+/// 1, 2, 4 or 8 GPUs from 100 users. Priority follows the model (L4 2, A100 1, H100 0),
+/// so each model's queue is headed by booking 0 (H100, 1 GPU), 1 (A100, 2) or 2 (L4, 4).
+fn snapshot(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
     let nodes_v: Vec<NodeGpus> = (0..nodes)
         .map(|i| NodeGpus {
             name: format!("n{i:05}"),
@@ -27,12 +61,20 @@ fn snapshot(nodes: usize, queued: usize, free_every: usize) -> Snapshot {
             untolerated_taint: None,
         })
         .collect();
-    // Every node full except one in `free_every`.
+    let last_h100 = (nodes - 1) / 3 * 3;
     let used: BTreeMap<String, u32> = nodes_v
         .iter()
         .enumerate()
-        .filter(|(i, _)| free_every == 0 || i % free_every != 0)
-        .map(|(_, n)| (n.name.clone(), 8))
+        .filter_map(|(i, n)| {
+            let used = match fill {
+                Fill::Full => 8,
+                Fill::OneFreeGpu if i == last_h100 => 7,
+                Fill::OneFreeGpu => 8,
+                Fill::FreeEvery(every) if i % every == 0 => return None,
+                Fill::FreeEvery(_) => 8,
+            };
+            Some((n.name.clone(), used))
+        })
         .collect();
     let users: BTreeMap<String, UserPolicy> = (0..100)
         .map(|u| (format!("u{u}"), UserPolicy::default()))
@@ -59,29 +101,102 @@ fn snapshot(nodes: usize, queued: usize, free_every: usize) -> Snapshot {
     }
 }
 
-fn time(label: &str, s: &Snapshot, rounds: u32) {
-    let mut total = Duration::ZERO;
-    let mut placed = 0;
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let p = plan(s);
-        total += t.elapsed();
-        placed = p.placements.len();
+/// Builds the snapshot and checks that the case measures what it says it does.
+fn case(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
+    let s = snapshot(nodes, queued, fill);
+    let placed = plan(&s).placements.len();
+    match fill {
+        Fill::Full => assert_eq!(placed, 0, "a full cluster places nothing"),
+        Fill::OneFreeGpu => assert_eq!(placed, 1, "one free GPU places one booking"),
+        Fill::FreeEvery(_) => assert!(placed > 0, "freed nodes take bookings"),
     }
-    println!("{label}: {:?} per pass ({placed} placed)", total / rounds);
+    s
 }
 
-fn main() {
-    for (nodes, queued) in [(1_000, 1_000), (1_000, 10_000), (10_000, 10_000)] {
-        time(
-            &format!("{nodes} nodes, {queued} queued, cluster full"),
-            &snapshot(nodes, queued, 0),
-            3,
+fn one_decision(c: &mut Criterion) {
+    let mut g = group(c, "one decision");
+    for nodes in [1_000, 10_000] {
+        let s = case(nodes, 10_000, Fill::Full);
+        g.bench_function(
+            BenchmarkId::new("cluster full, 10k queued", format!("{nodes} nodes")),
+            |b| b.iter(|| plan(black_box(&s))),
         );
-        time(
-            &format!("{nodes} nodes, {queued} queued, 1 in 10 nodes freed"),
-            &snapshot(nodes, queued, 10),
-            3,
+        let s = case(nodes, 10_000, Fill::OneFreeGpu);
+        g.bench_function(
+            BenchmarkId::new("one free GPU, 10k queued", format!("{nodes} nodes")),
+            |b| b.iter(|| plan(black_box(&s))),
         );
     }
+    g.finish();
 }
+
+fn drained_after_deletion(c: &mut Criterion) {
+    let mut g = group(c, "queue drained after a large deletion");
+    for nodes in [1_000, 10_000] {
+        let s = case(nodes, 10_000, Fill::FreeEvery(10));
+        g.bench_function(
+            BenchmarkId::new("1 in 10 nodes freed, 10k queued", format!("{nodes} nodes")),
+            |b| b.iter(|| plan(black_box(&s))),
+        );
+    }
+    g.finish();
+}
+
+const SIZES: [usize; 4] = [1_000, 2_000, 5_000, 10_000];
+
+fn growth_by_queue(c: &mut Criterion) {
+    let mut g = group(c, "growth by queue length (1k nodes)");
+    for queued in SIZES {
+        g.throughput(Throughput::Elements(queued as u64));
+        for (name, fill) in [
+            ("cluster full", Fill::Full),
+            ("1 in 10 freed", Fill::FreeEvery(10)),
+        ] {
+            let s = case(1_000, queued, fill);
+            g.bench_with_input(BenchmarkId::new(name, queued), &s, |b, s| {
+                b.iter(|| plan(black_box(s)))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn growth_by_nodes(c: &mut Criterion) {
+    let mut g = group(c, "growth by nodes (10k queued)");
+    for nodes in SIZES {
+        g.throughput(Throughput::Elements(nodes as u64));
+        for (name, fill) in [
+            ("cluster full", Fill::Full),
+            ("1 in 10 freed", Fill::FreeEvery(10)),
+        ] {
+            let s = case(nodes, 10_000, fill);
+            g.bench_with_input(BenchmarkId::new(name, nodes), &s, |b, s| {
+                b.iter(|| plan(black_box(s)))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Passes take milliseconds: few samples and a short measurement, so that the whole run
+/// stays within a few minutes on 2 cores.
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+}
+
+/// A group of slow cases: flat sampling (every sample the same number of passes).
+fn group<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sampling_mode(SamplingMode::Flat);
+    g
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = one_decision, drained_after_deletion, growth_by_queue, growth_by_nodes
+}
+criterion_main!(benches);
