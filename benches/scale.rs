@@ -1,0 +1,1125 @@
+//! The scale benchmark: gpu-cloud against kube-scheduler and against the raw API ceiling,
+//! on one local control plane (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, kwok) with N fake GPU nodes, with the same client settings for all three:
+//!
+//! - **ceiling**: the writes every booking needs at the least (create the GpuInstance,
+//!   create its pod already bound to a node, one status write), sent by a client that makes
+//!   no decisions, as fast as the apiserver takes them;
+//! - **kube-scheduler**: N plain pods asking for `nvidia.com/gpu`, bound by kube-scheduler;
+//! - **gpu-cloud**: N GpuInstances applied, until all are Running, with the controller's
+//!   latency, peak RSS, CPU time and API requests per booking.
+//!
+//! Each run ends with the invariants checked (no node over its GPUs, every instance Running
+//! or Queued with a reason, no duplicate or orphan pods); a violation fails the benchmark.
+//! Figures go to `<out>/scale.json`, the bound-over-time plot to `<out>/scale.png`.
+//!
+//!   cargo bench --bench scale -- --nodes 1000 --instances 10000      (or hack/bench-scale)
+//!
+//! Under `cargo test` (no `--bench` argument) it runs a small size and checks the
+//! invariants, so CI keeps it working; its timings then mean nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt, stream};
+use gpu_cloud::api::v1::{GpuInstance, GpuUser, Phase};
+use gpu_cloud::scheduler::{GPU_PRODUCT_LABEL, GPU_RESOURCE, pod_gpu_request};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ResourceQuota};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Config, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+
+type R<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const MODELS: [&str; 3] = [
+    "NVIDIA-H100-80GB-HBM3",
+    "NVIDIA-A100-SXM4-80GB",
+    "NVIDIA-L40S",
+];
+
+/// Sizes and settings.
+#[derive(Debug, Clone, Parser)]
+struct Args {
+    /// Fake GPU nodes (models mixed evenly).
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// GPUs per node.
+    #[arg(long, default_value_t = 16)]
+    gpus_per_node: u32,
+    /// Bookings (one GPU each) per run.
+    #[arg(long, default_value_t = 10_000)]
+    instances: usize,
+    /// Users (namespaces) the bookings are spread over.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Requests the benchmark's client keeps in flight (the same in every run).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Sequential single bookings on the idle cluster, for the idle latency.
+    #[arg(long, default_value_t = 30)]
+    idle_samples: usize,
+    /// Where scale.json and scale.png go.
+    #[arg(long, default_value = "target/bench-scale")]
+    out: PathBuf,
+    /// Longest wait for one run to finish, seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Set by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+impl Args {
+    fn small(out: PathBuf) -> Args {
+        Args {
+            nodes: 6,
+            gpus_per_node: 16,
+            instances: 60,
+            users: 3,
+            concurrency: 8,
+            idle_samples: 3,
+            out,
+            timeout: 120,
+            bench: false,
+        }
+    }
+}
+
+/// One run's figures.
+#[derive(Debug, Default, Serialize)]
+struct RunFigures {
+    name: &'static str,
+    count: usize,
+    seconds: f64,
+    per_second: f64,
+    /// Seconds from the run's start at which each booking was done, sorted.
+    #[serde(skip)]
+    done_at: Vec<f64>,
+    latency_p50_s: Option<f64>,
+    latency_p99_s: Option<f64>,
+    invariants: Vec<String>,
+}
+
+/// What the gpu-cloud run adds.
+#[derive(Debug, Default, Serialize)]
+struct ControllerFigures {
+    idle_latency_p50_s: f64,
+    idle_latency_p99_s: f64,
+    idle_latency_max_s: f64,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+    writes_per_booking: f64,
+    object_writes_per_booking: f64,
+    event_writes_per_booking: f64,
+    reads_per_booking: f64,
+    watches: f64,
+    requests_by_verb_and_resource: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    machine: BTreeMap<&'static str, String>,
+    nodes: usize,
+    gpus: u64,
+    instances: usize,
+    users: usize,
+    client_concurrency: usize,
+    ceiling: RunFigures,
+    kube_scheduler: RunFigures,
+    gpu_cloud: RunFigures,
+    controller: ControllerFigures,
+    ratio_gpu_cloud_to_kube_scheduler: f64,
+    ratio_gpu_cloud_to_ceiling: f64,
+}
+
+fn main() {
+    let cli = Args::parse();
+    let args = if cli.bench {
+        cli
+    } else {
+        Args::small(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-scale-small"))
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("scale benchmark failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(args: Args) -> R<()> {
+    std::fs::create_dir_all(&args.out)?;
+    // Every model's bookings must fit its nodes, or "until all bound" never comes.
+    let per_model = (args.instances + args.idle_samples).div_ceil(MODELS.len());
+    let nodes_per_model = args.nodes / MODELS.len();
+    if args.nodes < MODELS.len() || per_model > nodes_per_model * args.gpus_per_node as usize {
+        return Err(format!(
+            "{} bookings do not fit {} nodes of {} GPUs in {} models: raise --nodes or --gpus-per-node",
+            args.instances + args.idle_samples,
+            args.nodes,
+            args.gpus_per_node,
+            MODELS.len()
+        )
+        .into());
+    }
+    let cp = ControlPlane::start()?;
+    let client = cp.client().await?;
+    let t = Instant::now();
+    make_nodes(&client, &args).await?;
+    install(&cp.kubeconfig)?;
+    eprintln!(
+        "{} nodes ready, CRDs installed in {:.1}s",
+        args.nodes,
+        t.elapsed().as_secs_f64()
+    );
+
+    let ceiling = ceiling(&client, &args).await?;
+    report_run(&ceiling);
+    cleanup(&client, "ceil").await?;
+    let sched = kube_scheduler(&client, &args).await?;
+    report_run(&sched);
+    cleanup(&client, "sched").await?;
+    let (ours, controller) = gpu_cloud_run(&client, &cp.kubeconfig, &args).await?;
+    report_run(&ours);
+
+    let report = Report {
+        machine: machine(),
+        nodes: args.nodes,
+        gpus: args.nodes as u64 * u64::from(args.gpus_per_node),
+        instances: args.instances,
+        users: args.users,
+        client_concurrency: args.concurrency,
+        ratio_gpu_cloud_to_kube_scheduler: ours.per_second / sched.per_second,
+        ratio_gpu_cloud_to_ceiling: ours.per_second / ceiling.per_second,
+        ceiling,
+        kube_scheduler: sched,
+        gpu_cloud: ours,
+        controller,
+    };
+    let json_path = args.out.join("scale.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
+    let png_path = args.out.join("scale.png");
+    plot(&report, &png_path)?;
+    print_summary(&report);
+    eprintln!("wrote {} and {}", json_path.display(), png_path.display());
+    let broken: Vec<&String> = [&report.ceiling, &report.kube_scheduler, &report.gpu_cloud]
+        .iter()
+        .flat_map(|r| r.invariants.iter())
+        .collect();
+    if !broken.is_empty() {
+        return Err(format!("invariants violated: {broken:?}").into());
+    }
+    Ok(())
+}
+
+// ---- the three runs -----------------------------------------------------------------
+
+/// The node each booking goes to in the runs that do not decide (ceiling): round-robin over
+/// the nodes of its model.
+fn model_of(i: usize) -> &'static str {
+    MODELS[i % MODELS.len()]
+}
+
+fn node_name(i: usize) -> String {
+    format!("bench-{}-{:04}", short(model_of(i)), i / MODELS.len())
+}
+
+fn short(model: &str) -> &'static str {
+    match model {
+        "NVIDIA-H100-80GB-HBM3" => "h100",
+        "NVIDIA-A100-SXM4-80GB" => "a100",
+        _ => "l40s",
+    }
+}
+
+fn instance_body(name: &str, model: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
+        "metadata": {"name": name},
+        "spec": {"gpu": {"model": model, "count": 1}, "image": "registry.k8s.io/pause:3.10",
+                 "duration": "2h"},
+    })
+}
+
+async fn ceiling(client: &Client, args: &Args) -> R<RunFigures> {
+    let nss = namespaces(client, "ceil", args.users).await?;
+    // Booking i goes round-robin over the nodes of its model (node j has model j % 3).
+    let m = MODELS.len();
+    let nodes_of = |model: usize| (args.nodes - model.min(args.nodes)).div_ceil(m).max(1);
+    let start = Instant::now();
+    let done = Arc::new(Mutex::new(Vec::with_capacity(args.instances)));
+    stream::iter(0..args.instances)
+        .map(|i| {
+            let client = client.clone();
+            let ns = nss[i % nss.len()].clone();
+            let done = done.clone();
+            let node_index = (i / m % nodes_of(i % m)) * m + i % m;
+            async move {
+                let name = format!("b{i:05}");
+                let model = model_of(i);
+                let node = node_name(node_index);
+                let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
+                let inst: GpuInstance = serde_json::from_value(instance_body(&name, model))?;
+                let inst = api.create(&PostParams::default(), &inst).await?;
+                let pod = gpu_cloud::controller::pod::build(&inst, &ns, &node)?;
+                Api::<Pod>::namespaced(client.clone(), &ns)
+                    .create(&PostParams::default(), &pod)
+                    .await?;
+                let status = json!({"status": {"phase": "Running", "nodeName": node, "podName": name}});
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                    .await?;
+                lock(&done).push(start.elapsed().as_secs_f64());
+                R::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let mut run = finish("ceiling", start, take(&done));
+    run.invariants = node_capacity_violations(client).await?;
+    Ok(run)
+}
+
+async fn kube_scheduler(client: &Client, args: &Args) -> R<RunFigures> {
+    let nss = namespaces(client, "sched", args.users).await?;
+    let bound = Arc::new(Mutex::new(HashMap::<String, f64>::new()));
+    let start = Instant::now();
+    // Watch first, so that no binding is missed.
+    let watch = {
+        let bound = bound.clone();
+        let api = Api::<Pod>::all(client.clone());
+        let cfg = watcher::Config::default().labels("bench=sched");
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
+            while let Some(Ok(p)) = s.next().await {
+                if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                    lock(&bound)
+                        .entry(p.name_any())
+                        .or_insert_with(|| start.elapsed().as_secs_f64());
+                }
+            }
+        })
+    };
+    stream::iter(0..args.instances)
+        .map(|i| {
+            let client = client.clone();
+            let ns = nss[i % nss.len()].clone();
+            async move {
+                let name = format!("b{i:05}");
+                let pod: Pod = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "labels": {"bench": "sched"}},
+                    "spec": {
+                        "nodeSelector": {GPU_PRODUCT_LABEL: model_of(i)},
+                        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists"}],
+                        "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
+                            "resources": {"limits": {GPU_RESOURCE: "1"}, "requests": {GPU_RESOURCE: "1"}}}],
+                    },
+                }))?;
+                Api::<Pod>::namespaced(client, &ns)
+                    .create(&PostParams::default(), &pod)
+                    .await?;
+                R::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    wait_until(args.timeout, "kube-scheduler binds every pod", || {
+        lock(&bound).len() >= args.instances
+    })
+    .await?;
+    watch.abort();
+    let times = lock(&bound).values().copied().collect();
+    let mut run = finish("kube-scheduler", start, times);
+    run.invariants = node_capacity_violations(client).await?;
+    Ok(run)
+}
+
+async fn gpu_cloud_run(
+    client: &Client,
+    kubeconfig: &Path,
+    args: &Args,
+) -> R<(RunFigures, ControllerFigures)> {
+    let port = free_port();
+    let controller = Controller::start(kubeconfig, port)?;
+    let users: Vec<String> = (0..args.users).map(|u| format!("bench{u:03}")).collect();
+    let user_api = Api::<GpuUser>::all(client.clone());
+    stream::iter(users.iter())
+        .map(|u| {
+            let api = user_api.clone();
+            async move {
+                let user: GpuUser = serde_json::from_value(json!({
+                    "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser",
+                    "metadata": {"name": u},
+                    "spec": {"subjects": [{"kind": "User", "name": u}],
+                             "quota": {"maxGpus": 100_000, "maxInstances": 100_000}},
+                }))?;
+                api.create(&PostParams::default(), &user).await?;
+                R::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    wait_until_async(args.timeout, "every GpuUser provisioned", || async {
+        let list = user_api.list(&ListParams::default()).await.ok()?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|u| u.status.as_ref().is_some_and(|s| s.namespace.is_some()))
+            .count();
+        (ready >= users.len()).then_some(())
+    })
+    .await?;
+    // The quota controller must have counted each namespace's quota before pods are admitted.
+    quotas_counted(client, "gpu-bench").await?;
+
+    // Running times by instance, from one watch.
+    let running = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    let watch = {
+        let running = running.clone();
+        let api = Api::<GpuInstance>::all(client.clone());
+        tokio::spawn(async move {
+            let mut s = std::pin::pin!(
+                watcher(api, watcher::Config::default())
+                    .default_backoff()
+                    .applied_objects()
+            );
+            while let Some(Ok(i)) = s.next().await {
+                if i.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running) {
+                    let key = format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any());
+                    lock(&running).entry(key).or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+
+    // Idle latency: one booking at a time on a quiet cluster.
+    let mut idle = Vec::new();
+    for k in 0..args.idle_samples {
+        let ns = format!("gpu-{}", users[k % users.len()]);
+        let name = format!("idle{k:03}");
+        let key = format!("{ns}/{name}");
+        let inst: GpuInstance = serde_json::from_value(instance_body(&name, model_of(k)))?;
+        let t0 = Instant::now();
+        Api::<GpuInstance>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &inst)
+            .await?;
+        wait_until(30, "an idle booking runs", || lock(&running).contains_key(&key)).await?;
+        let at = lock(&running).get(&key).copied().unwrap_or(t0);
+        idle.push(at.duration_since(t0).as_secs_f64());
+    }
+    idle.sort_by(f64::total_cmp);
+
+    let before = controller.requests().await?;
+    let cpu_before = controller.cpu_seconds()?;
+    let applied = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
+    let start = Instant::now();
+    stream::iter(0..args.instances)
+        .map(|i| {
+            let client = client.clone();
+            let ns = format!("gpu-{}", users[i % users.len()]);
+            let applied = applied.clone();
+            async move {
+                let name = format!("b{i:05}");
+                let inst: GpuInstance = serde_json::from_value(instance_body(&name, model_of(i)))?;
+                let t0 = Instant::now();
+                Api::<GpuInstance>::namespaced(client, &ns)
+                    .create(&PostParams::default(), &inst)
+                    .await?;
+                lock(&applied).insert(format!("{ns}/{name}"), t0);
+                R::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let total = args.instances + args.idle_samples;
+    wait_until(args.timeout, "every instance Running", || {
+        lock(&running).len() >= total
+    })
+    .await?;
+    // Let trailing writes (user statuses) land before counting requests.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = controller.requests().await?;
+    let cpu = controller.cpu_seconds()? - cpu_before;
+    let rss = controller.peak_rss_mib()?;
+    watch.abort();
+
+    let (done_at, mut latencies): (Vec<f64>, Vec<f64>) = {
+        let applied = lock(&applied);
+        let running = lock(&running);
+        applied
+            .iter()
+            .filter_map(|(k, t0)| {
+                let t = running.get(k)?;
+                Some((
+                    t.duration_since(start).as_secs_f64(),
+                    t.duration_since(*t0).as_secs_f64(),
+                ))
+            })
+            .unzip()
+    };
+    latencies.sort_by(f64::total_cmp);
+    let mut run = finish("gpu-cloud", start, done_at);
+    run.latency_p50_s = Some(quantile(&latencies, 0.5));
+    run.latency_p99_s = Some(quantile(&latencies, 0.99));
+    run.invariants = node_capacity_violations(client).await?;
+    run.invariants.extend(instance_violations(client).await?);
+
+    let n = args.instances as f64;
+    let delta: BTreeMap<String, f64> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    let sum = |f: &dyn Fn(&str, &str) -> bool| -> f64 {
+        delta
+            .iter()
+            .filter(|(k, _)| {
+                let (verb, res) = k.split_once(' ').unwrap_or((k.as_str(), ""));
+                f(verb, res)
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let is_write = |v: &str| matches!(v, "create" | "update" | "patch" | "delete");
+    let events = sum(&|v, r| is_write(v) && r == "events");
+    let writes = sum(&|v, _| is_write(v));
+    let figures = ControllerFigures {
+        idle_latency_p50_s: quantile(&idle, 0.5),
+        idle_latency_p99_s: quantile(&idle, 0.99),
+        idle_latency_max_s: idle.last().copied().unwrap_or(0.0),
+        peak_rss_mib: rss,
+        cpu_seconds: cpu,
+        writes_per_booking: writes / n,
+        object_writes_per_booking: (writes - events) / n,
+        event_writes_per_booking: events / n,
+        reads_per_booking: sum(&|v, _| matches!(v, "get" | "list")) / n,
+        watches: sum(&|v, _| v == "watch"),
+        requests_by_verb_and_resource: delta,
+    };
+    drop(controller);
+    Ok((run, figures))
+}
+
+// ---- invariants ---------------------------------------------------------------------
+
+/// Nodes holding more GPUs (by unfinished pods) than they have.
+async fn node_capacity_violations(client: &Client) -> R<Vec<String>> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let pods = list_pods(client).await?;
+    let used = gpu_cloud::scheduler::gpus_in_use(&pods);
+    let mut out = vec![];
+    for n in &nodes.items {
+        let have = gpu_cloud::scheduler::NodeGpus::from_node(n).allocatable;
+        let held = used.get(&n.name_any()).copied().unwrap_or(0);
+        if held > have {
+            out.push(format!(
+                "node {} holds {held} GPUs of {have}",
+                n.name_any()
+            ));
+        }
+    }
+    let unbound = pods
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
+        .filter(|p| pod_gpu_request(p) > 0)
+        .count();
+    if unbound > 0 {
+        out.push(format!("{unbound} GPU pods are not bound to a node"));
+    }
+    Ok(out)
+}
+
+/// Instances neither Running nor Queued with a reason; duplicate and orphan pods.
+async fn instance_violations(client: &Client) -> R<Vec<String>> {
+    let instances = Api::<GpuInstance>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    let pods = list_pods(client).await?;
+    let mut out = vec![];
+    for i in &instances.items {
+        let s = i.status.clone().unwrap_or_default();
+        let ok = match s.phase {
+            Some(Phase::Running) => s.node_name.is_some(),
+            Some(Phase::Queued) => s.message.is_some() && !s.conditions.is_empty(),
+            _ => false,
+        };
+        if !ok {
+            out.push(format!(
+                "instance {}/{} is {:?} ({:?})",
+                i.namespace().unwrap_or_default(),
+                i.name_any(),
+                s.phase,
+                s.message
+            ));
+        }
+    }
+    let uids: HashMap<String, usize> = instances
+        .items
+        .iter()
+        .filter_map(|i| i.uid())
+        .map(|u| (u, 0))
+        .collect();
+    let mut per_owner = uids;
+    for p in pods.iter().filter(|p| {
+        p.labels().get("app.kubernetes.io/managed-by").map(String::as_str)
+            == Some(gpu_cloud::controller::pod::MANAGED_BY)
+    }) {
+        let owner = p
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone());
+        match owner.and_then(|o| per_owner.get_mut(&o)) {
+            Some(n) => *n += 1,
+            None => out.push(format!("orphan pod {}/{}", p.namespace().unwrap_or_default(), p.name_any())),
+        }
+    }
+    let dup = per_owner.values().filter(|n| **n > 1).count();
+    if dup > 0 {
+        out.push(format!("{dup} instances have more than one pod"));
+    }
+    Ok(out)
+}
+
+async fn list_pods(client: &Client) -> R<Vec<Pod>> {
+    let lp = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    Ok(Api::<Pod>::all(client.clone()).list(&lp).await?.items)
+}
+
+// ---- cluster set-up -----------------------------------------------------------------
+
+async fn make_nodes(client: &Client, args: &Args) -> R<()> {
+    let api = Api::<Node>::all(client.clone());
+    let gpus = args.gpus_per_node.to_string();
+    stream::iter(0..args.nodes)
+        .map(|i| {
+            let api = api.clone();
+            let gpus = gpus.clone();
+            async move {
+                let name = node_name(i);
+                let model = model_of(i);
+                let node: Node = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": name,
+                        "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                        "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                            "type": "kwok", "nvidia.com/gpu.present": "true",
+                            GPU_PRODUCT_LABEL: model, "nvidia.com/gpu.count": gpus}},
+                    "status": {
+                        "capacity": {"cpu": "256", "memory": "2Ti", "pods": "250", GPU_RESOURCE: gpus},
+                        "allocatable": {"cpu": "256", "memory": "2Ti", "pods": "250", GPU_RESOURCE: gpus}},
+                }))?;
+                api.create(&PostParams::default(), &node).await?;
+                R::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let want = args.nodes;
+    wait_until_async(600, "every node Ready and untainted", || async {
+        let list = api.list(&ListParams::default()).await.ok()?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|n| {
+                let g = gpu_cloud::scheduler::NodeGpus::from_node(n);
+                g.ready && n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(Vec::is_empty)
+            })
+            .count();
+        (ready >= want).then_some(())
+    })
+    .await
+}
+
+/// Namespaces `<prefix>-uNNN`, each with a GPU ResourceQuota like a GpuUser's.
+async fn namespaces(client: &Client, prefix: &str, n: usize) -> R<Vec<String>> {
+    let names: Vec<String> = (0..n).map(|u| format!("{prefix}-u{u:03}")).collect();
+    for ns in &names {
+        let body: Namespace = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"bench": prefix}}}))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &body)
+            .await?;
+        let quota: ResourceQuota = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpu-cloud-user"},
+            "spec": {"hard": {format!("requests.{GPU_RESOURCE}"): "100000"}}}))?;
+        Api::<ResourceQuota>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &quota)
+            .await?;
+    }
+    quotas_counted(client, prefix).await?;
+    // Pods wait in admission for their namespace's default ServiceAccount: let the
+    // controller-manager make them first, as it has long done for the users' namespaces.
+    for ns in &names {
+        let api = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), ns);
+        wait_until_async(60, "default ServiceAccounts", || async {
+            api.get_opt("default").await.ok().flatten().map(|_| ())
+        })
+        .await?;
+    }
+    Ok(names)
+}
+
+/// Waits until the quota controller has filled in every quota of the namespaces starting
+/// with `prefix` (pods are refused before that).
+async fn quotas_counted(client: &Client, prefix: &str) -> R<()> {
+    wait_until_async(120, "ResourceQuotas counted", || async {
+        let list = Api::<ResourceQuota>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        list.items
+            .iter()
+            .filter(|q| q.namespace().unwrap_or_default().starts_with(prefix))
+            .all(|q| q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some())
+            .then_some(())
+    })
+    .await
+}
+
+/// Deletes a run's pods and GpuInstances at once (force: kwok nodes run nothing) and waits
+/// until they are gone, so the next run starts on empty nodes.
+async fn cleanup(client: &Client, prefix: &str) -> R<()> {
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    for ns in Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("bench={prefix}")))
+        .await?
+        .items
+    {
+        let ns = ns.name_any();
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .delete_collection(&dp, &ListParams::default())
+            .await?;
+        Api::<GpuInstance>::namespaced(client.clone(), &ns)
+            .delete_collection(&dp, &ListParams::default())
+            .await?;
+    }
+    wait_until_async(300, "previous run's pods gone", || async {
+        let pods = list_pods(client).await.ok()?;
+        pods.iter()
+            .all(|p| !p.namespace().unwrap_or_default().starts_with(prefix))
+            .then_some(())
+    })
+    .await
+}
+
+fn install(kubeconfig: &Path) -> R<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kubectl = kubectl()?;
+    let ok = Command::new(&kubectl)
+        .env("KUBECONFIG", kubeconfig)
+        .args(["apply", "--server-side", "-f"])
+        .arg(root.join("crds"))
+        .arg("-f")
+        .arg(root.join("charts/gpu-cloud/templates/user-clusterrole.yaml"))
+        .stdout(Stdio::null())
+        .status()?
+        .success()
+        && Command::new(&kubectl)
+            .env("KUBECONFIG", kubeconfig)
+            .args(["wait", "--for=condition=Established", "--timeout=60s"])
+            .args(["crd/gpuusers.gpu-cloud.io", "crd/gpuinstances.gpu-cloud.io"])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+    if ok {
+        Ok(())
+    } else {
+        Err("installing the CRDs failed".into())
+    }
+}
+
+fn kubectl() -> R<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("hack/controlplane-build"))
+        .arg("--print")
+        .output()?;
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl"))
+}
+
+// ---- processes ----------------------------------------------------------------------
+
+/// `hack/cluster up --attach` on a directory of its own; torn down when dropped.
+struct ControlPlane {
+    kubeconfig: PathBuf,
+    child: Option<Child>,
+}
+
+impl ControlPlane {
+    fn start() -> R<Self> {
+        let dir = std::env::temp_dir().join(format!("gpu-cloud-bench-{}", std::process::id()));
+        let mut child = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster"))
+            .args(["up", "--attach", "--nodes", "0", "--dir"])
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        let ready = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.trim() == "ready");
+        if !ready {
+            return Err(format!(
+                "the control plane did not start; logs in {}",
+                dir.join("logs").display()
+            )
+            .into());
+        }
+        Ok(ControlPlane {
+            kubeconfig: dir.join("admin.kubeconfig"),
+            child: Some(child),
+        })
+    }
+
+    async fn client(&self) -> R<Client> {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take()); // EOF: the script tears the cluster down
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The gpu-cloud controller under test, as its own process (so its RSS and CPU are its own).
+struct Controller {
+    child: Child,
+    port: u16,
+}
+
+impl Controller {
+    fn start(kubeconfig: &Path, port: u16) -> R<Self> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"));
+        cmd.args(["controller", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        // SAFETY: prctl only sets a flag on the child: it dies with the benchmark.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Ok(Controller {
+            child: cmd.spawn()?,
+            port,
+        })
+    }
+
+    /// `gpu_cloud_api_requests_total` by "verb resource".
+    async fn requests(&self) -> R<BTreeMap<String, f64>> {
+        let port = self.port;
+        let body = wait_until_async(30, "controller metrics", || async move {
+            http_get(port, "/metrics").ok()
+        })
+        .await?;
+        Ok(parse_requests(&body))
+    }
+
+    fn cpu_seconds(&self) -> R<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which may hold spaces) start at the state field.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).ok_or("stat utime")?.parse::<f64>()?
+            + f.get(12).ok_or("stat stime")?.parse::<f64>()?;
+        // SAFETY: sysconf only reads a constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks / hz)
+    }
+
+    fn peak_rss_mib(&self) -> R<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .ok_or("VmHWM")?
+            .parse()?;
+        Ok(kib / 1024.0)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_requests(body: &str) -> BTreeMap<String, f64> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("gpu_cloud_api_requests_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.split_once("} ")?;
+            let get = |k: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+            };
+            Some((
+                format!("{} {}", get("verb")?, get("resource")?),
+                value.trim().parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+fn free_port() -> u16 {
+    let base = 5000 + (std::process::id() % 2000) as u16 * 2 + 1000;
+    (base..base + 500)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap_or(base)
+}
+
+// ---- helpers ------------------------------------------------------------------------
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn take(m: &Mutex<Vec<f64>>) -> Vec<f64> {
+    std::mem::take(&mut *lock(m))
+}
+
+fn finish(name: &'static str, start: Instant, mut done_at: Vec<f64>) -> RunFigures {
+    done_at.sort_by(f64::total_cmp);
+    let seconds = done_at.last().copied().unwrap_or(start.elapsed().as_secs_f64());
+    RunFigures {
+        name,
+        count: done_at.len(),
+        seconds,
+        per_second: done_at.len() as f64 / seconds.max(1e-9),
+        done_at,
+        ..RunFigures::default()
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) -> R<()> {
+    let limit = Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        if Instant::now() > limit {
+            return Err(format!("timed out after {secs}s waiting until {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn wait_until_async<T, F, Fut>(secs: u64, what: &str, mut probe: F) -> R<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let limit = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if Instant::now() > limit {
+            return Err(format!("timed out after {secs}s waiting until {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn machine() -> BTreeMap<&'static str, String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    BTreeMap::from([("cpu", model), ("cores", cores), ("memory", mem)])
+}
+
+fn report_run(r: &RunFigures) {
+    eprintln!(
+        "{}: {} in {:.1}s = {:.0}/s{}",
+        r.name,
+        r.count,
+        r.seconds,
+        r.per_second,
+        if r.invariants.is_empty() {
+            String::new()
+        } else {
+            format!("; INVARIANTS BROKEN: {:?}", r.invariants)
+        }
+    );
+}
+
+fn print_summary(r: &Report) {
+    println!(
+        "\n{} nodes ({} GPUs), {} bookings, {} users, client concurrency {}",
+        r.nodes, r.gpus, r.instances, r.users, r.client_concurrency
+    );
+    println!("| run | bookings/s | seconds | p50 apply-to-Running | p99 |");
+    println!("|---|---|---|---|---|");
+    for run in [&r.ceiling, &r.kube_scheduler, &r.gpu_cloud] {
+        let lat = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2} s"));
+        println!(
+            "| {} | {:.0} | {:.1} | {} | {} |",
+            run.name,
+            run.per_second,
+            run.seconds,
+            lat(run.latency_p50_s),
+            lat(run.latency_p99_s)
+        );
+    }
+    let c = &r.controller;
+    println!(
+        "gpu-cloud/kube-scheduler = {:.2}, gpu-cloud/ceiling = {:.2}",
+        r.ratio_gpu_cloud_to_kube_scheduler, r.ratio_gpu_cloud_to_ceiling
+    );
+    println!(
+        "idle apply-to-Running p50 {:.2} s, p99 {:.2} s; controller peak RSS {:.0} MiB, CPU {:.1} s",
+        c.idle_latency_p50_s, c.idle_latency_p99_s, c.peak_rss_mib, c.cpu_seconds
+    );
+    println!(
+        "per booking: {:.2} writes ({:.2} to objects, {:.2} events), {:.2} reads; {} watches",
+        c.writes_per_booking,
+        c.object_writes_per_booking,
+        c.event_writes_per_booking,
+        c.reads_per_booking,
+        c.watches
+    );
+}
+
+// ---- the plot -----------------------------------------------------------------------
+
+fn plot(r: &Report, path: &Path) -> R<()> {
+    use plotters::prelude::*;
+    register_font()?;
+    let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let runs = [
+        (&r.ceiling, RGBColor(120, 120, 120)),
+        (&r.kube_scheduler, RGBColor(30, 100, 200)),
+        (&r.gpu_cloud, RGBColor(220, 80, 30)),
+    ];
+    let x_max = runs
+        .iter()
+        .map(|(run, _)| run.seconds)
+        .fold(1.0_f64, f64::max)
+        * 1.05;
+    let y_max = r.instances as f64 * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} bookings on {} fake GPU nodes: done over time",
+                r.instances, r.nodes
+            ),
+            ("sans-serif", 24),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the first request")
+        .y_desc("bookings bound / Running")
+        .label_style(("sans-serif", 16))
+        .draw()?;
+    for (run, color) in runs {
+        let label = format!("{} ({:.0}/s)", run.name, run.per_second);
+        let points = run
+            .done_at
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (*t, (i + 1) as f64));
+        chart
+            .draw_series(LineSeries::new(
+                std::iter::once((0.0, 0.0)).chain(points),
+                color.stroke_width(3),
+            ))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(("sans-serif", 16))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// plotters draws text with a font it is given: DejaVu Sans from the system
+/// (`fonts-dejavu-core`, which hack/prerequisites installs).
+fn register_font() -> R<()> {
+    const FONTS: [&str; 2] = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    ];
+    let bytes = FONTS
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .ok_or("no DejaVuSans.ttf found: install fonts-dejavu-core (hack/prerequisites does)")?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
+        .map_err(|_| "DejaVuSans.ttf is not a font plotters can read")?;
+    Ok(())
+}
