@@ -11,6 +11,7 @@
 //!   admission of a booking, what happens when a budget runs out.
 //! - [`cost`]: prices, planned and actual cost of an instance, the chargeback report.
 
+pub mod budget;
 pub mod idle;
 
 use jiff::Timestamp;
