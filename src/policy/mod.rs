@@ -12,6 +12,7 @@
 //! - [`cost`]: prices, planned and actual cost of an instance, the chargeback report.
 
 pub mod budget;
+pub mod cost;
 pub mod idle;
 
 use jiff::Timestamp;
