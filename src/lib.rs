@@ -13,6 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod migrate;
 pub mod plugin;
+pub mod policy;
 pub mod scheduler;
 pub mod telemetry;
 pub mod webhook;

@@ -1,0 +1,107 @@
+//! Policies on top of booking: idle shutdown, GPU-hour budgets and cost (issue #9).
+//!
+//! Everything here is a pure decision over plain data, in the style of
+//! [`crate::scheduler`]: no client, no I/O, the clock passed in as an argument. The
+//! controllers and the CLI map CRD fields onto these input structs, call the functions and
+//! act on what they return (write status, publish Events, stop pods, print reports). That
+//! keeps every rule unit- and property-testable without a cluster.
+//!
+//! - [`idle`]: when an instance whose GPUs sit unused gets a warning, and when it stops.
+//! - [`budget`]: GPU-hour budgets per week or month: period bounds, usage within a period,
+//!   admission of a booking, what happens when a budget runs out.
+//! - [`cost`]: prices, planned and actual cost of an instance, the chargeback report.
+
+pub mod budget;
+pub mod cost;
+pub mod idle;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+
+/// A half-open span of time `[start, end)` in UTC: a budget period or a report period.
+///
+/// Half-open so that adjacent periods share their boundary without counting an instant
+/// twice: the end of one period is the start of the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Bounds {
+    /// The first instant inside.
+    pub start: Timestamp,
+    /// The first instant after.
+    pub end: Timestamp,
+}
+
+impl Bounds {
+    /// `t` lies inside (`start <= t < end`).
+    pub fn contains(&self, t: Timestamp) -> bool {
+        self.start <= t && t < self.end
+    }
+
+    /// Seconds of `[from, to)` that fall inside these bounds (0 when they do not meet or
+    /// `to` is not after `from`). This is how usage spanning a period boundary is split
+    /// between the periods, instead of being booked wholly to one of them.
+    pub fn overlap_seconds(&self, from: Timestamp, to: Timestamp) -> f64 {
+        let start = from.max(self.start);
+        let end = to.min(self.end);
+        if end > start {
+            end.duration_since(start).as_secs_f64()
+        } else {
+            0.0
+        }
+    }
+}
+
+/// `t` as people read it in messages, to the minute, UTC: `2026-12-01T00:00Z`.
+pub fn short_utc(t: Timestamp) -> String {
+    t.to_zoned(TimeZone::UTC)
+        .strftime("%Y-%m-%dT%H:%MZ")
+        .to_string()
+}
+
+/// A count of hours for messages: whole numbers without decimals (`100`), others with
+/// one (`3.5`), so that limits read as written and figures stay short.
+pub fn hours_text(h: f64) -> String {
+    if h.fract() == 0.0 && h.abs() < 1e15 {
+        format!("{h:.0}")
+    } else {
+        format!("{h:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn overlap_is_clipped_to_the_bounds() {
+        let b = Bounds {
+            start: ts("2026-11-01T00:00:00Z"),
+            end: ts("2026-12-01T00:00:00Z"),
+        };
+        assert_eq!(
+            b.overlap_seconds(ts("2026-10-31T23:00:00Z"), ts("2026-11-01T02:00:00Z")),
+            7200.0
+        );
+        assert_eq!(
+            b.overlap_seconds(ts("2026-12-01T00:00:00Z"), ts("2026-12-02T00:00:00Z")),
+            0.0
+        );
+        assert_eq!(
+            b.overlap_seconds(ts("2026-11-02T00:00:00Z"), ts("2026-11-01T00:00:00Z")),
+            0.0
+        );
+        assert!(b.contains(b.start) && !b.contains(b.end));
+    }
+
+    #[test]
+    fn texts_for_people() {
+        assert_eq!(short_utc(ts("2026-12-01T00:00:59Z")), "2026-12-01T00:00Z");
+        assert_eq!(hours_text(100.0), "100");
+        assert_eq!(hours_text(3.5), "3.5");
+        assert_eq!(hours_text(3.46), "3.5");
+    }
+}
