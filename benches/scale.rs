@@ -735,6 +735,8 @@ fn install(kubeconfig: &Path) -> R<()> {
         .arg(root.join("crds"))
         .arg("-f")
         .arg(root.join("charts/gpu-cloud/templates/user-clusterrole.yaml"))
+        .arg("-f")
+        .arg(root.join("charts/gpu-cloud/files/instance-finalizer-policy.yaml"))
         .stdout(Stdio::null())
         .status()?
         .success()

@@ -38,8 +38,9 @@ pub struct ControllerArgs {
     /// changes such as a node becoming Ready).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub resync: Duration,
-    /// Reconciles in flight at once, per controller.
-    #[arg(long, default_value_t = 16)]
+    /// Reconciles in flight at once, per controller (each waits on one or two API writes,
+    /// so this bounds how many bookings a second a burst gets through).
+    #[arg(long, default_value_t = 64)]
     pub concurrency: u16,
     /// Writes in flight at once within a placement pass (pod creations, queue statuses).
     #[arg(long, default_value_t = 32)]

@@ -153,6 +153,8 @@ pub fn install(kubeconfig: &Path) -> Result<(), String> {
         .arg(repo_root().join("crds"))
         .args(["-f"])
         .arg(repo_root().join("charts/gpu-cloud/templates/user-clusterrole.yaml"))
+        .args(["-f"])
+        .arg(repo_root().join("charts/gpu-cloud/files/instance-finalizer-policy.yaml"))
         .output()
         .map_err(|e| format!("running kubectl: {e}"))?;
     if !out.status.success() {

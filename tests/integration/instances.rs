@@ -38,7 +38,12 @@ async fn book_view_delete_and_queue() {
     .await;
 
     let started = Instant::now();
-    harness::book(&client, &ns, "a", spec(model, 2, "1h")).await;
+    let created = harness::book(&client, &ns, "a", spec(model, 2, "1h")).await;
+    // The MutatingAdmissionPolicy put the finalizer on at creation: no write of ours needed.
+    assert_eq!(
+        created.finalizers(),
+        [gpu_cloud::controller::instance::FINALIZER.to_owned()]
+    );
     let a = harness::wait_instance(&client, &ns, "a", "Running", |i| {
         phase(i) == Some(Phase::Running)
     })
