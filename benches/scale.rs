@@ -106,6 +106,9 @@ struct RunFigures {
     latency_p50_s: Option<f64>,
     latency_p99_s: Option<f64>,
     invariants: Vec<String>,
+    /// The apiserver's own time (seconds, requests) per "VERB resource", busiest first:
+    /// where the run's apiserver CPU went.
+    apiserver: Vec<(String, f64, f64)>,
 }
 
 /// What the gpu-cloud run adds.
@@ -186,13 +189,19 @@ async fn run(args: Args) -> R<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let ceiling = ceiling(&client, &args).await?;
+    let m0 = apiserver_time(&client).await?;
+    let mut ceiling = ceiling(&client, &args).await?;
+    ceiling.apiserver = busiest(&m0, &apiserver_time(&client).await?);
     report_run(&ceiling);
     cleanup(&client, "ceil").await?;
-    let sched = kube_scheduler(&client, &args).await?;
+    let m0 = apiserver_time(&client).await?;
+    let mut sched = kube_scheduler(&client, &args).await?;
+    sched.apiserver = busiest(&m0, &apiserver_time(&client).await?);
     report_run(&sched);
     cleanup(&client, "sched").await?;
-    let (ours, controller) = gpu_cloud_run(&client, &cp.kubeconfig, &args).await?;
+    let m0 = apiserver_time(&client).await?;
+    let (mut ours, controller) = gpu_cloud_run(&client, &cp.kubeconfig, &args).await?;
+    ours.apiserver = busiest(&m0, &apiserver_time(&client).await?);
     report_run(&ours);
 
     let report = Report {
@@ -278,7 +287,8 @@ async fn ceiling(client: &Client, args: &Args) -> R<RunFigures> {
                 Api::<Pod>::namespaced(client.clone(), &ns)
                     .create(&PostParams::default(), &pod)
                     .await?;
-                let status = json!({"status": {"phase": "Running", "nodeName": node, "podName": name}});
+                let status =
+                    json!({"status": {"phase": "Running", "nodeName": node, "podName": name}});
                 api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
                     .await?;
                 lock(&done).push(start.elapsed().as_secs_f64());
@@ -400,7 +410,10 @@ async fn gpu_cloud_run(
                     .applied_objects()
             );
             while let Some(Ok(i)) = s.next().await {
-                if i.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running) {
+                let ns = i.namespace().unwrap_or_default();
+                if ns.starts_with("gpu-bench")
+                    && i.status.as_ref().and_then(|s| s.phase) == Some(Phase::Running)
+                {
                     let key = format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any());
                     lock(&running).entry(key).or_insert_with(Instant::now);
                 }
@@ -419,7 +432,10 @@ async fn gpu_cloud_run(
         Api::<GpuInstance>::namespaced(client.clone(), &ns)
             .create(&PostParams::default(), &inst)
             .await?;
-        wait_until(30, "an idle booking runs", || lock(&running).contains_key(&key)).await?;
+        wait_until(30, "an idle booking runs", || {
+            lock(&running).contains_key(&key)
+        })
+        .await?;
         let at = lock(&running).get(&key).copied().unwrap_or(t0);
         idle.push(at.duration_since(t0).as_secs_f64());
     }
@@ -517,6 +533,70 @@ async fn gpu_cloud_run(
     Ok((run, figures))
 }
 
+// ---- where the apiserver's time went --------------------------------------------------
+
+/// `apiserver_request_duration_seconds` sum and count by "VERB resource[/subresource]".
+async fn apiserver_time(client: &Client) -> R<BTreeMap<String, (f64, f64)>> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(req).await?;
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let (is_sum, rest) =
+            if let Some(r) = line.strip_prefix("apiserver_request_duration_seconds_sum{") {
+                (true, r)
+            } else if let Some(r) = line.strip_prefix("apiserver_request_duration_seconds_count{") {
+                (false, r)
+            } else {
+                continue;
+            };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let get = |k: &str| {
+            labels
+                .split("\",")
+                .find_map(|kv| kv.trim_start_matches(',').strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        if get("verb") == "WATCH" {
+            continue; // long-lived: their duration is how long they stayed open
+        }
+        let sub = get("subresource");
+        let key = if sub.is_empty() {
+            format!("{} {}", get("verb"), get("resource"))
+        } else {
+            format!("{} {}/{sub}", get("verb"), get("resource"))
+        };
+        let v: f64 = value.trim().parse().unwrap_or(0.0);
+        let e = out.entry(key).or_default();
+        if is_sum {
+            e.0 += v;
+        } else {
+            e.1 += v;
+        }
+    }
+    Ok(out)
+}
+
+/// The requests that took the apiserver most time between two readings.
+fn busiest(
+    before: &BTreeMap<String, (f64, f64)>,
+    after: &BTreeMap<String, (f64, f64)>,
+) -> Vec<(String, f64, f64)> {
+    let mut v: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(k, (s, c))| {
+            let (s0, c0) = before.get(k).copied().unwrap_or_default();
+            (k.clone(), s - s0, c - c0)
+        })
+        .filter(|(_, s, _)| *s > 0.0)
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.truncate(10);
+    v
+}
+
 // ---- invariants ---------------------------------------------------------------------
 
 /// Nodes holding more GPUs (by unfinished pods) than they have.
@@ -531,10 +611,7 @@ async fn node_capacity_violations(client: &Client) -> R<Vec<String>> {
         let have = gpu_cloud::scheduler::NodeGpus::from_node(n).allocatable;
         let held = used.get(&n.name_any()).copied().unwrap_or(0);
         if held > have {
-            out.push(format!(
-                "node {} holds {held} GPUs of {have}",
-                n.name_any()
-            ));
+            out.push(format!("node {} holds {held} GPUs of {have}", n.name_any()));
         }
     }
     let unbound = pods
@@ -555,6 +632,8 @@ async fn instance_violations(client: &Client) -> R<Vec<String>> {
         .await?;
     let pods = list_pods(client).await?;
     let mut out = vec![];
+    let mut bad: BTreeMap<String, usize> = BTreeMap::new();
+    let mut example = None;
     for i in &instances.items {
         let s = i.status.clone().unwrap_or_default();
         let ok = match s.phase {
@@ -563,15 +642,24 @@ async fn instance_violations(client: &Client) -> R<Vec<String>> {
             _ => false,
         };
         if !ok {
-            out.push(format!(
-                "instance {}/{} is {:?} ({:?})",
-                i.namespace().unwrap_or_default(),
-                i.name_any(),
-                s.phase,
-                s.message
-            ));
+            *bad.entry(format!("{:?}", s.phase)).or_default() += 1;
+            example.get_or_insert_with(|| {
+                format!(
+                    "{}/{} is {:?} ({:?})",
+                    i.namespace().unwrap_or_default(),
+                    i.name_any(),
+                    s.phase,
+                    s.message
+                )
+            });
         }
     }
+    for (phase, n) in &bad {
+        out.push(format!(
+            "{n} instances in phase {phase}, neither Running nor Queued with a reason"
+        ));
+    }
+    out.extend(example.map(|e| format!("for example {e}")));
     let uids: HashMap<String, usize> = instances
         .items
         .iter()
@@ -579,8 +667,11 @@ async fn instance_violations(client: &Client) -> R<Vec<String>> {
         .map(|u| (u, 0))
         .collect();
     let mut per_owner = uids;
+    let mut orphans = 0;
     for p in pods.iter().filter(|p| {
-        p.labels().get("app.kubernetes.io/managed-by").map(String::as_str)
+        p.labels()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str)
             == Some(gpu_cloud::controller::pod::MANAGED_BY)
     }) {
         let owner = p
@@ -590,8 +681,11 @@ async fn instance_violations(client: &Client) -> R<Vec<String>> {
             .map(|o| o.uid.clone());
         match owner.and_then(|o| per_owner.get_mut(&o)) {
             Some(n) => *n += 1,
-            None => out.push(format!("orphan pod {}/{}", p.namespace().unwrap_or_default(), p.name_any())),
+            None => orphans += 1,
         }
+    }
+    if orphans > 0 {
+        out.push(format!("{orphans} orphan pods (no GpuInstance owns them)"));
     }
     let dup = per_owner.values().filter(|n| **n > 1).count();
     if dup > 0 {
@@ -643,7 +737,11 @@ async fn make_nodes(client: &Client, args: &Args) -> R<()> {
             .iter()
             .filter(|n| {
                 let g = gpu_cloud::scheduler::NodeGpus::from_node(n);
-                g.ready && n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_none_or(Vec::is_empty)
+                g.ready
+                    && n.spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_none_or(Vec::is_empty)
             })
             .count();
         (ready >= want).then_some(())
@@ -713,15 +811,40 @@ async fn cleanup(client: &Client, prefix: &str) -> R<()> {
         Api::<Pod>::namespaced(client.clone(), &ns)
             .delete_collection(&dp, &ListParams::default())
             .await?;
-        Api::<GpuInstance>::namespaced(client.clone(), &ns)
-            .delete_collection(&dp, &ListParams::default())
+        // No controller ran: take off the finalizer the admission policy put on.
+        let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
+        let names: Vec<String> = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(|i| i.name_any())
+            .collect();
+        stream::iter(names)
+            .map(|name| {
+                let api = api.clone();
+                async move {
+                    let unfinalize = json!({"metadata": {"finalizers": null}});
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(unfinalize))
+                        .await?;
+                    R::Ok(())
+                }
+            })
+            .buffer_unordered(64)
+            .try_collect::<Vec<()>>()
             .await?;
+        api.delete_collection(&dp, &ListParams::default()).await?;
     }
-    wait_until_async(300, "previous run's pods gone", || async {
+    wait_until_async(300, "previous run's pods and instances gone", || async {
         let pods = list_pods(client).await.ok()?;
-        pods.iter()
-            .all(|p| !p.namespace().unwrap_or_default().starts_with(prefix))
-            .then_some(())
+        let instances = Api::<GpuInstance>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        let ours = |ns: Option<String>| ns.unwrap_or_default().starts_with(prefix);
+        (!pods.iter().any(|p| ours(p.namespace()))
+            && !instances.items.iter().any(|i| ours(i.namespace())))
+        .then_some(())
     })
     .await
 }
@@ -929,7 +1052,10 @@ fn take(m: &Mutex<Vec<f64>>) -> Vec<f64> {
 
 fn finish(name: &'static str, start: Instant, mut done_at: Vec<f64>) -> RunFigures {
     done_at.sort_by(f64::total_cmp);
-    let seconds = done_at.last().copied().unwrap_or(start.elapsed().as_secs_f64());
+    let seconds = done_at
+        .last()
+        .copied()
+        .unwrap_or(start.elapsed().as_secs_f64());
     RunFigures {
         name,
         count: done_at.len(),
@@ -1096,7 +1222,9 @@ fn plot(r: &Report, path: &Path) -> R<()> {
                 color.stroke_width(3),
             ))?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
     }
     chart
         .configure_series_labels()

@@ -173,7 +173,11 @@ mod tests {
             ("list", "pods".into())
         );
         assert_eq!(
-            c(Method::GET, "/api/v1/pods", Some("watch=true&resourceVersion=5")),
+            c(
+                Method::GET,
+                "/api/v1/pods",
+                Some("watch=true&resourceVersion=5")
+            ),
             ("watch", "pods".into())
         );
         assert_eq!(

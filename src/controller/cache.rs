@@ -72,9 +72,16 @@ impl Caches {
     /// Starts the watches. Subscribe-before-start: the feeds see the initial lists too.
     pub fn start(client: &Client) -> (Caches, Feeds, Watches) {
         let all = watcher::Config::default();
-        let (nodes, [], n) = run("nodes", watcher(Api::all(client.clone()), all.clone()), slim_node);
-        let (pods, [pods_feed], p) =
-            run("pods", watcher(Api::all(client.clone()), all.clone()), slim_pod);
+        let (nodes, [], n) = run(
+            "nodes",
+            watcher(Api::all(client.clone()), all.clone()),
+            slim_node,
+        );
+        let (pods, [pods_feed], p) = run(
+            "pods",
+            watcher(Api::all(client.clone()), all.clone()),
+            slim_pod,
+        );
         let (namespaces, [ns_feed], ns) = run(
             "namespaces",
             watcher(
@@ -83,10 +90,16 @@ impl Caches {
             ),
             slim_meta,
         );
-        let (users, [users_feed], u) =
-            run("gpuusers", watcher(Api::all(client.clone()), all.clone()), slim_meta);
-        let (instances, [inst_feed, user_inst_feed], i) =
-            run("gpuinstances", watcher(Api::all(client.clone()), all), slim_meta);
+        let (users, [users_feed], u) = run(
+            "gpuusers",
+            watcher(Api::all(client.clone()), all.clone()),
+            slim_meta,
+        );
+        let (instances, [inst_feed, user_inst_feed], i) = run(
+            "gpuinstances",
+            watcher(Api::all(client.clone()), all),
+            slim_meta,
+        );
         (
             Caches {
                 nodes,
@@ -118,8 +131,7 @@ impl Caches {
 
     /// The pod named `name` in `ns`, if cached.
     pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
-        self.pods
-            .get(&reflector::ObjectRef::new(name).within(ns))
+        self.pods.get(&reflector::ObjectRef::new(name).within(ns))
     }
 
     /// The GpuUser a namespace belongs to, by its label.
@@ -146,10 +158,7 @@ where
             .subscribe()
             .unwrap_or_else(|| unreachable!("store_shared makes a dispatcher"))
     });
-    let stream = events
-        .default_backoff()
-        .modify(slim)
-        .reflect_shared(writer);
+    let stream = events.default_backoff().modify(slim).reflect_shared(writer);
     let task = tokio::spawn(async move {
         stream
             .for_each(|ev| {

@@ -16,7 +16,7 @@ use tracing::{field, info, instrument, warn};
 
 use super::error::ignore_not_found;
 use super::lifecycle::{self, PodAction, PodView};
-use super::{Context, Error, apply_instance_status};
+use super::{Context, Error, write_instance_status};
 use crate::api::v1::GpuInstance;
 
 /// Finalizer on every GpuInstance: its pod is removed (and, with the usage agent, its last
@@ -65,7 +65,7 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, Error> {
     // No status and nothing to say yet is not a change: never write an empty status.
     if inst.status.clone().unwrap_or_default() != out.status {
         let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
-        apply_instance_status(&api, &name, &out.status)
+        write_instance_status(&api, &name, inst.status.as_ref(), &out.status)
             .await
             .map_err(Error::kube("write instance status"))?;
     }

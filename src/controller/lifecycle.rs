@@ -16,7 +16,7 @@ use crate::api::duration;
 use crate::api::v1::{GpuInstance, GpuInstanceStatus, Phase};
 
 /// How long a new pod may start before the instance's status says `Scheduled`.
-pub const STARTING_GRACE: Duration = Duration::from_secs(5);
+pub const STARTING_GRACE: Duration = Duration::from_secs(15);
 
 /// What the instance's pod looks like, reduced to what the decision needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,12 +302,12 @@ mod tests {
         let inst = instance(json!(null));
         let out = decide(&inst, Some(&pod("Pending")), ts(1001));
         assert_eq!(out.status, GpuInstanceStatus::default());
-        assert_eq!(out.requeue_after, Some(Duration::from_secs(4)));
+        assert_eq!(out.requeue_after, Some(Duration::from_secs(14)));
         assert_eq!(
             decide(&inst, Some(&pod("Running")), ts(1001)).status.phase,
             Some(Phase::Running)
         );
-        let slow = decide(&inst, Some(&pod("Pending")), ts(1005));
+        let slow = decide(&inst, Some(&pod("Pending")), ts(1015));
         assert_eq!(slow.status.phase, Some(Phase::Scheduled));
         assert_eq!(slow.status.node_name.as_deref(), Some("gpu-l4-0"));
     }

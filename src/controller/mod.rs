@@ -171,16 +171,68 @@ pub(crate) async fn report<K>(
         .await;
 }
 
-/// Writes an instance's status as the controller: everything but `usage`, which the node
-/// agent owns (under its own field manager) and the controller must never write back stale.
-pub async fn apply_instance_status(
+/// Writes an instance's status as the controller: a JSON merge patch of what changed since
+/// `old` (what the cache holds), never touching `usage`, which the node agent owns and the
+/// controller must never write back stale.
+///
+/// A merge patch rather than server-side apply: the apiserver spends markedly less CPU on
+/// it, and this is the one write every booking needs. A field set since `old` was cached is
+/// not removed by this patch; the write's own watch event brings a newer `old`, and the
+/// next reconcile removes it.
+pub async fn write_instance_status(
     api: &Api<crate::api::v1::GpuInstance>,
     name: &str,
-    status: &crate::api::v1::GpuInstanceStatus,
+    old: Option<&crate::api::v1::GpuInstanceStatus>,
+    new: &crate::api::v1::GpuInstanceStatus,
 ) -> Result<(), kube::Error> {
-    let mut mine = status.clone();
-    mine.usage = None;
-    apply_status(api, name, &mine).await
+    let strip = |s: &crate::api::v1::GpuInstanceStatus| {
+        let mut s = s.clone();
+        s.usage = None;
+        serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
+    };
+    let before = old.map_or(serde_json::json!({}), strip);
+    let patch = merge_patch(&before, &strip(new));
+    if patch.as_object().is_some_and(|o| o.is_empty()) {
+        return Ok(());
+    }
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(
+        name,
+        &params,
+        &Patch::Merge(serde_json::json!({ "status": patch })),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The RFC 7386 merge patch that turns `old` into `new` (pure): changed keys with their new
+/// value, removed keys as null, objects recursively, anything else replaced whole.
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = Map::new();
+            for (k, nv) in n {
+                match o.get(k) {
+                    Some(ov) if ov == nv => {}
+                    Some(ov @ Value::Object(_)) if nv.is_object() => {
+                        out.insert(k.clone(), merge_patch(ov, nv));
+                    }
+                    _ => {
+                        out.insert(k.clone(), nv.clone());
+                    }
+                }
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            Value::Object(out)
+        }
+        _ => new.clone(),
+    }
 }
 
 /// Name of the Lease that elects the active controller.
@@ -278,7 +330,12 @@ async fn run_active(
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::join!(
-        user::run(ctx.clone(), feeds.users, feeds.user_instances, feeds.namespaces),
+        user::run(
+            ctx.clone(),
+            feeds.users,
+            feeds.user_instances,
+            feeds.namespaces
+        ),
         instance::run(ctx.clone(), feeds.instances, feeds.pods)
     );
     placement.abort();
@@ -286,4 +343,24 @@ async fn run_active(
     drop(watches);
     tracing::info!("gpu-cloud controller stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn a_merge_patch_carries_changes_and_removals_only() {
+        let old = json!({"phase": "Queued", "queuePosition": 3, "message": "wait",
+                         "conditions": [{"type": "Ready"}], "nested": {"a": 1, "b": 2}});
+        let new = json!({"phase": "Running", "message": "wait", "nodeName": "n1",
+                         "conditions": [{"type": "Ready"}], "nested": {"a": 1}});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"phase": "Running", "nodeName": "n1", "queuePosition": null,
+                   "nested": {"b": null}})
+        );
+        assert_eq!(merge_patch(&new, &new), json!({}));
+    }
 }

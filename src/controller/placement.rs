@@ -23,10 +23,10 @@ use tracing::{debug, info, instrument, warn};
 use super::conditions::{Health, with_health};
 use super::error::ignore_not_found;
 use super::lifecycle::PodView;
-use super::{Context, Error, apply_instance_status, pod};
+use super::{Context, Error, pod, write_instance_status};
 use crate::api::USER_LABEL;
-use crate::metrics::CacheLabels;
 use crate::api::v1::{GpuInstance, GpuInstanceStatus, GpuUser, Phase};
+use crate::metrics::CacheLabels;
 use crate::scheduler::{self, Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, Waiting};
 
 /// Runs passes until the task is aborted: on every wake-up, and every `resync` anyway.
@@ -180,7 +180,12 @@ fn snapshot(world: &World) -> Snapshot {
     let pod_of: BTreeMap<(String, String), &Pod> = world
         .pods
         .iter()
-        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.as_ref()))
+        .map(|p| {
+            (
+                (p.namespace().unwrap_or_default(), p.name_any()),
+                p.as_ref(),
+            )
+        })
         .collect();
     let bookings = world
         .instances
@@ -273,9 +278,11 @@ async fn mark_waiting(
     }
     let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &w.key.namespace);
     // Deleted since this pass read it: nothing to say about it.
-    if ignore_not_found(apply_instance_status(&api, &w.key.name, &status).await)
-        .map_err(Error::kube("write queue status"))?
-        .is_none()
+    if ignore_not_found(
+        write_instance_status(&api, &w.key.name, inst.status.as_ref(), &status).await,
+    )
+    .map_err(Error::kube("write queue status"))?
+    .is_none()
     {
         return Ok(());
     }

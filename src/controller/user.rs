@@ -184,11 +184,7 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
         namespace: Some(ns.clone()),
         gpus_in_use,
         instances: active,
-        usage: Some(rollup::user_usage(
-            old.usage.as_ref(),
-            &instances,
-            now,
-        )),
+        usage: Some(rollup::user_usage(old.usage.as_ref(), &instances, now)),
     };
     // Deleted instances whose last figures are not in yet: look again shortly.
     let folding = instances

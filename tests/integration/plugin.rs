@@ -77,13 +77,18 @@ async fn book_list_and_usage_through_kubectl() {
         "{table}"
     );
 
-    let usage = kubectl_gpu(&["usage", "--user", &name]);
-    assert!(
-        usage
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .starts_with(&format!("{name}  2 ")),
-        "{usage}"
-    );
+    // The user's status follows its instances a moment later (debounced).
+    harness::eventually(
+        Duration::from_secs(10),
+        "usage shows the 2 GPUs held",
+        || async {
+            let usage = kubectl_gpu(&["usage", "--user", &name]);
+            usage
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+                .starts_with(&format!("{name}  2 "))
+        },
+    )
+    .await;
 }
