@@ -25,8 +25,9 @@ use tracing::warn;
 use crate::api::USER_LABEL;
 use crate::api::v1::{GpuInstance, GpuUser};
 
-/// Events a cache holds for a slow subscriber before its watch waits.
-const BUFFER: usize = 4096;
+/// Events a cache holds for a slow subscriber before its watch waits. Large: a waiting
+/// watch is a stale cache for everyone (an entry costs a pointer).
+const BUFFER: usize = 65_536;
 
 /// What the controller knows of the cluster, kept current by watches.
 #[derive(Clone)]
@@ -217,14 +218,16 @@ fn slim_pod(pod: &mut Pod) {
 }
 
 /// Pods the controller created that its pod cache may not show yet: without them, a pass
-/// right after a placement would see the GPUs as free again. An entry leaves once the cache
-/// has its pod, or after [`Assumed::TTL`] (the pod was deleted before the cache saw it).
+/// right after a placement would see the GPUs as free again and book them twice. An entry
+/// leaves once the cache has its pod, once its instance is gone or finished (its pod goes
+/// or went with it), or after [`Assumed::TTL`] as a last resort. Never sooner: under load
+/// the pod watch can lag by many seconds, and an entry dropped early is a double booking.
 #[derive(Default)]
 pub struct Assumed(Mutex<HashMap<(String, String), (Pod, Instant)>>);
 
 impl Assumed {
     /// How long a created pod is assumed at most.
-    pub const TTL: Duration = Duration::from_secs(30);
+    pub const TTL: Duration = Duration::from_secs(600);
 
     /// Records a pod just created.
     pub fn insert(&self, pod: Pod) {
@@ -235,7 +238,7 @@ impl Assumed {
     }
 
     /// The assumed pods the cache does not have yet; forgets the others.
-    pub fn pending(&self, pods: &Store<Pod>) -> Vec<Pod> {
+    pub fn pending(&self, pods: &Store<Pod>, instances: &Store<GpuInstance>) -> Vec<Pod> {
         let Ok(mut m) = self.0.lock() else {
             return vec![];
         };
@@ -243,8 +246,58 @@ impl Assumed {
             let cached = pods
                 .get(&reflector::ObjectRef::new(name).within(ns))
                 .is_some_and(|c| c.uid() == pod.uid());
-            !cached && at.elapsed() < Self::TTL
+            let owner = reflector::ObjectRef::<GpuInstance>::new(name).within(ns);
+            let owner_alive = instances.get(&owner).is_some_and(|i| {
+                i.metadata.deletion_timestamp.is_none()
+                    && !i
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .is_some_and(crate::api::v1::Phase::is_finished)
+            });
+            !cached && owner_alive && at.elapsed() < Self::TTL
         });
         m.values().map(|(p, _)| p.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    fn pod(uid: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "a", "namespace": "gpu-u", "uid": uid}}))
+            .unwrap()
+    }
+
+    fn instance(phase: Option<&str>) -> GpuInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
+            "metadata": {"name": "a", "namespace": "gpu-u", "uid": "i1"},
+            "spec": {"gpu": {"model": "M", "count": 1}, "image": "x", "duration": "1h"},
+            "status": {"phase": phase}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_assumed_pod_stays_until_the_cache_has_it_or_its_instance_ends() {
+        let (pods, mut pods_w) = reflector::store::<Pod>();
+        let (insts, mut insts_w) = reflector::store::<GpuInstance>();
+        insts_w.apply_watcher_event(&Event::Apply(instance(None)));
+        let assumed = Assumed::default();
+        assumed.insert(pod("p1"));
+        // The pod cache lags: the pod still counts, however long that takes.
+        assert_eq!(assumed.pending(&pods, &insts).len(), 1);
+        assert_eq!(assumed.pending(&pods, &insts).len(), 1);
+        // The cache has it now: the cache counts it, the assumption goes.
+        pods_w.apply_watcher_event(&Event::Apply(pod("p1")));
+        assert!(assumed.pending(&pods, &insts).is_empty());
+        // Its instance finished before the cache saw the pod: the pod went with it.
+        assumed.insert(pod("p2"));
+        insts_w.apply_watcher_event(&Event::Apply(instance(Some("Expired"))));
+        assert!(assumed.pending(&pods, &insts).is_empty());
     }
 }

@@ -124,7 +124,12 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
 fn read_world(ctx: &Context) -> World {
     let c = &ctx.caches;
     let mut pods = c.pods.state();
-    pods.extend(ctx.assumed.pending(&c.pods).into_iter().map(Arc::new));
+    pods.extend(
+        ctx.assumed
+            .pending(&c.pods, &c.instances)
+            .into_iter()
+            .map(Arc::new),
+    );
     let world = World {
         nodes: c.nodes.state(),
         pods,
