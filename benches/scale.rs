@@ -69,6 +69,9 @@ struct Args {
     /// Where scale.json and scale.png go.
     #[arg(long, default_value = "target/bench-scale")]
     out: PathBuf,
+    /// Extra arguments for `gpu-cloud controller` (tunables), e.g. `--controller-arg=--write-concurrency=64`.
+    #[arg(long = "controller-arg", allow_hyphen_values = true)]
+    controller_args: Vec<String>,
     /// Longest wait for one run to finish, seconds.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
@@ -87,6 +90,7 @@ impl Args {
             concurrency: 8,
             idle_samples: 3,
             out,
+            controller_args: vec![],
             timeout: 120,
             bench: false,
         }
@@ -365,7 +369,7 @@ async fn gpu_cloud_run(
     args: &Args,
 ) -> R<(RunFigures, ControllerFigures)> {
     let port = free_port();
-    let controller = Controller::start(kubeconfig, port)?;
+    let controller = Controller::start(kubeconfig, port, &args.controller_args)?;
     let users: Vec<String> = (0..args.users).map(|u| format!("bench{u:03}")).collect();
     let user_api = Api::<GpuUser>::all(client.clone());
     stream::iter(users.iter())
@@ -944,9 +948,10 @@ struct Controller {
 }
 
 impl Controller {
-    fn start(kubeconfig: &Path, port: u16) -> R<Self> {
+    fn start(kubeconfig: &Path, port: u16, extra: &[String]) -> R<Self> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"));
         cmd.args(["controller", "--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());

@@ -225,6 +225,9 @@ fn slim_pod(pod: &mut Pod) {
 #[derive(Default)]
 pub struct Assumed(Mutex<HashMap<(String, String), (Pod, Instant)>>);
 
+/// How long a pod whose create failed in transit (it may or may not exist) is assumed.
+const UNSURE_TTL: Duration = Duration::from_secs(60);
+
 impl Assumed {
     /// How long a created pod is assumed at most.
     pub const TTL: Duration = Duration::from_secs(600);
@@ -237,25 +240,51 @@ impl Assumed {
         }
     }
 
-    /// The assumed pods the cache does not have yet; forgets the others.
-    pub fn pending(&self, pods: &Store<Pod>, instances: &Store<GpuInstance>) -> Vec<Pod> {
+    /// Records a pod whose create failed in transit: it may exist. Without a uid it is
+    /// matched by name, and assumed for [`UNSURE_TTL`] at most.
+    pub fn insert_unsure(&self, mut pod: Pod) {
+        pod.metadata.uid = None;
+        let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+        let at = Instant::now()
+            .checked_sub(Self::TTL.saturating_sub(UNSURE_TTL))
+            .unwrap_or_else(Instant::now);
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key, (pod, at));
+        }
+    }
+
+    /// The assumed pods that `pods` (one read of the pod cache) does not hold, given
+    /// `instances` (a read of the instance cache taken with it); forgets the others.
+    /// Judged against the same reads the pass uses: checking the live cache instead could
+    /// drop a pod that arrived after the pass read it, and the pod would count nowhere.
+    pub fn pending(&self, pods: &[Arc<Pod>], instances: &[Arc<GpuInstance>]) -> Vec<Pod> {
         let Ok(mut m) = self.0.lock() else {
             return vec![];
         };
-        m.retain(|(ns, name), (pod, at)| {
-            let cached = pods
-                .get(&reflector::ObjectRef::new(name).within(ns))
-                .is_some_and(|c| c.uid() == pod.uid());
-            let owner = reflector::ObjectRef::<GpuInstance>::new(name).within(ns);
-            let owner_alive = instances.get(&owner).is_some_and(|i| {
+        if m.is_empty() {
+            return vec![];
+        }
+        let seen: HashMap<(String, String), Option<String>> = pods
+            .iter()
+            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.uid()))
+            .collect();
+        let alive: std::collections::HashSet<(String, String)> = instances
+            .iter()
+            .filter(|i| {
                 i.metadata.deletion_timestamp.is_none()
                     && !i
                         .status
                         .as_ref()
                         .and_then(|s| s.phase)
                         .is_some_and(crate::api::v1::Phase::is_finished)
-            });
-            !cached && owner_alive && at.elapsed() < Self::TTL
+            })
+            .map(|i| (i.namespace().unwrap_or_default(), i.name_any()))
+            .collect();
+        m.retain(|key, (pod, at)| {
+            let cached = seen
+                .get(key)
+                .is_some_and(|uid| pod.uid().is_none() || *uid == pod.uid());
+            !cached && alive.contains(key) && at.elapsed() < Self::TTL
         });
         m.values().map(|(p, _)| p.clone()).collect()
     }
@@ -264,7 +293,6 @@ impl Assumed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::watcher::Event;
     use serde_json::json;
 
     fn pod(uid: &str) -> Pod {
@@ -284,20 +312,17 @@ mod tests {
 
     #[test]
     fn an_assumed_pod_stays_until_the_cache_has_it_or_its_instance_ends() {
-        let (pods, mut pods_w) = reflector::store::<Pod>();
-        let (insts, mut insts_w) = reflector::store::<GpuInstance>();
-        insts_w.apply_watcher_event(&Event::Apply(instance(None)));
+        let running = vec![Arc::new(instance(None))];
         let assumed = Assumed::default();
         assumed.insert(pod("p1"));
         // The pod cache lags: the pod still counts, however long that takes.
-        assert_eq!(assumed.pending(&pods, &insts).len(), 1);
-        assert_eq!(assumed.pending(&pods, &insts).len(), 1);
+        assert_eq!(assumed.pending(&[], &running).len(), 1);
+        assert_eq!(assumed.pending(&[], &running).len(), 1);
         // The cache has it now: the cache counts it, the assumption goes.
-        pods_w.apply_watcher_event(&Event::Apply(pod("p1")));
-        assert!(assumed.pending(&pods, &insts).is_empty());
+        assert!(assumed.pending(&[Arc::new(pod("p1"))], &running).is_empty());
         // Its instance finished before the cache saw the pod: the pod went with it.
         assumed.insert(pod("p2"));
-        insts_w.apply_watcher_event(&Event::Apply(instance(Some("Expired"))));
-        assert!(assumed.pending(&pods, &insts).is_empty());
+        let done = vec![Arc::new(instance(Some("Expired")))];
+        assert!(assumed.pending(&[], &done).is_empty());
     }
 }

@@ -94,11 +94,14 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
         .collect();
     let placed = to_place.len();
     let writes = ctx.args.write_concurrency.max(1);
-    stream::iter(to_place)
+    // Every create runs to its end even when one fails: a create dropped in flight could
+    // still land, and a pod this process does not know of is a double booking.
+    let results: Vec<Result<(), Error>> = stream::iter(to_place)
         .map(|(inst, user, node)| async move { place(ctx, &inst, &user, &node).await })
         .buffer_unordered(writes)
-        .try_collect::<Vec<()>>()
-        .await?;
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>, Error>>()?;
     if placed > 0 {
         info!(count = placed, "placed instances");
     }
@@ -124,9 +127,10 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
 fn read_world(ctx: &Context) -> World {
     let c = &ctx.caches;
     let mut pods = c.pods.state();
+    let instances = c.instances.state();
     pods.extend(
         ctx.assumed
-            .pending(&c.pods, &c.instances)
+            .pending(&pods, &instances)
             .into_iter()
             .map(Arc::new),
     );
@@ -135,7 +139,7 @@ fn read_world(ctx: &Context) -> World {
         pods,
         namespaces: c.namespaces.state(),
         users: c.users.state(),
-        instances: c.instances.state(),
+        instances,
     };
     for (resource, n) in [
         ("nodes", world.nodes.len()),
@@ -264,7 +268,13 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
         }
         // Its namespace is going away, or the instance with it.
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(Error::kube("create pod")(e)),
+        // Refused: nothing was created.
+        Err(e @ kube::Error::Api(_)) => Err(Error::kube("create pod")(e)),
+        // Lost in transit: it may have been created; count it for a while.
+        Err(e) => {
+            ctx.assumed.insert_unsure(pod);
+            Err(Error::kube("create pod")(e))
+        }
     }
 }
 
