@@ -189,7 +189,7 @@ fn slim_node(node: &mut Node) {
 
 /// Keeps what GPU accounting (`scheduler::capacity`) and the instance lifecycle read:
 /// metadata but annotations, node, phase and the containers' resources.
-fn slim_pod(pod: &mut Pod) {
+pub fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.annotations = None;
     if let Some(spec) = pod.spec.as_mut() {

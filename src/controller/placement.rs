@@ -247,7 +247,8 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
     let pod = pod::build(inst, user, node).map_err(|e| Error::Build("pod", e))?;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     match pods.create(&PostParams::default(), &pod).await {
-        Ok(created) => {
+        Ok(mut created) => {
+            super::cache::slim_pod(&mut created);
             ctx.assumed.insert(created);
             ctx.metrics.placed.inc();
             debug!(instance = %name, %node, "placed");

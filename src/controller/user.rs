@@ -49,19 +49,38 @@ const REAPPLY: Duration = Duration::from_secs(300);
 /// user's reconcile (one per instance change) skip three writes. Memory only: after a
 /// restart everything is applied once again.
 #[derive(Default)]
-pub struct Provisioned(Mutex<HashMap<String, (Option<i64>, Instant)>>);
+pub struct Provisioned {
+    applied: Mutex<HashMap<String, (Option<i64>, Instant)>>,
+    figures: Mutex<HashMap<String, Instant>>,
+}
+
+/// Least time between two status writes of a user that only change its figures.
+const FIGURES_EVERY: Duration = Duration::from_secs(5);
 
 impl Provisioned {
+    /// How long until `name`'s figures may be written again, if not yet.
+    fn figures_due_in(&self, name: &str, every: Duration) -> Option<Duration> {
+        let m = self.figures.lock().ok()?;
+        let since = m.get(name)?.elapsed();
+        (since < every).then(|| every - since)
+    }
+
+    fn figures_written(&self, name: &str) {
+        if let Ok(mut m) = self.figures.lock() {
+            m.insert(name.to_owned(), Instant::now());
+        }
+    }
+
     /// `name` was applied at `generation` less than `within` ago.
     fn fresh(&self, name: &str, generation: Option<i64>, within: Duration) -> bool {
-        self.0.lock().is_ok_and(|m| {
+        self.applied.lock().is_ok_and(|m| {
             m.get(name)
                 .is_some_and(|(g, at)| *g == generation && at.elapsed() < within)
         })
     }
 
     fn record(&self, name: &str, generation: Option<i64>) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.applied.lock() {
             m.insert(name.to_owned(), (generation, Instant::now()));
         }
     }
@@ -190,10 +209,23 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
     let folding = instances
         .iter()
         .any(|i| i.metadata.deletion_timestamp.is_some());
+    // Only the figures moved (a burst of bookings moves them many times a second): write
+    // them at most every FIGURES_EVERY; a person reads totals, not every step.
+    let figures_only = status.conditions == old.conditions
+        && status.observed_generation == old.observed_generation
+        && status.namespace == old.namespace
+        && status.usage.as_ref().map(|u| &u.retired_uids)
+            == old.usage.as_ref().map(|u| &u.retired_uids);
+    if status != old && figures_only {
+        if let Some(wait) = ctx.provisioned.figures_due_in(&name, FIGURES_EVERY) {
+            return Ok(Action::requeue(wait));
+        }
+    }
     if status != old {
         apply_status(&Api::<GpuUser>::all(client.clone()), &name, &status)
             .await
             .map_err(Error::kube("write user status"))?;
+        ctx.provisioned.figures_written(&name);
         if old.namespace.is_none() {
             ctx.event(
                 user,
