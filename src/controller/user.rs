@@ -216,10 +216,11 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
         && status.namespace == old.namespace
         && status.usage.as_ref().map(|u| &u.retired_uids)
             == old.usage.as_ref().map(|u| &u.retired_uids);
-    if status != old && figures_only {
-        if let Some(wait) = ctx.provisioned.figures_due_in(&name, FIGURES_EVERY) {
-            return Ok(Action::requeue(wait));
-        }
+    if status != old
+        && figures_only
+        && let Some(wait) = ctx.provisioned.figures_due_in(&name, FIGURES_EVERY)
+    {
+        return Ok(Action::requeue(wait));
     }
     if status != old {
         apply_status(&Api::<GpuUser>::all(client.clone()), &name, &status)
