@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use gpu_cloud::scheduler::{Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, plan};
+use gpu_cloud::scheduler::{
+    Booking, InstanceKey, NodeGpus, Snapshot, StartPolicy, UserPolicy, plan,
+};
 use jiff::Timestamp;
 
 const MODELS: [&str; 3] = [
@@ -49,6 +51,11 @@ fn snapshot(nodes: usize, queued: usize, free_every: usize) -> Snapshot {
             priority: (i % 3) as i32,
             created: Timestamp::from_second(1_700_000_000 + i as i64).expect("time"),
             placed_on: None,
+            duration: None,
+            start: None,
+            start_policy: StartPolicy::Exact,
+            reserved_on: None,
+            started: None,
         })
         .collect();
     Snapshot {
@@ -56,6 +63,7 @@ fn snapshot(nodes: usize, queued: usize, free_every: usize) -> Snapshot {
         used,
         users,
         bookings,
+        now: Timestamp::UNIX_EPOCH,
     }
 }
 

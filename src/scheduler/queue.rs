@@ -1,5 +1,6 @@
-//! The placement decision: which waiting bookings go to which node now, and why the others
-//! wait. A pure function of a snapshot of the cluster; the controller applies the result.
+//! The placement decision: which waiting bookings go to which node now, which future
+//! windows are booked, and why the others wait. A pure function of a snapshot of the
+//! cluster and of the clock (`Snapshot::now`); the controller applies the result.
 //!
 //! Policy:
 //! - Order: higher `priority` first; equal priorities first come, first served (creation
@@ -11,13 +12,30 @@
 //!   more GPUs than any node has, not allowed) do not hold up anyone else.
 //! - Quota is checked before placement; placement is best fit (the eligible node of the
 //!   model left with the fewest free GPUs, then by name).
+//!
+//! Booking ahead (time):
+//! - A booking with a future `start` asks for a window `[start, start + duration)`. Windows
+//!   are granted first come, first served regardless of priority, before anything is
+//!   placed in the pass, on the best-fit node where the window fits; once granted
+//!   (`reserved_on`) a window is fixed: later bookings never move or shorten it.
+//! - A window that does not fit is refused with the earliest start that would
+//!   ([`Wait::WindowTaken`]), or with [`StartPolicy::EarliestAvailable`] booked there.
+//! - A placement made now holds its GPUs for its duration (for good when unknown) and may
+//!   use a node only if they stay free of windows for that whole time: short bookings
+//!   backfill before a window, long ones do not run into it.
+//! - When a window opens its booking is placed on its node ahead of the queue, keeping the
+//!   window's end.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::time::Duration;
 
 use jiff::Timestamp;
 
 use super::NodeGpus;
+use super::calendar::{
+    NEVER, Timeline, UserHolds, Want, end_of, release_time, show_length, show_time,
+};
 
 /// Identifies a GpuInstance.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -47,7 +65,18 @@ pub struct UserPolicy {
     pub suspended: bool,
 }
 
-/// A booking that has not finished: placed (its pod exists) or waiting.
+/// What to do when a booking's requested window is taken (`spec.startPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPolicy {
+    /// Only the requested start will do: refuse, naming the next free slot, so that the
+    /// person decides.
+    #[default]
+    Exact,
+    /// Book the earliest start at or after the requested one where the window fits.
+    EarliestAvailable,
+}
+
+/// A booking that has not finished: placed (its pod exists), holding a window, or waiting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Booking {
     /// Which instance.
@@ -60,10 +89,23 @@ pub struct Booking {
     pub count: u32,
     /// Queue priority (higher first).
     pub priority: i32,
-    /// Creation time: first come, first served within a priority.
+    /// Creation time: first come, first served within a priority, and for windows.
     pub created: Timestamp,
     /// The node its pod is on, once placed.
     pub placed_on: Option<String>,
+    /// Booked length (`spec.duration`); `None` is treated as running for good, so that
+    /// such a booking never overlaps a window.
+    pub duration: Option<Duration>,
+    /// Window start: the granted one while it holds a window (`reserved_on`), else the
+    /// requested `spec.startTime`. `None` or a time not after `now`: as soon as possible.
+    pub start: Option<Timestamp>,
+    /// What to do when the requested window is taken.
+    pub start_policy: StartPolicy,
+    /// The node holding its granted window (from status), until it is placed.
+    pub reserved_on: Option<String>,
+    /// When its hold began, once placed: it ends at `started + duration`. `None` while
+    /// placed means its end is unknown (held for good).
+    pub started: Option<Timestamp>,
 }
 
 /// Everything the decision looks at.
@@ -77,6 +119,8 @@ pub struct Snapshot {
     pub users: BTreeMap<String, UserPolicy>,
     /// Unfinished bookings.
     pub bookings: Vec<Booking>,
+    /// The clock: an input, so that decisions over time are reproducible in tests.
+    pub now: Timestamp,
 }
 
 /// Why a booking is not placed now.
@@ -90,16 +134,23 @@ pub enum Wait {
     ModelNotAllowed,
     /// It wants more GPUs than its user may ever hold.
     OverQuotaLimit { max: u32 },
-    /// Its user holds too many GPUs right now.
+    /// Its user holds (or has booked) too many GPUs for the time it would run.
     GpuQuota { in_use: u32, max: u32 },
-    /// Its user has too many instances placed right now.
+    /// Its user has too many instances placed (or booked) for the time it would run.
     InstanceQuota { placed: u32, max: u32 },
     /// No node has this model.
     UnknownModel,
     /// No node of this model has that many GPUs.
     TooLarge { largest: u32 },
-    /// Not enough free GPUs of the model on any one node, or earlier bookings wait for them.
+    /// Not enough free GPUs of the model on any one node for its whole duration, or
+    /// earlier bookings wait for them.
     Capacity { largest_free: u32 },
+    /// Its requested window is taken on every node; `next_free` is the earliest start
+    /// where it would fit (`None`: none while GPUs are held for good).
+    WindowTaken { next_free: Option<Timestamp> },
+    /// Its window has opened but its node cannot take it yet (a pod overruns, or the node
+    /// is not ready).
+    HeldNode { node: String, free: u32 },
 }
 
 impl Wait {
@@ -112,6 +163,7 @@ impl Wait {
                 | Wait::OverQuotaLimit { .. }
                 | Wait::UnknownModel
                 | Wait::TooLarge { .. }
+                | Wait::WindowTaken { .. }
         )
     }
 
@@ -126,6 +178,8 @@ impl Wait {
             Wait::UnknownModel => "UnknownModel",
             Wait::TooLarge { .. } => "TooLarge",
             Wait::Capacity { .. } => "WaitingForGpus",
+            Wait::WindowTaken { .. } => "WindowTaken",
+            Wait::HeldNode { .. } => "WaitingForHeldNode",
         }
     }
 }
@@ -144,115 +198,236 @@ pub struct Waiting {
 }
 
 /// The outcome of one scheduling pass.
+///
+/// A booking that already holds a future window (`reserved_on`) and is not due appears in
+/// no list: it keeps its window and its `Reserved` status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Bookings to place now, and their node, in queue order.
+    /// Bookings to place now, and their node, in queue order (opened windows first).
     pub placements: Vec<(InstanceKey, String)>,
     /// Bookings that wait, in queue order.
     pub waiting: Vec<Waiting>,
+    /// Windows granted in this pass: booking, node, start. The controller records them
+    /// (phase `Reserved`), so that the next pass sees them in `reserved_on`/`start`.
+    pub reservations: Vec<(InstanceKey, String, Timestamp)>,
+    /// Of `placements`, those whose window opened, with the window start: record it as
+    /// their start, so that they end when their window ends and not later.
+    pub due: Vec<(InstanceKey, Timestamp)>,
 }
 
-/// Decides where waiting bookings go now. See the module docs for the policy.
+/// Decides where waiting bookings go now and which windows are granted. See the module
+/// docs for the policy.
 ///
-/// The plan is complete: deciding again on the world it leaves places nothing more. (One
-/// sweep down the queue is not always enough: a higher-priority booking placed late in a
-/// sweep can put an earlier one of the same user over quota, which then no longer holds
-/// up its model's queue; so sweeps repeat until one places nothing.)
+/// The plan is complete: deciding again on the world it leaves places and grants nothing
+/// more. (One sweep down the queue is not always enough: a higher-priority booking placed
+/// late in a sweep can put an earlier one of the same user over quota, which then no
+/// longer holds up its model's queue; so sweeps repeat until one changes nothing.)
 pub fn plan(snapshot: &Snapshot) -> Plan {
-    let mut placements = Vec::new();
+    let mut out = Plan::default();
     let mut world = std::borrow::Cow::Borrowed(snapshot);
     loop {
         let swept = sweep(&world);
-        if swept.placements.is_empty() {
-            return Plan {
-                placements,
-                waiting: swept.waiting,
-            };
+        if swept.placements.is_empty() && swept.reservations.is_empty() {
+            out.waiting = swept.waiting;
+            return out;
         }
         let w = world.to_mut();
+        let now = w.now;
         // An index, not a search per placement: one pass may place thousands.
         let placed: BTreeMap<&InstanceKey, &String> =
             swept.placements.iter().map(|(k, n)| (k, n)).collect();
+        let due: BTreeMap<&InstanceKey, Timestamp> =
+            swept.due.iter().map(|(k, t)| (k, *t)).collect();
+        let reserved: BTreeMap<&InstanceKey, (&String, Timestamp)> = swept
+            .reservations
+            .iter()
+            .map(|(k, n, t)| (k, (n, *t)))
+            .collect();
         for b in w.bookings.iter_mut() {
             if let Some(node) = placed.get(&b.key) {
                 b.placed_on = Some((*node).clone());
+                b.started = Some(due.get(&b.key).copied().unwrap_or(now));
                 *w.used.entry((*node).clone()).or_default() += b.count;
+            } else if let Some((node, start)) = reserved.get(&b.key) {
+                b.reserved_on = Some((*node).clone());
+                b.start = Some(*start);
             }
         }
-        placements.extend(swept.placements);
+        out.placements.extend(swept.placements);
+        out.reservations.extend(swept.reservations);
+        out.due.extend(swept.due);
     }
 }
 
-/// One sweep down the queue.
-fn sweep(snapshot: &Snapshot) -> Plan {
+/// The next `n` starts at or after `from` (not before `snapshot.now`) where `count` GPUs of
+/// `model` are free on one eligible node for `duration` (`None`: for good), each with the
+/// node a booking for it would get. Bookings still queued hold nothing and are not
+/// considered; placed ones and granted windows are.
+///
+/// Feeds `kubectl gpu slots MODEL --count N --for 4h`, and is the search behind
+/// [`Wait::WindowTaken`] and [`StartPolicy::EarliestAvailable`].
+pub fn next_free_slots(
+    snapshot: &Snapshot,
+    model: &str,
+    count: u32,
+    duration: Option<Duration>,
+    from: Timestamp,
+    n: usize,
+) -> Vec<(Timestamp, String)> {
+    let ledger = Ledger::new(snapshot);
+    let want = Want { count, duration };
+    ledger
+        .slots(model, want, from.max(snapshot.now), n)
+        .into_iter()
+        .map(|(t, i)| (t, ledger.nodes[i].name.clone()))
+        .collect()
+}
+
+/// A granted window as the ledger holds it.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    node: usize,
+    start: Timestamp,
+    end: Timestamp,
+}
+
+/// One sweep down the queue: opened windows, then window requests, then the queue.
+fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
+    let now = snapshot.now;
     let mut ledger = Ledger::new(snapshot);
-    let mut user_gpus: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut user_placed: BTreeMap<&str, u32> = BTreeMap::new();
-    for b in snapshot.bookings.iter().filter(|b| b.placed_on.is_some()) {
-        if let Some(user) = b.user.as_deref() {
-            *user_gpus.entry(user).or_default() += b.count;
-            *user_placed.entry(user).or_default() += 1;
+    let mut holds: BTreeMap<&str, UserHolds> = BTreeMap::new();
+    for b in &snapshot.bookings {
+        let Some(user) = b.user.as_deref() else {
+            continue;
+        };
+        if b.placed_on.is_some() {
+            let end = b.started.map_or(NEVER, |s| end_of(s, b.duration));
+            holds
+                .entry(user)
+                .or_default()
+                .add_placed(release_time(end, now), b.count);
+        } else if let Some(h) = ledger.held(b) {
+            holds
+                .entry(user)
+                .or_default()
+                .add_window(h.start, h.end, b.count);
         }
     }
 
-    let mut queue: Vec<&Booking> = snapshot
-        .bookings
-        .iter()
-        .filter(|b| b.placed_on.is_none())
-        .collect();
-    queue.sort_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.created.cmp(&b.created))
-            .then_with(|| a.key.cmp(&b.key))
-    });
+    let mut opened: Vec<(&Booking, Held)> = vec![];
+    let mut requests: Vec<&Booking> = vec![];
+    let mut queue: Vec<&Booking> = vec![];
+    for b in snapshot.bookings.iter().filter(|b| b.placed_on.is_none()) {
+        match ledger.held(b) {
+            Some(h) if h.start <= now => opened.push((b, h)),
+            Some(_) => {}
+            None if b.start.is_some_and(|s| s > now) => requests.push(b),
+            None => queue.push(b),
+        }
+    }
+    let first_come =
+        |a: &Booking, b: &Booking| a.created.cmp(&b.created).then_with(|| a.key.cmp(&b.key));
+    opened.sort_by(|(a, ha), (b, hb)| ha.start.cmp(&hb.start).then_with(|| first_come(a, b)));
+    requests.sort_by(|a, b| first_come(a, b));
+    queue.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| first_come(a, b)));
 
     let mut plan = Plan::default();
-    let mut blocked_models: BTreeSet<&str> = BTreeSet::new();
     let mut waiting_per_model: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut wait = |plan: &mut Plan, b: &'s Booking, wait: Wait, blocked: bool| {
+        let position = waiting_per_model.entry(b.model.as_str()).or_default();
+        *position += 1;
+        let message = message(b, &wait, *position - 1, blocked);
+        plan.waiting.push(Waiting {
+            key: b.key.clone(),
+            position: *position,
+            wait,
+            message,
+        });
+    };
+
+    // Opened windows: their GPUs were kept free of everything else, so they go first and
+    // are not held up by the queue (nor by quota, checked when the window was granted).
+    for (b, h) in opened {
+        let checked = admit(b, snapshot, &ledger).and_then(|_| {
+            let n = &ledger.nodes[h.node];
+            let free = ledger.free[h.node];
+            if n.eligible() && free >= b.count {
+                Ok(())
+            } else {
+                Err(Wait::HeldNode {
+                    node: n.name.clone(),
+                    free: if n.eligible() { free } else { 0 },
+                })
+            }
+        });
+        match checked {
+            Ok(()) => {
+                let node = ledger.open(h, b.count, now);
+                if let Some(u) = b.user.as_deref() {
+                    let u = holds.entry(u).or_default();
+                    u.remove_window(h.start, h.end, b.count);
+                    u.add_placed(release_time(h.end, now), b.count);
+                }
+                plan.placements.push((b.key.clone(), node.to_owned()));
+                plan.due.push((b.key.clone(), h.start));
+            }
+            Err(w) => wait(&mut plan, b, w, false),
+        }
+    }
+
+    // Window requests, first come, first served.
+    for b in requests {
+        match request(b, snapshot, &ledger, &holds) {
+            Ok((index, start)) => {
+                let end = end_of(start, b.duration);
+                let node = ledger.reserve(index, start, end, b.count);
+                if let Some(u) = b.user.as_deref() {
+                    holds.entry(u).or_default().add_window(start, end, b.count);
+                }
+                plan.reservations
+                    .push((b.key.clone(), node.to_owned(), start));
+            }
+            Err(w) => wait(&mut plan, b, w, false),
+        }
+    }
+
+    // The queue, now.
+    let mut blocked_models: BTreeSet<&str> = BTreeSet::new();
     for b in queue {
-        let decision = decide(
-            b,
-            snapshot,
-            &ledger,
-            &user_gpus,
-            &user_placed,
-            &blocked_models,
-        );
-        match decision {
+        let blocked = blocked_models.contains(b.model.as_str());
+        match decide(b, snapshot, &ledger, &holds, blocked) {
             Ok(index) => {
-                let node = ledger.take(index, b.count);
-                if let Some(user) = b.user.as_deref() {
-                    *user_gpus.entry(user).or_default() += b.count;
-                    *user_placed.entry(user).or_default() += 1;
+                let node = ledger.take(index, b.count, end_of(now, b.duration), now);
+                if let Some(u) = b.user.as_deref() {
+                    holds
+                        .entry(u)
+                        .or_default()
+                        .add_placed(release_time(end_of(now, b.duration), now), b.count);
                 }
                 plan.placements.push((b.key.clone(), node.to_owned()));
             }
-            Err(wait) => {
-                if matches!(wait, Wait::Capacity { .. }) {
+            Err(w) => {
+                if matches!(w, Wait::Capacity { .. }) {
                     blocked_models.insert(&b.model);
                 }
-                let position = waiting_per_model.entry(&b.model).or_default();
-                *position += 1;
-                let message = message(b, &wait, *position - 1);
-                plan.waiting.push(Waiting {
-                    key: b.key.clone(),
-                    position: *position,
-                    wait,
-                    message,
-                });
+                wait(&mut plan, b, w, blocked);
             }
         }
     }
     plan
 }
 
-/// One sweep's view of free GPUs: per node, and per model the nodes of that model with
-/// the largest node and the largest free block kept current, so that a booking that cannot
-/// fit costs O(1) and only a placement walks its model's nodes.
+/// One sweep's view of free GPUs: per node now and over time, and per model the nodes of
+/// that model with the largest node and the largest free block now kept current, so that
+/// a booking that cannot fit now costs O(1) and only a placement walks its model's nodes.
 struct Ledger<'s> {
     nodes: &'s [NodeGpus],
+    /// Free GPUs per node now.
     free: Vec<u32>,
+    /// Per node: timed placements and windows.
+    time: Vec<Timeline>,
+    /// Node index by name (empty when no booking needs it).
+    by_name: HashMap<&'s str, usize>,
     models: BTreeMap<&'s str, ModelNodes>,
 }
 
@@ -262,7 +437,7 @@ struct ModelNodes {
     eligible: Vec<usize>,
     /// The largest node of the model, eligible or not.
     largest: u32,
-    /// The most free GPUs on one eligible node.
+    /// The most free GPUs now on one eligible node.
     largest_free: u32,
 }
 
@@ -292,50 +467,147 @@ impl<'s> Ledger<'s> {
                 m.largest_free = m.largest_free.max(free[i]);
             }
         }
-        Ledger {
+        let timed = |b: &Booking| {
+            b.reserved_on.is_some() || (b.placed_on.is_some() && b.duration.is_some())
+        };
+        let by_name = if snapshot.bookings.iter().any(timed) {
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.as_str(), i))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let mut ledger = Ledger {
             nodes,
             free,
+            time: vec![Timeline::default(); nodes.len()],
+            by_name,
             models,
+        };
+        for b in &snapshot.bookings {
+            if let Some(node) = &b.placed_on {
+                let end = b.started.map_or(NEVER, |s| end_of(s, b.duration));
+                if let (true, Some(&i)) = (end < NEVER, ledger.by_name.get(node.as_str())) {
+                    ledger.time[i].add_release(release_time(end, snapshot.now), b.count);
+                }
+            } else if let Some(h) = ledger.held(b) {
+                ledger.time[h.node].add_window(h.start, h.end, b.count);
+            }
         }
+        ledger
     }
 
-    /// The eligible node of `model` left with the fewest free GPUs after taking `count`
-    /// (then by name).
-    fn best_fit(&self, model: &ModelNodes, count: u32) -> Option<usize> {
+    /// The window a booking holds, if its `reserved_on` names a node of its model and it
+    /// has a start; anything else is not a valid window and the booking asks again.
+    fn held(&self, b: &Booking) -> Option<Held> {
+        if b.placed_on.is_some() {
+            return None;
+        }
+        let start = b.start?;
+        let &node = self.by_name.get(b.reserved_on.as_deref()?)?;
+        (self.nodes[node].model.as_deref() == Some(b.model.as_str())).then(|| Held {
+            node,
+            start,
+            end: end_of(start, b.duration),
+        })
+    }
+
+    /// The fewest GPUs free on node `i` over `[a, b)`, `a` not before now.
+    fn min_free(&self, i: usize, a: Timestamp, b: Timestamp) -> u32 {
+        self.time[i].min_free(self.nodes[i].allocatable, self.free[i], a, b)
+    }
+
+    /// The eligible node of `model` where `count` GPUs stay free over `[a, b)` that is
+    /// left with the fewest free then (then by name). With `now_only`, `a` is now and
+    /// nodes without enough free GPUs now are skipped without a look at their timeline.
+    fn best_fit(
+        &self,
+        model: &ModelNodes,
+        count: u32,
+        a: Timestamp,
+        b: Timestamp,
+        now_only: bool,
+    ) -> Option<usize> {
         model
             .eligible
             .iter()
             .copied()
-            .filter(|&i| self.free[i] >= count)
-            .min_by(|&x, &y| {
-                (self.free[x] - count, &self.nodes[x].name)
-                    .cmp(&(self.free[y] - count, &self.nodes[y].name))
+            .filter(|&i| self.nodes[i].allocatable >= count && (!now_only || self.free[i] >= count))
+            .filter_map(|i| {
+                let free = self.min_free(i, a, b);
+                (free >= count).then_some((free - count, i))
             })
+            .min_by(|&(x, i), &(y, j)| (x, &self.nodes[i].name).cmp(&(y, &self.nodes[j].name)))
+            .map(|(_, i)| i)
     }
 
-    /// Takes `count` GPUs on node `index`; returns its name.
-    fn take(&mut self, index: usize, count: u32) -> &'s str {
-        self.free[index] -= count;
-        let node = &self.nodes[index];
-        if let Some(m) = node
+    /// Up to `n` distinct starts at or after `from` (not before now) where `want` fits on
+    /// an eligible node of `model`, earliest first, each with its best-fit node.
+    fn slots(&self, model: &str, want: Want, from: Timestamp, n: usize) -> Vec<(Timestamp, usize)> {
+        let Some(m) = self.models.get(model) else {
+            return vec![];
+        };
+        let mut all: Vec<(Timestamp, u32, usize)> = m
+            .eligible
+            .iter()
+            .flat_map(|&i| {
+                self.time[i]
+                    .fitting_starts(self.nodes[i].allocatable, self.free[i], want, from, n)
+                    .into_iter()
+                    .map(move |(t, free)| (t, free - want.count, i))
+            })
+            .collect();
+        all.sort_by(|x, y| {
+            (x.0, x.1, &self.nodes[x.2].name).cmp(&(y.0, y.1, &self.nodes[y.2].name))
+        });
+        all.dedup_by_key(|x| x.0);
+        all.truncate(n);
+        all.into_iter().map(|(t, _, i)| (t, i)).collect()
+    }
+
+    /// Recomputes the model's largest free block after node `index` changed.
+    fn refresh(&mut self, index: usize) {
+        if let Some(m) = self.nodes[index]
             .model
             .as_deref()
             .and_then(|model| self.models.get_mut(model))
         {
             m.largest_free = m.eligible.iter().map(|&i| self.free[i]).max().unwrap_or(0);
         }
-        &node.name
+    }
+
+    /// Takes `count` GPUs on node `index` now until `end`; returns its name.
+    fn take(&mut self, index: usize, count: u32, end: Timestamp, now: Timestamp) -> &'s str {
+        self.free[index] -= count;
+        if end < NEVER {
+            self.time[index].add_release(release_time(end, now), count);
+        }
+        self.refresh(index);
+        &self.nodes[index].name
+    }
+
+    /// Turns an opened window into a placement on its node; returns the node's name.
+    fn open(&mut self, h: Held, count: u32, now: Timestamp) -> &'s str {
+        self.time[h.node].remove_window(h.start, h.end, count);
+        self.take(h.node, count, h.end, now)
+    }
+
+    /// Books a window on node `index`; returns its name.
+    fn reserve(&mut self, index: usize, start: Timestamp, end: Timestamp, count: u32) -> &'s str {
+        self.time[index].add_window(start, end, count);
+        &self.nodes[index].name
     }
 }
 
-fn decide(
+/// The checks that do not depend on what is held: who asks, for what, whether it can ever
+/// fit. Returns the model's nodes.
+fn admit<'l>(
     b: &Booking,
     snapshot: &Snapshot,
-    ledger: &Ledger<'_>,
-    user_gpus: &BTreeMap<&str, u32>,
-    user_placed: &BTreeMap<&str, u32>,
-    blocked_models: &BTreeSet<&str>,
-) -> Result<usize, Wait> {
+    ledger: &'l Ledger<'_>,
+) -> Result<&'l ModelNodes, Wait> {
     let user = b.user.as_deref().ok_or(Wait::NoUser)?;
     let policy = snapshot.users.get(user).ok_or(Wait::NoUser)?;
     if policy.suspended {
@@ -356,24 +628,94 @@ fn decide(
             largest: model.largest,
         });
     }
-    let in_use = user_gpus.get(user).copied().unwrap_or(0);
+    Ok(model)
+}
+
+/// The user's quota over `[a, b)`: what they hold and have booked at the busiest instant,
+/// plus this booking, within their limits.
+fn quota(
+    b: &Booking,
+    snapshot: &Snapshot,
+    holds: &BTreeMap<&str, UserHolds>,
+    a: Timestamp,
+    end: Timestamp,
+) -> Result<(), Wait> {
+    let Some((user, policy)) = b
+        .user
+        .as_deref()
+        .and_then(|u| Some((u, snapshot.users.get(u)?)))
+    else {
+        return Err(Wait::NoUser);
+    };
+    if policy.max_gpus.is_none() && policy.max_instances.is_none() {
+        return Ok(());
+    }
+    let (in_use, placed) = holds.get(user).map_or((0, 0), |h| h.peak(a, end));
     if let Some(max) = policy.max_gpus.filter(|&max| in_use + b.count > max) {
         return Err(Wait::GpuQuota { in_use, max });
     }
-    let placed = user_placed.get(user).copied().unwrap_or(0);
     if let Some(max) = policy.max_instances.filter(|&max| placed >= max) {
         return Err(Wait::InstanceQuota { placed, max });
     }
+    Ok(())
+}
+
+/// A window request: the node and start it gets, or why not.
+fn request(
+    b: &Booking,
+    snapshot: &Snapshot,
+    ledger: &Ledger<'_>,
+    holds: &BTreeMap<&str, UserHolds>,
+) -> Result<(usize, Timestamp), Wait> {
+    let model = admit(b, snapshot, ledger)?;
+    let asked = b.start.unwrap_or(snapshot.now).max(snapshot.now);
+    let want = Want {
+        count: b.count,
+        duration: b.duration,
+    };
+    let start = match ledger.best_fit(model, b.count, asked, end_of(asked, b.duration), false) {
+        Some(_) => asked,
+        None => {
+            let next_free = ledger
+                .slots(&b.model, want, asked, 1)
+                .first()
+                .map(|&(t, _)| t);
+            match (b.start_policy, next_free) {
+                (StartPolicy::EarliestAvailable, Some(t)) => t,
+                _ => return Err(Wait::WindowTaken { next_free }),
+            }
+        }
+    };
+    let end = end_of(start, b.duration);
+    quota(b, snapshot, holds, start, end)?;
+    ledger
+        .best_fit(model, b.count, start, end, false)
+        .map(|i| (i, start))
+        .ok_or(Wait::WindowTaken { next_free: None })
+}
+
+/// A booking of the queue: the node it goes to now, or why it waits.
+fn decide(
+    b: &Booking,
+    snapshot: &Snapshot,
+    ledger: &Ledger<'_>,
+    holds: &BTreeMap<&str, UserHolds>,
+    blocked: bool,
+) -> Result<usize, Wait> {
+    let model = admit(b, snapshot, ledger)?;
+    let now = snapshot.now;
+    let end = end_of(now, b.duration);
+    quota(b, snapshot, holds, now, end)?;
     let largest_free = model.largest_free;
-    if blocked_models.contains(b.model.as_str()) || largest_free < b.count {
+    if blocked || largest_free < b.count {
         return Err(Wait::Capacity { largest_free });
     }
     ledger
-        .best_fit(model, b.count)
+        .best_fit(model, b.count, now, end, true)
         .ok_or(Wait::Capacity { largest_free })
 }
 
-fn message(b: &Booking, wait: &Wait, ahead: u32) -> String {
+fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
     let want = format!("{} x {}", b.count, b.model);
     let user = b.user.as_deref().unwrap_or("");
     match wait {
@@ -402,10 +744,28 @@ fn message(b: &Booking, wait: &Wait, ahead: u32) -> String {
         Wait::Capacity { largest_free } => {
             let free = match *largest_free {
                 0 => "none free".to_owned(),
-                n if n >= b.count => "free GPUs are held for earlier bookings".to_owned(),
+                n if n >= b.count && blocked => {
+                    "free GPUs are held for earlier bookings".to_owned()
+                }
+                n if n >= b.count => format!(
+                    "free GPUs are booked for windows within its length ({})",
+                    show_length(b.duration).trim_start_matches("of ")
+                ),
                 n => format!("at most {n} free on one node"),
             };
             format!("waiting for {want}: {free}, {ahead} ahead")
+        }
+        Wait::WindowTaken { next_free } => {
+            let length = show_length(b.duration);
+            match next_free {
+                Some(t) => format!("next free slot for {want} {length}: {}", show_time(*t)),
+                None => format!(
+                    "no free slot for {want} {length}: GPUs of the model are held with no end"
+                ),
+            }
+        }
+        Wait::HeldNode { node, free } => {
+            format!("window opened: waiting for {want} on its node {node} ({free} free)")
         }
     }
 }
@@ -441,6 +801,11 @@ mod tests {
             priority: 0,
             created: Timestamp::from_second(t).unwrap(),
             placed_on: None,
+            duration: None,
+            start: None,
+            start_policy: StartPolicy::Exact,
+            reserved_on: None,
+            started: None,
         }
     }
 
@@ -455,6 +820,7 @@ mod tests {
             used: BTreeMap::new(),
             users,
             bookings,
+            now: Timestamp::UNIX_EPOCH,
         }
     }
 
@@ -711,6 +1077,7 @@ mod tests {
                 used,
                 users: self.users.clone(),
                 bookings: self.bookings.clone(),
+                now: Timestamp::UNIX_EPOCH,
             }
         }
 
