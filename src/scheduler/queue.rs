@@ -148,6 +148,9 @@ pub enum Wait {
     /// Its requested window is taken on every node; `next_free` is the earliest start
     /// where it would fit (`None`: none while GPUs are held for good).
     WindowTaken { next_free: Option<Timestamp> },
+    /// Its window ended before it could start (the controller or the node was away): it
+    /// will not run; book again.
+    WindowMissed { end: Timestamp },
     /// Its window has opened but its node cannot take it yet (a pod overruns, or the node
     /// is not ready).
     HeldNode { node: String, free: u32 },
@@ -164,6 +167,7 @@ impl Wait {
                 | Wait::UnknownModel
                 | Wait::TooLarge { .. }
                 | Wait::WindowTaken { .. }
+                | Wait::WindowMissed { .. }
         )
     }
 
@@ -179,6 +183,7 @@ impl Wait {
             Wait::TooLarge { .. } => "TooLarge",
             Wait::Capacity { .. } => "WaitingForGpus",
             Wait::WindowTaken { .. } => "WindowTaken",
+            Wait::WindowMissed { .. } => "WindowMissed",
             Wait::HeldNode { .. } => "WaitingForHeldNode",
         }
     }
@@ -351,7 +356,9 @@ fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
         let checked = admit(b, snapshot, &ledger).and_then(|_| {
             let n = &ledger.nodes[h.node];
             let free = ledger.free[h.node];
-            if n.eligible() && free >= b.count {
+            if h.end <= now {
+                Err(Wait::WindowMissed { end: h.end })
+            } else if n.eligible() && free >= b.count {
                 Ok(())
             } else {
                 Err(Wait::HeldNode {
@@ -535,10 +542,7 @@ impl<'s> Ledger<'s> {
             .iter()
             .copied()
             .filter(|&i| self.nodes[i].allocatable >= count && (!now_only || self.free[i] >= count))
-            .filter_map(|i| {
-                let free = self.min_free(i, a, b);
-                (free >= count).then_some((free - count, i))
-            })
+            .filter_map(|i| Some((self.min_free(i, a, b).checked_sub(count)?, i)))
             .min_by(|&(x, i), &(y, j)| (x, &self.nodes[i].name).cmp(&(y, &self.nodes[j].name)))
             .map(|(_, i)| i)
     }
@@ -764,6 +768,10 @@ fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
                 ),
             }
         }
+        Wait::WindowMissed { end } => format!(
+            "its window for {want} ended at {} before it could start: book again",
+            show_time(*end)
+        ),
         Wait::HeldNode { node, free } => {
             format!("window opened: waiting for {want} on its node {node} ({free} free)")
         }
@@ -773,6 +781,7 @@ fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scheduler::calendar::show_time;
     use proptest::prelude::*;
 
     const H100: &str = "NVIDIA-H100-80GB-HBM3";
@@ -1008,6 +1017,260 @@ mod tests {
         let p = plan(&s);
         assert_eq!(placed(&p), vec![("one", "a")]);
         assert_eq!(p.waiting[0].wait, Wait::InstanceQuota { placed: 1, max: 1 });
+    }
+
+    // ---- booking ahead -----------------------------------------------------------
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("test time")
+    }
+
+    /// A booking of `hours` (None: no end).
+    fn timed(name: &str, count: u32, hours: Option<u64>, created: i64) -> Booking {
+        Booking {
+            duration: hours.map(|h| HOUR * h as u32),
+            ..booking(name, "u", H100, count, created)
+        }
+    }
+
+    /// A booking holding the window from `start` on `node`.
+    fn reserved(name: &str, count: u32, hours: u64, start: &str, node: &str) -> Booking {
+        Booking {
+            start: Some(at(start)),
+            reserved_on: Some(node.into()),
+            ..timed(name, count, Some(hours), 0)
+        }
+    }
+
+    fn running(name: &str, count: u32, hours: u64, started: &str, node: &str) -> Booking {
+        Booking {
+            placed_on: Some(node.into()),
+            started: Some(at(started)),
+            ..timed(name, count, Some(hours), 0)
+        }
+    }
+
+    /// A snapshot at `now` whose `used` follows the placed bookings.
+    fn at_time(now: &str, nodes: Vec<NodeGpus>, bookings: Vec<Booking>) -> Snapshot {
+        let mut s = snapshot(nodes, bookings);
+        s.now = at(now);
+        for b in &s.bookings {
+            if let Some(n) = &b.placed_on {
+                *s.used.entry(n.clone()).or_default() += b.count;
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn a_window_is_held_against_a_long_booking() {
+        let s = at_time(
+            "2026-12-01T08:00Z",
+            vec![node("a", H100, 8)],
+            vec![
+                reserved("window", 8, 4, "2026-12-01T12:00Z", "a"),
+                timed("long", 4, Some(6), 1),
+                timed("forever", 4, None, 2),
+            ],
+        );
+        let p = plan(&s);
+        assert!(p.placements.is_empty() && p.reservations.is_empty());
+        assert_eq!(p.waiting[0].key.name, "long");
+        assert_eq!(p.waiting[0].wait, Wait::Capacity { largest_free: 8 });
+        assert!(!p.waiting[0].wait.stalled());
+        assert_eq!(
+            p.waiting[0].message,
+            format!(
+                "waiting for 4 x {H100}: free GPUs are booked for windows within its length (6h), 0 ahead"
+            )
+        );
+    }
+
+    #[test]
+    fn a_short_booking_backfills_before_the_window_which_then_opens_on_its_node() {
+        let nodes = vec![node("a", H100, 8), node("b", H100, 8)];
+        let mut s = at_time(
+            "2026-12-01T08:00Z",
+            nodes.clone(),
+            vec![
+                reserved("window", 8, 4, "2026-12-01T12:00Z", "a"),
+                timed("short", 8, Some(4), 1),
+            ],
+        );
+        s.used.insert("b".into(), 1); // b cannot take 8 now: only a can
+        let p = plan(&s);
+        assert_eq!(placed(&p), vec![("short", "a")]);
+
+        // Noon: the short one has ended, the window opens on a, ahead of a queued rival.
+        let s = at_time(
+            "2026-12-01T12:00Z",
+            nodes,
+            vec![
+                timed("rival", 8, Some(1), -5),
+                reserved("window", 8, 4, "2026-12-01T12:00Z", "a"),
+            ],
+        );
+        let p = plan(&s);
+        assert_eq!(placed(&p), vec![("window", "a"), ("rival", "b")]);
+        assert_eq!(
+            p.due,
+            vec![(s.bookings[1].key.clone(), at("2026-12-01T12:00Z"))]
+        );
+    }
+
+    #[test]
+    fn a_window_that_is_taken_is_refused_with_the_next_free_slot() {
+        let window = Booking {
+            start: Some(at("2026-12-01T10:00Z")),
+            ..timed("ahead", 4, Some(4), 1)
+        };
+        let s = at_time(
+            "2026-12-01T08:00Z",
+            vec![node("a", H100, 4)],
+            vec![
+                running("now", 4, 4, "2026-12-01T09:00Z", "a"),
+                window.clone(),
+            ],
+        );
+        let p = plan(&s);
+        assert!(p.reservations.is_empty());
+        let w = &p.waiting[0];
+        assert_eq!(
+            w.wait,
+            Wait::WindowTaken {
+                next_free: Some(at("2026-12-01T13:00Z"))
+            }
+        );
+        assert!(w.wait.stalled());
+        assert_eq!(w.wait.reason(), "WindowTaken");
+        assert_eq!(
+            w.message,
+            "next free slot for 4 x NVIDIA-H100-80GB-HBM3 of 4h: 2026-12-01T13:00Z"
+        );
+
+        // The same request with EarliestAvailable books that slot.
+        let mut s = s;
+        s.bookings[1].start_policy = StartPolicy::EarliestAvailable;
+        let p = plan(&s);
+        assert_eq!(
+            p.reservations,
+            vec![(window.key.clone(), "a".to_owned(), at("2026-12-01T13:00Z"))]
+        );
+        assert!(p.waiting.is_empty() && p.placements.is_empty());
+    }
+
+    #[test]
+    fn windows_are_first_come_regardless_of_priority_and_fixed_once_granted() {
+        let first = Booking {
+            start: Some(at("2026-12-02T00:00Z")),
+            ..timed("first", 8, Some(2), 1)
+        };
+        let urgent = Booking {
+            start: Some(at("2026-12-02T01:00Z")),
+            priority: 100,
+            start_policy: StartPolicy::EarliestAvailable,
+            ..timed("urgent", 8, Some(2), 2)
+        };
+        let s = at_time(
+            "2026-12-01T00:00Z",
+            vec![node("a", H100, 8)],
+            vec![urgent.clone(), first.clone()],
+        );
+        let p = plan(&s);
+        let t = |s| at(s);
+        assert_eq!(
+            p.reservations,
+            vec![
+                (first.key.clone(), "a".into(), t("2026-12-02T00:00Z")),
+                (urgent.key.clone(), "a".into(), t("2026-12-02T02:00Z")),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_opened_window_waits_for_an_overrunning_pod_and_a_missed_one_is_refused() {
+        let s = at_time(
+            "2026-12-01T12:00Z",
+            vec![node("a", H100, 8)],
+            vec![
+                // Its 4 hours ran out at 12:00 but its pod is still there.
+                running("overrun", 8, 4, "2026-12-01T08:00Z", "a"),
+                reserved("window", 8, 4, "2026-12-01T12:00Z", "a"),
+                reserved("missed", 8, 1, "2026-12-01T10:00Z", "a"),
+            ],
+        );
+        let p = plan(&s);
+        assert!(p.placements.is_empty());
+        let got: Vec<_> = p.waiting.iter().map(|w| w.message.as_str()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "its window for 8 x NVIDIA-H100-80GB-HBM3 ended at 2026-12-01T11:00Z before it could start: book again",
+                "window opened: waiting for 8 x NVIDIA-H100-80GB-HBM3 on its node a (0 free)",
+            ]
+        );
+        assert_eq!(
+            p.waiting[1].wait,
+            Wait::HeldNode {
+                node: "a".into(),
+                free: 0
+            }
+        );
+    }
+
+    #[test]
+    fn next_free_slots_lists_distinct_starts_with_their_best_fit_node() {
+        let s = at_time(
+            "2026-12-01T08:00Z",
+            vec![node("a", H100, 8), node("b", H100, 4), node("l", L4, 8)],
+            vec![
+                running("on-a", 8, 2, "2026-12-01T08:00Z", "a"),
+                running("on-b", 2, 1, "2026-12-01T07:30Z", "b"),
+                reserved("later-b", 4, 2, "2026-12-01T11:00Z", "b"),
+            ],
+        );
+        let slots = next_free_slots(&s, H100, 4, Some(HOUR * 2), at("2026-12-01T08:00Z"), 4);
+        let got: Vec<(String, &str)> = slots
+            .iter()
+            .map(|(t, n)| (show_time(*t), n.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("2026-12-01T08:30Z".to_owned(), "b"),
+                ("2026-12-01T10:00Z".to_owned(), "a"),
+                ("2026-12-01T13:00Z".to_owned(), "b"),
+            ]
+        );
+        assert!(next_free_slots(&s, H100, 9, None, s.now, 3).is_empty());
+        // With no end, only nodes with nothing booked later will do.
+        let forever = next_free_slots(&s, H100, 4, None, s.now, 1);
+        assert_eq!(forever, vec![(at("2026-12-01T10:00Z"), "a".to_owned())]);
+    }
+
+    #[test]
+    fn quota_counts_booked_windows_over_the_time_a_booking_runs() {
+        let mut s = at_time(
+            "2026-12-01T08:00Z",
+            vec![node("a", H100, 8), node("b", H100, 8)],
+            vec![
+                reserved("window", 4, 4, "2026-12-01T12:00Z", "a"),
+                timed("short", 4, Some(2), 1),
+                timed("long", 4, Some(8), 2),
+            ],
+        );
+        s.users.insert(
+            "u".into(),
+            UserPolicy {
+                max_gpus: Some(4),
+                ..Default::default()
+            },
+        );
+        let p = plan(&s);
+        assert_eq!(placed(&p), vec![("short", "a")]);
+        assert_eq!(p.waiting[0].wait, Wait::GpuQuota { in_use: 4, max: 4 });
     }
 
     // ---- properties --------------------------------------------------------------
