@@ -67,16 +67,56 @@ fn snapshot(nodes: usize, queued: usize, free_every: usize) -> Snapshot {
     }
 }
 
+/// The same cluster at a fixed `now`, with queued bookings of one hour, and `windows`
+/// future windows of 2 GPUs for 2 hours spread round robin over the nodes (a node's k-th
+/// window starts k x 3 hours from now). `granted`: they already hold their node
+/// (`reserved_on`); otherwise they are new requests the pass must place in time.
+fn with_windows(mut s: Snapshot, windows: usize, granted: bool) -> Snapshot {
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    s.now = now;
+    for b in &mut s.bookings {
+        b.duration = Some(Duration::from_secs(3600));
+    }
+    let nodes = s.nodes.len();
+    for i in 0..windows {
+        let node = &s.nodes[i % nodes];
+        let k = (i / nodes + 1) as i64;
+        s.bookings.push(Booking {
+            key: InstanceKey {
+                namespace: format!("gpu-u{}", i % 100),
+                name: format!("w{i:06}"),
+            },
+            user: Some(format!("u{}", i % 100)),
+            model: node.model.clone().unwrap_or_default(),
+            count: 2,
+            priority: 0,
+            created: Timestamp::from_second(1_700_000_000 + i as i64).expect("time"),
+            placed_on: None,
+            duration: Some(Duration::from_secs(2 * 3600)),
+            start: Some(Timestamp::from_second(now.as_second() + k * 3 * 3600).expect("time")),
+            start_policy: StartPolicy::EarliestAvailable,
+            reserved_on: granted.then(|| node.name.clone()),
+            started: None,
+        });
+    }
+    s
+}
+
 fn time(label: &str, s: &Snapshot, rounds: u32) {
     let mut total = Duration::ZERO;
     let mut placed = 0;
+    let mut reserved = 0;
     for _ in 0..rounds {
         let t = Instant::now();
         let p = plan(s);
         total += t.elapsed();
         placed = p.placements.len();
+        reserved = p.reservations.len();
     }
-    println!("{label}: {:?} per pass ({placed} placed)", total / rounds);
+    println!(
+        "{label}: {:?} per pass ({placed} placed, {reserved} windows granted)",
+        total / rounds
+    );
 }
 
 fn main() {
@@ -91,5 +131,14 @@ fn main() {
             &snapshot(nodes, queued, 10),
             3,
         );
+    }
+    for (free_every, what) in [(0, "cluster full"), (10, "1 in 10 nodes freed")] {
+        for (granted, how) in [(true, "held"), (false, "requested")] {
+            time(
+                &format!("10000 nodes, 10000 queued (1h), 10000 windows {how}, {what}"),
+                &with_windows(snapshot(10_000, 10_000, free_every), 10_000, granted),
+                3,
+            );
+        }
     }
 }

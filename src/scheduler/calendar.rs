@@ -55,6 +55,8 @@ pub struct Timeline {
     starts: Vec<(Timestamp, u32)>,
     /// Booked windows closing, by time.
     ends: Vec<(Timestamp, u32)>,
+    /// All GPUs in `releases`.
+    released: u32,
 }
 
 impl Timeline {
@@ -67,7 +69,14 @@ impl Timeline {
     pub fn add_release(&mut self, at: Timestamp, count: u32) {
         if at < NEVER {
             insert_sorted(&mut self.releases, at, count);
+            self.released = self.released.saturating_add(count);
         }
+    }
+
+    /// The most GPUs that will ever be free at once, windows aside: an O(1) bound that
+    /// rules out nodes held for good without walking their timeline.
+    pub fn most_free(&self, allocatable: u32, free_now: u32) -> u32 {
+        free_now.saturating_add(self.released).min(allocatable)
     }
 
     /// A booked window `[start, end)`.

@@ -446,6 +446,9 @@ struct ModelNodes {
     largest: u32,
     /// The most free GPUs now on one eligible node.
     largest_free: u32,
+    /// The most GPUs ever free at once on one eligible node (windows aside): a window
+    /// request wanting more is refused in O(1).
+    largest_ever: u32,
 }
 
 impl<'s> Ledger<'s> {
@@ -467,6 +470,7 @@ impl<'s> Ledger<'s> {
                 eligible: vec![],
                 largest: 0,
                 largest_free: 0,
+                largest_ever: 0,
             });
             m.largest = m.largest.max(n.allocatable);
             if n.eligible() {
@@ -503,7 +507,26 @@ impl<'s> Ledger<'s> {
                 ledger.time[h.node].add_window(h.start, h.end, b.count);
             }
         }
+        let ledger_ref = &ledger;
+        let ever: Vec<(&str, u32)> = ledger_ref
+            .models
+            .iter()
+            .map(|(&model, m)| {
+                let most = m.eligible.iter().map(|&i| ledger_ref.most_free(i)).max();
+                (model, most.unwrap_or(0))
+            })
+            .collect();
+        for (model, most) in ever {
+            if let Some(m) = ledger.models.get_mut(model) {
+                m.largest_ever = most;
+            }
+        }
         ledger
+    }
+
+    /// The most GPUs ever free at once on node `i`, windows aside.
+    fn most_free(&self, i: usize) -> u32 {
+        self.time[i].most_free(self.nodes[i].allocatable, self.free[i])
     }
 
     /// The window a booking holds, if its `reserved_on` names a node of its model and it
@@ -541,7 +564,7 @@ impl<'s> Ledger<'s> {
             .eligible
             .iter()
             .copied()
-            .filter(|&i| self.nodes[i].allocatable >= count && (!now_only || self.free[i] >= count))
+            .filter(|&i| self.most_free(i) >= count && (!now_only || self.free[i] >= count))
             .filter_map(|i| Some((self.min_free(i, a, b).checked_sub(count)?, i)))
             .min_by(|&(x, i), &(y, j)| (x, &self.nodes[i].name).cmp(&(y, &self.nodes[j].name)))
             .map(|(_, i)| i)
@@ -550,12 +573,17 @@ impl<'s> Ledger<'s> {
     /// Up to `n` distinct starts at or after `from` (not before now) where `want` fits on
     /// an eligible node of `model`, earliest first, each with its best-fit node.
     fn slots(&self, model: &str, want: Want, from: Timestamp, n: usize) -> Vec<(Timestamp, usize)> {
-        let Some(m) = self.models.get(model) else {
+        let Some(m) = self
+            .models
+            .get(model)
+            .filter(|m| m.largest_ever >= want.count)
+        else {
             return vec![];
         };
         let mut all: Vec<(Timestamp, u32, usize)> = m
             .eligible
             .iter()
+            .filter(|&&i| self.most_free(i) >= want.count)
             .flat_map(|&i| {
                 self.time[i]
                     .fitting_starts(self.nodes[i].allocatable, self.free[i], want, from, n)
@@ -571,14 +599,27 @@ impl<'s> Ledger<'s> {
         all.into_iter().map(|(t, _, i)| (t, i)).collect()
     }
 
-    /// Recomputes the model's largest free block after node `index` changed.
-    fn refresh(&mut self, index: usize) {
-        if let Some(m) = self.nodes[index]
+    /// Recomputes the model's largest free blocks after node `index` lost GPUs now; with
+    /// `for_good`, they do not come back, so its most-ever-free bound drops too (a timed
+    /// placement leaves that bound as it was: what it takes, it gives back).
+    fn refresh(&mut self, index: usize, for_good: bool) {
+        let Some(m) = self.nodes[index]
             .model
             .as_deref()
             .and_then(|model| self.models.get_mut(model))
-        {
-            m.largest_free = m.eligible.iter().map(|&i| self.free[i]).max().unwrap_or(0);
+        else {
+            return;
+        };
+        let (mut free, mut ever) = (0, 0);
+        for &i in &m.eligible {
+            free = free.max(self.free[i]);
+            if for_good {
+                ever = ever.max(self.time[i].most_free(self.nodes[i].allocatable, self.free[i]));
+            }
+        }
+        m.largest_free = free;
+        if for_good {
+            m.largest_ever = ever;
         }
     }
 
@@ -588,7 +629,7 @@ impl<'s> Ledger<'s> {
         if end < NEVER {
             self.time[index].add_release(release_time(end, now), count);
         }
-        self.refresh(index);
+        self.refresh(index, end >= NEVER);
         &self.nodes[index].name
     }
 
@@ -677,6 +718,10 @@ fn request(
         count: b.count,
         duration: b.duration,
     };
+    if model.largest_ever < b.count {
+        // Every node of the model is held for good beyond what it would leave.
+        return Err(Wait::WindowTaken { next_free: None });
+    }
     let start = match ledger.best_fit(model, b.count, asked, end_of(asked, b.duration), false) {
         Some(_) => asked,
         None => {
