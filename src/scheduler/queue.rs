@@ -433,6 +433,9 @@ struct Ledger<'s> {
     free: Vec<u32>,
     /// Per node: timed placements and windows.
     time: Vec<Timeline>,
+    /// Per node: the most GPUs ever free at once, windows aside (kept beside `free` so
+    /// that refreshing a model's bounds reads two flat arrays).
+    ever: Vec<u32>,
     /// Node index by name (empty when no booking needs it).
     by_name: HashMap<&'s str, usize>,
     models: BTreeMap<&'s str, ModelNodes>,
@@ -494,6 +497,7 @@ impl<'s> Ledger<'s> {
             nodes,
             free,
             time: vec![Timeline::default(); nodes.len()],
+            ever: vec![],
             by_name,
             models,
         };
@@ -507,26 +511,23 @@ impl<'s> Ledger<'s> {
                 ledger.time[h.node].add_window(h.start, h.end, b.count);
             }
         }
-        let ledger_ref = &ledger;
-        let ever: Vec<(&str, u32)> = ledger_ref
-            .models
-            .iter()
-            .map(|(&model, m)| {
-                let most = m.eligible.iter().map(|&i| ledger_ref.most_free(i)).max();
-                (model, most.unwrap_or(0))
-            })
+        ledger.ever = (0..nodes.len())
+            .map(|i| ledger.time[i].most_free(nodes[i].allocatable, ledger.free[i]))
             .collect();
-        for (model, most) in ever {
-            if let Some(m) = ledger.models.get_mut(model) {
-                m.largest_ever = most;
-            }
+        for m in ledger.models.values_mut() {
+            m.largest_ever = m
+                .eligible
+                .iter()
+                .map(|&i| ledger.ever[i])
+                .max()
+                .unwrap_or(0);
         }
         ledger
     }
 
     /// The most GPUs ever free at once on node `i`, windows aside.
     fn most_free(&self, i: usize) -> u32 {
-        self.time[i].most_free(self.nodes[i].allocatable, self.free[i])
+        self.ever[i]
     }
 
     /// The window a booking holds, if its `reserved_on` names a node of its model and it
@@ -614,7 +615,7 @@ impl<'s> Ledger<'s> {
         for &i in &m.eligible {
             free = free.max(self.free[i]);
             if for_good {
-                ever = ever.max(self.time[i].most_free(self.nodes[i].allocatable, self.free[i]));
+                ever = ever.max(self.ever[i]);
             }
         }
         m.largest_free = free;
@@ -628,6 +629,9 @@ impl<'s> Ledger<'s> {
         self.free[index] -= count;
         if end < NEVER {
             self.time[index].add_release(release_time(end, now), count);
+        } else {
+            self.ever[index] =
+                self.time[index].most_free(self.nodes[index].allocatable, self.free[index]);
         }
         self.refresh(index, end >= NEVER);
         &self.nodes[index].name
