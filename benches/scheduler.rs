@@ -27,7 +27,9 @@ use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
     criterion_main,
 };
-use gpu_cloud::scheduler::{Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, plan};
+use gpu_cloud::scheduler::{
+    Booking, InstanceKey, NodeGpus, Snapshot, StartPolicy, UserPolicy, plan,
+};
 use jiff::Timestamp;
 
 const MODELS: [&str; 3] = [
@@ -91,6 +93,11 @@ fn snapshot(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
             priority: (i % 3) as i32,
             created: Timestamp::from_second(1_700_000_000 + i as i64).expect("time"),
             placed_on: None,
+            duration: None,
+            start: None,
+            start_policy: StartPolicy::Exact,
+            reserved_on: None,
+            started: None,
         })
         .collect();
     Snapshot {
@@ -98,7 +105,43 @@ fn snapshot(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
         used,
         users,
         bookings,
+        now: Timestamp::UNIX_EPOCH,
     }
+}
+
+/// The same cluster at a fixed `now`, with queued bookings of one hour, and `windows`
+/// future windows of 2 GPUs for 2 hours spread round robin over the nodes (a node's k-th
+/// window starts k x 3 hours from now). `granted`: they already hold their node
+/// (`reserved_on`); otherwise they are new requests the pass must place in time.
+fn with_windows(mut s: Snapshot, windows: usize, granted: bool) -> Snapshot {
+    let now = Timestamp::from_second(1_800_000_000).expect("time");
+    s.now = now;
+    for b in &mut s.bookings {
+        b.duration = Some(Duration::from_secs(3600));
+    }
+    let nodes = s.nodes.len();
+    for i in 0..windows {
+        let node = &s.nodes[i % nodes];
+        let k = (i / nodes + 1) as i64;
+        s.bookings.push(Booking {
+            key: InstanceKey {
+                namespace: format!("gpu-u{}", i % 100),
+                name: format!("w{i:06}"),
+            },
+            user: Some(format!("u{}", i % 100)),
+            model: node.model.clone().unwrap_or_default(),
+            count: 2,
+            priority: 0,
+            created: Timestamp::from_second(1_700_000_000 + i as i64).expect("time"),
+            placed_on: None,
+            duration: Some(Duration::from_secs(2 * 3600)),
+            start: Some(Timestamp::from_second(now.as_second() + k * 3 * 3600).expect("time")),
+            start_policy: StartPolicy::EarliestAvailable,
+            reserved_on: granted.then(|| node.name.clone()),
+            started: None,
+        });
+    }
+    s
 }
 
 /// Builds the snapshot and checks that the case measures what it says it does.
@@ -138,6 +181,21 @@ fn drained_after_deletion(c: &mut Criterion) {
             BenchmarkId::new("1 in 10 nodes freed, 10k queued", format!("{nodes} nodes")),
             |b| b.iter(|| plan(black_box(&s))),
         );
+    }
+    g.finish();
+}
+
+/// Booking ahead (issue #9): 10,000 windows on 10,000 nodes beside 10,000 queued bookings
+/// of an hour, the windows already held or all asked for in this pass.
+fn time_windows(c: &mut Criterion) {
+    let mut g = group(c, "10k windows, 10k nodes, 10k queued (1h)");
+    for (fill, what) in [(Fill::Full, "cluster full"), (Fill::FreeEvery(10), "1 in 10 freed")] {
+        for (granted, how) in [(true, "held"), (false, "requested")] {
+            let s = with_windows(snapshot(10_000, 10_000, fill), 10_000, granted);
+            g.bench_function(BenchmarkId::new(format!("windows {how}"), what), |b| {
+                b.iter(|| plan(black_box(&s)))
+            });
+        }
     }
     g.finish();
 }
@@ -197,6 +255,6 @@ fn group<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTime> {
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_decision, drained_after_deletion, growth_by_queue, growth_by_nodes
+    targets = one_decision, drained_after_deletion, growth_by_queue, growth_by_nodes, time_windows
 }
 criterion_main!(benches);

@@ -229,6 +229,12 @@ fn snapshot(world: &World) -> Snapshot {
                     .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
                 placed_on,
                 key,
+                // Booking ahead is not wired yet: every booking is "now, for good".
+                duration: None,
+                start: None,
+                start_policy: scheduler::StartPolicy::default(),
+                reserved_on: None,
+                started: None,
             })
         })
         .collect();
@@ -237,6 +243,7 @@ fn snapshot(world: &World) -> Snapshot {
         used,
         users,
         bookings,
+        now: Timestamp::now(),
     }
 }
 
