@@ -189,7 +189,10 @@ fn drained_after_deletion(c: &mut Criterion) {
 /// of an hour, the windows already held or all asked for in this pass.
 fn time_windows(c: &mut Criterion) {
     let mut g = group(c, "10k windows, 10k nodes, 10k queued (1h)");
-    for (fill, what) in [(Fill::Full, "cluster full"), (Fill::FreeEvery(10), "1 in 10 freed")] {
+    for (fill, what) in [
+        (Fill::Full, "cluster full"),
+        (Fill::FreeEvery(10), "1 in 10 freed"),
+    ] {
         for (granted, how) in [(true, "held"), (false, "requested")] {
             let s = with_windows(snapshot(10_000, 10_000, fill), 10_000, granted);
             g.bench_function(BenchmarkId::new(format!("windows {how}"), what), |b| {
