@@ -25,9 +25,12 @@ use tracing::warn;
 use crate::api::USER_LABEL;
 use crate::api::v1::{GpuInstance, GpuUser};
 
-/// Events a cache holds for a slow subscriber before its watch waits. Large: a waiting
-/// watch is a stale cache for everyone (an entry costs a pointer).
-const BUFFER: usize = 65_536;
+/// Events a cache holds for a slow subscriber before its watch waits. A waiting watch is
+/// a stale cache for everyone, but each held event keeps that version of its object alive
+/// (a pod is a few KiB), so a deep buffer is memory in a burst. The reconcilers drain
+/// their feeds as long as they have a free slot (`--concurrency`), so this only fills in a
+/// burst that saturates them.
+const BUFFER: usize = 8_192;
 
 /// What the controller knows of the cluster, kept current by watches.
 #[derive(Clone)]
