@@ -1478,6 +1478,21 @@ mod tests {
         Ok(())
     }
 
+    /// Users u0, u1, ... with these GPU quotas.
+    fn users_with_gpu_quotas(quotas: &[Option<u32>]) -> BTreeMap<String, UserPolicy> {
+        quotas
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let policy = UserPolicy {
+                    max_gpus: *q,
+                    ..Default::default()
+                };
+                (format!("u{i}"), policy)
+            })
+            .collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
@@ -1486,11 +1501,7 @@ mod tests {
             quotas in prop::collection::vec(prop::option::of(1u32..12), 3),
             ops in prop::collection::vec(op(), 1..60),
         ) {
-            let users = quotas
-                .iter()
-                .enumerate()
-                .map(|(i, q)| (format!("u{i}"), UserPolicy { max_gpus: *q, ..Default::default() }))
-                .collect();
+            let users = users_with_gpu_quotas(&quotas);
             let mut world = World { nodes, foreign: BTreeMap::new(), bookings: vec![], users, clock: 0 };
             for (i, op) in ops.into_iter().enumerate() {
                 world.clock += 1;
@@ -1721,11 +1732,7 @@ mod tests {
             ops in prop::collection::vec(timed_op(), 1..50),
             later in prop::collection::vec(timed_op(), 1..6),
         ) {
-            let users = quotas
-                .iter()
-                .enumerate()
-                .map(|(i, q)| (format!("u{i}"), UserPolicy { max_gpus: *q, ..Default::default() }))
-                .collect();
+            let users = users_with_gpu_quotas(&quotas);
             let mut world = TimedWorld { nodes, bookings: vec![], users, now: units(0), serial: 0 };
             // Every window granted so far: it keeps its node and start until it opens there.
             let mut granted: BTreeMap<InstanceKey, (String, Timestamp)> = BTreeMap::new();
