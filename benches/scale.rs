@@ -187,6 +187,7 @@ async fn run(args: Args) -> R<()> {
     let t = Instant::now();
     make_nodes(&client, &args).await?;
     install(&cp.kubeconfig)?;
+    admission_ready(&client).await?;
     eprintln!(
         "{} nodes ready, CRDs installed in {:.1}s",
         args.nodes,
@@ -879,6 +880,21 @@ fn install(kubeconfig: &Path) -> R<()> {
     } else {
         Err("installing the CRDs failed".into())
     }
+}
+
+/// Waits until the apiserver admits a GpuInstance (admission loads a new CRD's type a
+/// moment after the CRD is Established, and answers ServiceUnavailable until then).
+async fn admission_ready(client: &Client) -> R<()> {
+    let api = Api::<GpuInstance>::namespaced(client.clone(), "default");
+    let probe: GpuInstance = serde_json::from_value(instance_body("admission-probe", MODELS[0]))?;
+    let pp = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    wait_until_async(60, "GpuInstances admitted", || async {
+        api.create(&pp, &probe).await.ok().map(|_| ())
+    })
+    .await
 }
 
 fn kubectl() -> R<PathBuf> {

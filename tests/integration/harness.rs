@@ -180,7 +180,44 @@ pub fn install(kubeconfig: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(())
+    admission_ready(kubeconfig)
+}
+
+/// Waits until the apiserver admits a GpuInstance: for a few seconds after the CRD is
+/// Established, admission (the finalizer MutatingAdmissionPolicy) answers
+/// ServiceUnavailable ("Resource kind ... not found") until it has loaded the new type.
+pub fn admission_ready(kubeconfig: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let probe = r#"{"apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
+        "metadata": {"name": "admission-probe", "namespace": "default"},
+        "spec": {"gpu": {"model": "PROBE", "count": 1}, "image": "x", "duration": "1h"}}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut child = Command::new(kubectl())
+            .env("KUBECONFIG", kubeconfig)
+            .args(["create", "--dry-run=server", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running kubectl: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(probe.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("running kubectl: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "GpuInstances not admitted 60 s after the CRD was established: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// kubectl from the control-plane binaries.
