@@ -187,7 +187,6 @@ async fn run(args: Args) -> R<()> {
     let t = Instant::now();
     make_nodes(&client, &args).await?;
     install(&cp.kubeconfig)?;
-    admission_ready(&client).await?;
     eprintln!(
         "{} nodes ready, CRDs installed in {:.1}s",
         args.nodes,
@@ -854,55 +853,23 @@ async fn cleanup(client: &Client, prefix: &str) -> R<()> {
     .await
 }
 
+/// `hack/install`: the CRDs, the user ClusterRole and the finalizer policy, waited for.
 fn install(kubeconfig: &Path) -> R<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let kubectl = kubectl()?;
-    let ok = Command::new(&kubectl)
-        .env("KUBECONFIG", kubeconfig)
-        .args(["apply", "--server-side", "-f"])
-        .arg(root.join("crds"))
-        .arg("-f")
-        .arg(root.join("charts/gpu-cloud/templates/user-clusterrole.yaml"))
-        .arg("-f")
-        .arg(root.join("charts/gpu-cloud/files/instance-finalizer-policy.yaml"))
-        .stdout(Stdio::null())
-        .status()?
-        .success()
-        && Command::new(&kubectl)
-            .env("KUBECONFIG", kubeconfig)
-            .args(["wait", "--for=condition=Established", "--timeout=60s"])
-            .args(["crd/gpuusers.gpu-cloud.io", "crd/gpuinstances.gpu-cloud.io"])
-            .stdout(Stdio::null())
-            .status()?
-            .success();
-    if ok {
-        Ok(())
-    } else {
-        Err("installing the CRDs failed".into())
-    }
-}
-
-/// Waits until the apiserver admits a GpuInstance (admission loads a new CRD's type a
-/// moment after the CRD is Established, and answers ServiceUnavailable until then).
-async fn admission_ready(client: &Client) -> R<()> {
-    let api = Api::<GpuInstance>::namespaced(client.clone(), "default");
-    let probe: GpuInstance = serde_json::from_value(instance_body("admission-probe", MODELS[0]))?;
-    let pp = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    wait_until_async(60, "GpuInstances admitted", || async {
-        api.create(&pp, &probe).await.ok().map(|_| ())
-    })
-    .await
-}
-
-fn kubectl() -> R<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(root.join("hack/controlplane-build"))
         .arg("--print")
         .output()?;
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl"))
+    let kubectl = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl");
+    let ok = Command::new(root.join("hack/install"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECTL", kubectl)
+        .status()?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err("hack/install failed".into())
+    }
 }
 
 // ---- processes ----------------------------------------------------------------------

@@ -28,15 +28,6 @@ pub struct ApiArgs {
     pub api_burst: u32,
 }
 
-impl Default for ApiArgs {
-    fn default() -> Self {
-        ApiArgs {
-            api_qps: 1000,
-            api_burst: 2000,
-        }
-    }
-}
-
 impl ApiArgs {
     /// The rate as tower applies it: `burst` requests per `burst / qps` seconds.
     fn rate(&self) -> Option<(u64, Duration)> {

@@ -144,79 +144,21 @@ pub fn kubectl_out(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Installs the CRDs (from crds/) and the gpu-cloud-user ClusterRole on the cluster of
-/// `kubeconfig`, and waits until the CRDs are established.
+/// Installs the CRDs, the gpu-cloud-user ClusterRole and the finalizer policy on the
+/// cluster of `kubeconfig` with `hack/install`, which waits until GpuInstances are admitted.
 pub fn install(kubeconfig: &Path) -> Result<(), String> {
-    let out = Command::new(kubectl())
+    let out = Command::new(repo_root().join("hack/install"))
         .env("KUBECONFIG", kubeconfig)
-        .args(["apply", "--server-side", "--force-conflicts", "-f"])
-        .arg(repo_root().join("crds"))
-        .args(["-f"])
-        .arg(repo_root().join("charts/gpu-cloud/templates/user-clusterrole.yaml"))
-        .args(["-f"])
-        .arg(repo_root().join("charts/gpu-cloud/files/instance-finalizer-policy.yaml"))
+        .env("KUBECTL", kubectl())
         .output()
-        .map_err(|e| format!("running kubectl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "installing CRDs: {}",
+        .map_err(|e| format!("running hack/install: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "hack/install: {}",
             String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let out = Command::new(kubectl())
-        .env("KUBECONFIG", kubeconfig)
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/gpuusers.gpu-cloud.io",
-            "crd/gpuinstances.gpu-cloud.io",
-        ])
-        .output()
-        .map_err(|e| format!("running kubectl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "CRDs not established: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    admission_ready(kubeconfig)
-}
-
-/// Waits until the apiserver admits a GpuInstance: for a few seconds after the CRD is
-/// Established, admission (the finalizer MutatingAdmissionPolicy) answers
-/// ServiceUnavailable ("Resource kind ... not found") until it has loaded the new type.
-pub fn admission_ready(kubeconfig: &Path) -> Result<(), String> {
-    use std::io::Write;
-    let probe = r#"{"apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
-        "metadata": {"name": "admission-probe", "namespace": "default"},
-        "spec": {"gpu": {"model": "PROBE", "count": 1}, "image": "x", "duration": "1h"}}"#;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut child = Command::new(kubectl())
-            .env("KUBECONFIG", kubeconfig)
-            .args(["create", "--dry-run=server", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("running kubectl: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(probe.as_bytes());
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("running kubectl: {e}"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "GpuInstances not admitted 60 s after the CRD was established: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(250));
+        ))
     }
 }
 
