@@ -256,6 +256,13 @@ impl Assumed {
         }
     }
 
+    /// Forgets `ns/name`: its create was refused, nothing was made.
+    pub fn forget(&self, ns: &str, name: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&(ns.to_owned(), name.to_owned()));
+        }
+    }
+
     /// The assumed pods that `pods` (one read of the pod cache) does not hold, given
     /// `instances` (a read of the instance cache taken with it); forgets the others.
     /// Judged against the same reads the pass uses: checking the live cache instead could

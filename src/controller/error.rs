@@ -17,6 +17,9 @@ pub enum Error {
     /// Adding or running a finalizer failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// A write took too long; retried by the next pass.
+    #[error("{0}: no answer within {1:?}")]
+    Timeout(&'static str, std::time::Duration),
     /// Deletion waits for something (e.g. a user's instances to stop); retried shortly.
     #[error("waiting: {0}")]
     Waiting(String),

@@ -97,7 +97,9 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
     // Every create runs to its end even when one fails: a create dropped in flight could
     // still land, and a pod this process does not know of is a double booking.
     let results: Vec<Result<(), Error>> = stream::iter(to_place)
-        .map(|(inst, user, node)| async move { place(ctx, &inst, &user, &node).await })
+        .map(|(inst, user, node)| async move {
+            bounded("create pod", place(ctx, &inst, &user, &node)).await
+        })
         .buffer_unordered(writes)
         .collect()
         .await;
@@ -116,11 +118,33 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
         })
         .collect();
     stream::iter(to_mark)
-        .map(|(inst, user, w)| async move { mark_waiting(ctx, &inst, user.as_deref(), &w, now).await })
+        .map(|(inst, user, w)| async move {
+            bounded(
+                "write queue status",
+                mark_waiting(ctx, &inst, user.as_deref(), &w, now),
+            )
+            .await
+        })
         .buffer_unordered(writes)
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
+}
+
+/// Longest a single write of a pass may take. A pass waits for all its writes, so one
+/// request that hangs (the client's own read timeout is minutes long, for the sake of
+/// watches) would stop every placement behind it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `write`, or an error once it took longer than [`WRITE_TIMEOUT`]. A create cut off this way
+/// may still land: `place` records the pod as assumed before it is sent.
+async fn bounded(
+    what: &'static str,
+    write: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(Error::Timeout(what, WRITE_TIMEOUT)))
 }
 
 /// Reads the caches, adding the pods created that the pod cache does not show yet.
@@ -253,6 +277,8 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
     let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
     let pod = pod::build(inst, user, node).map_err(|e| Error::Build("pod", e))?;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    // Assumed before it is sent: a create cut off by a timeout may still land.
+    ctx.assumed.insert_unsure(pod.clone());
     match pods.create(&PostParams::default(), &pod).await {
         Ok(mut created) => {
             super::cache::slim_pod(&mut created);
@@ -268,6 +294,7 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 403 => {
+            ctx.assumed.forget(&ns, &name);
             // The namespace's ResourceQuota refused it: our view of the quota was stale.
             warn!(instance = %name, reason = %e.message, "pod refused");
             ctx.event(inst, EventType::Warning, "PodRefused", e.message.clone())
@@ -275,14 +302,17 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
             Ok(())
         }
         // Its namespace is going away, or the instance with it.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            ctx.assumed.forget(&ns, &name);
+            Ok(())
+        }
         // Refused: nothing was created.
-        Err(e @ kube::Error::Api(_)) => Err(Error::kube("create pod")(e)),
-        // Lost in transit: it may have been created; count it for a while.
-        Err(e) => {
-            ctx.assumed.insert_unsure(pod);
+        Err(e @ kube::Error::Api(_)) => {
+            ctx.assumed.forget(&ns, &name);
             Err(Error::kube("create pod")(e))
         }
+        // Lost in transit: it may have been created; it stays assumed for a while.
+        Err(e) => Err(Error::kube("create pod")(e)),
     }
 }
 
