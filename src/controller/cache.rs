@@ -9,23 +9,26 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::api::USER_LABEL;
 use crate::api::v1::{GpuInstance, GpuUser};
 
-/// Events a cache holds for a slow subscriber before its watch waits. A waiting watch is
+/// Objects a feed holds for a slow consumer before its watch waits. A waiting watch is
 /// a stale cache for everyone, but each held event keeps that version of its object alive
 /// (a pod is a few KiB), so a deep buffer is memory in a burst. The reconcilers drain
 /// their feeds as long as they have a free slot (`--concurrency`), so this only fills in a
@@ -50,15 +53,15 @@ pub struct Caches {
 /// Change streams of the caches, one per consumer, for the reconcilers' triggers.
 pub struct Feeds {
     /// Pods, for the instance controller (a pod's change reconciles its instance).
-    pub pods: ReflectHandle<Pod>,
+    pub pods: Feed<Pod>,
     /// GpuInstances, for the instance controller.
-    pub instances: ReflectHandle<GpuInstance>,
+    pub instances: Feed<GpuInstance>,
     /// GpuInstances, for the user controller (an instance's change refreshes its user).
-    pub user_instances: ReflectHandle<GpuInstance>,
+    pub user_instances: Feed<GpuInstance>,
     /// GpuUsers, for the user controller.
-    pub users: ReflectHandle<GpuUser>,
+    pub users: Feed<GpuUser>,
     /// User namespaces, for the user controller.
-    pub namespaces: ReflectHandle<PartialObjectMeta<Namespace>>,
+    pub namespaces: Feed<PartialObjectMeta<Namespace>>,
 }
 
 /// The tasks that run the watches; dropped with the controller.
@@ -73,7 +76,7 @@ impl Drop for Watches {
 }
 
 impl Caches {
-    /// Starts the watches. Subscribe-before-start: the feeds see the initial lists too.
+    /// Starts the watches. The feeds carry the initial lists too.
     pub fn start(client: &Client) -> (Caches, Feeds, Watches) {
         let all = watcher::Config::default();
         let (nodes, [], n) = run(
@@ -146,32 +149,69 @@ impl Caches {
     }
 }
 
-/// Runs one watch into a shared store with `N` subscribers.
+/// The changes of one cache, for one consumer (a controller's trigger): every object a
+/// watch event applied or deleted, and the whole cache after each (re)list.
+///
+/// Our own, not kube's `ReflectHandle`: that one hands out a reference and looks the object
+/// up in the cache when it is read; an object deleted in between made it return `Pending`
+/// without a wake-up, and the controller never polled that feed again (its watch then
+/// stalled once the feed's buffer filled). It also drops deletes (kube-rs/kube#1590), so a
+/// pod's deletion never triggered its instance. This feed carries the objects themselves.
+pub struct Feed<K>(mpsc::Receiver<Arc<K>>);
+
+impl<K> Stream for Feed<K> {
+    type Item = Arc<K>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Arc<K>>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Runs one watch into a store with `N` feeds.
 fn run<K, const N: usize>(
     what: &'static str,
     events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
     slim: fn(&mut K),
-) -> (Store<K>, [ReflectHandle<K>; N], JoinHandle<()>)
+) -> (Store<K>, [Feed<K>; N], JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store_shared(BUFFER);
-    // A shared store always has a dispatcher, so every subscribe succeeds.
-    let feeds: [ReflectHandle<K>; N] = std::array::from_fn(|_| {
-        writer
-            .subscribe()
-            .unwrap_or_else(|| unreachable!("store_shared makes a dispatcher"))
+    let (reader, mut writer) = reflector::store();
+    let mut senders = Vec::with_capacity(N);
+    let feeds: [Feed<K>; N] = std::array::from_fn(|_| {
+        let (tx, rx) = mpsc::channel(BUFFER);
+        senders.push(tx);
+        Feed(rx)
     });
-    let stream = events.default_backoff().modify(slim).reflect_shared(writer);
+    let store = reader.clone();
     let task = tokio::spawn(async move {
-        stream
-            .for_each(|ev| {
-                if let Err(e) = ev {
+        let mut events = std::pin::pin!(events.default_backoff().modify(slim));
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
                     warn!(cache = what, error = %e, "watch failed; retrying with backoff");
+                    continue;
                 }
-                futures::future::ready(())
-            })
-            .await;
+            };
+            writer.apply_watcher_event(&event);
+            let changed = match event {
+                watcher::Event::Apply(obj) => vec![
+                    store
+                        .get(&reflector::ObjectRef::from_obj(&obj))
+                        .unwrap_or_else(|| Arc::new(obj)),
+                ],
+                watcher::Event::Delete(obj) => vec![Arc::new(obj)],
+                watcher::Event::InitDone => store.state(),
+                watcher::Event::Init | watcher::Event::InitApply(_) => vec![],
+            };
+            for obj in changed {
+                for tx in &senders {
+                    // A consumer that is gone (shutting down) takes nothing more.
+                    let _ = tx.send(obj.clone()).await;
+                }
+            }
+        }
     });
     (reader, feeds, task)
 }
@@ -318,6 +358,40 @@ mod tests {
             "status": {"phase": phase}
         }))
         .unwrap()
+    }
+
+    fn named(name: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "n"}})).unwrap()
+    }
+
+    /// The object a watch deletes right after applying it still reaches every feed, as do
+    /// the deletion and everything after it (kube's own feed hung here).
+    #[tokio::test]
+    async fn a_feed_carries_applies_deletes_and_lists_and_never_stalls() {
+        use watcher::Event::*;
+        let events = futures::stream::iter(
+            [
+                Init,
+                InitApply(named("a")),
+                InitDone,
+                Apply(named("b")),
+                Delete(named("b")),
+                Apply(named("c")),
+            ]
+            .map(Ok),
+        );
+        let (store, [mut one, mut two], _task) = run::<Pod, 2>("pods", events, slim_pod);
+        for feed in [&mut one, &mut two] {
+            let mut seen = vec![];
+            for _ in 0..4 {
+                let next = tokio::time::timeout(Duration::from_secs(5), feed.next()).await;
+                seen.push(next.expect("feed stalled").expect("feed open").name_any());
+            }
+            assert_eq!(seen, ["a", "b", "b", "c"]);
+        }
+        let mut names: Vec<String> = store.state().iter().map(|p| p.name_any()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "c"]);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::reflector::ReflectHandle;
 use kube::{Resource, ResourceExt};
 use tracing::{field, info, instrument, warn};
 
@@ -26,8 +25,8 @@ pub const FINALIZER: &str = "gpu-cloud.io/instance";
 /// Runs the instance controller until shutdown, triggered by the instance and pod caches.
 pub async fn run(
     ctx: Arc<Context>,
-    instances: ReflectHandle<GpuInstance>,
-    pods: ReflectHandle<Pod>,
+    instances: super::cache::Feed<GpuInstance>,
+    pods: super::cache::Feed<Pod>,
 ) {
     let results = Controller::for_shared_stream(instances, ctx.caches.instances.clone())
         .owns_shared_stream(pods)

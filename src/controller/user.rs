@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::reflector::{ObjectRef, ReflectHandle};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{instrument, warn};
@@ -90,9 +90,9 @@ impl Provisioned {
 /// caches.
 pub async fn run(
     ctx: Arc<Context>,
-    users: ReflectHandle<GpuUser>,
-    instances: ReflectHandle<GpuInstance>,
-    namespaces: ReflectHandle<PartialObjectMeta<Namespace>>,
+    users: super::cache::Feed<GpuUser>,
+    instances: super::cache::Feed<GpuInstance>,
+    namespaces: super::cache::Feed<PartialObjectMeta<Namespace>>,
 ) {
     let config = kube::runtime::controller::Config::default()
         .concurrency(ctx.args.concurrency)
