@@ -47,7 +47,7 @@ pub enum ConversionError {
 }
 
 /// v1 fields that v1alpha1 has no place for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct V1Fields {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -59,6 +59,16 @@ struct V1Fields {
     duration: String,
     #[serde(default, skip_serializing_if = "is_default")]
     priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_time: Option<jiff::Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start_policy: Option<v1::StartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_threshold_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idle_warn_only: Option<bool>,
     /// The `hours` written next to this note: if a v1alpha1 client changed `hours`
     /// since, its value wins over `duration`.
     hours: u32,
@@ -129,6 +139,11 @@ pub fn to_v1(old: &v1alpha1::GpuInstance) -> Result<v1::GpuInstance, ConversionE
             resources: extra.resources,
             duration,
             priority: extra.priority,
+            start_time: extra.start_time,
+            start_policy: extra.start_policy,
+            idle_timeout: extra.idle_timeout,
+            idle_threshold_percent: extra.idle_threshold_percent,
+            idle_warn_only: extra.idle_warn_only,
         },
         status: old.status.clone(),
     })
@@ -154,6 +169,11 @@ pub fn to_v1alpha1(new: &v1::GpuInstance) -> Result<v1alpha1::GpuInstance, Conve
         resources: spec.resources.clone(),
         duration: spec.duration.clone(),
         priority: spec.priority,
+        start_time: spec.start_time,
+        start_policy: spec.start_policy,
+        idle_timeout: spec.idle_timeout.clone(),
+        idle_threshold_percent: spec.idle_threshold_percent,
+        idle_warn_only: spec.idle_warn_only,
         hours,
     };
     // Only what hours alone cannot say needs the note.
@@ -303,6 +323,13 @@ mod tests {
             duration(),
             -1000i32..1000,
             prop::option::of(prop::collection::btree_map("[a-z]{1,8}", ".{0,8}", 0..2)),
+            (
+                prop::option::of(0i64..4_000_000_000),
+                prop::option::of(prop::bool::ANY),
+                prop::option::of(duration()),
+                prop::option::of(0u8..=100),
+                prop::option::of(prop::bool::ANY),
+            ),
         )
             .prop_map(
                 |(
@@ -314,6 +341,7 @@ mod tests {
                     duration,
                     priority,
                     ann,
+                    (start, earliest, idle_timeout, threshold, warn_only),
                 )| {
                     v1::GpuInstance {
                         metadata: meta(ann),
@@ -329,6 +357,17 @@ mod tests {
                             resources: ContainerResources { cpu, memory },
                             duration,
                             priority,
+                            start_time: start.and_then(|s| jiff::Timestamp::from_second(s).ok()),
+                            start_policy: earliest.map(|e| {
+                                if e {
+                                    v1::StartPolicy::EarliestAvailable
+                                } else {
+                                    v1::StartPolicy::Exact
+                                }
+                            }),
+                            idle_timeout,
+                            idle_threshold_percent: threshold.map(f64::from),
+                            idle_warn_only: warn_only,
                         },
                         status: None,
                     }

@@ -47,6 +47,28 @@ pub struct GpuUserSpec {
     /// No new instance of this user starts while set; running instances run to their end.
     #[serde(default)]
     pub suspended: bool,
+    /// Idle shutdown for this user's instances that do not set their own: stop an
+    /// instance whose GPUs stay under a utilization threshold for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleDefaults>,
+}
+
+/// A user's default idle shutdown (each GpuInstance may override every field).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IdleDefaults {
+    /// Stop an instance whose GPUs stay idle this long, e.g. `2h`; `0s` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,6}[hms])+$')").message("spec.idle.timeout must look like 30m, 2h or 1h30m (units h, m, s)"))]
+    #[schemars(length(max = 32))]
+    pub timeout: Option<String>,
+    /// GPU utilization (percent) under which the GPUs count as idle (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub threshold_percent: Option<f64>,
+    /// Only warn (condition and Event), never stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_only: Option<bool>,
 }
 
 /// An identity that acts as a GpuUser (an RBAC subject).
@@ -78,7 +100,7 @@ pub enum SubjectKind {
 }
 
 /// Limits on what a user may hold at once. Absent limits do not limit.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Quota {
     /// Most GPUs the user's placed instances may hold together.
@@ -91,6 +113,67 @@ pub struct Quota {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub allowed_models: Vec<String>,
+    /// A budget of GPU-hours per week or month, on top of the limits above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_hours: Option<GpuHourBudget>,
+}
+
+/// GPU-hours a user may use per period. A booking is refused when its planned GPU-hours
+/// (GPUs x duration) exceed what is left; when the budget runs out during a run,
+/// `onExhausted` applies.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuHourBudget {
+    /// GPU-hours per period.
+    #[schemars(range(min = 0.0))]
+    pub limit: f64,
+    /// `Month` (default) or `Week`, in UTC.
+    #[serde(default)]
+    pub period: BudgetPeriod,
+    /// Day of the month the budget renews, 1 to 28 (default 1). Monthly budgets only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 28))]
+    pub reset_day: Option<u8>,
+    /// Day of the week the budget renews (default Monday). Weekly budgets only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_weekday: Option<Weekday>,
+    /// When it runs out during a run: `FinishRunning` (default: running instances run to
+    /// their end, nothing new starts) or `Stop` (running instances are stopped too).
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
+}
+
+/// How a GPU-hour budget recurs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BudgetPeriod {
+    /// Seven days from `resetWeekday`, 00:00 UTC.
+    Week,
+    /// From `resetDay` of one month to the same day of the next, 00:00 UTC.
+    #[default]
+    Month,
+}
+
+/// A day of the week.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Weekday {
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
+}
+
+/// What happens when a GPU-hour budget runs out while instances run.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnExhausted {
+    /// Running instances run to their booked end; nothing new starts.
+    #[default]
+    FinishRunning,
+    /// Running instances are stopped (phase `Stopped`, reason `BudgetExhausted`).
+    Stop,
 }
 
 /// What the operator observed and did for a GpuUser.
@@ -115,6 +198,42 @@ pub struct GpuUserStatus {
     /// GPU use of all the user's instances, deleted ones included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UserUsage>,
+    /// The GPU-hour budget of the period in progress (with `spec.quota.gpuHours`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetView>,
+    /// What the user's use costs (with a GpuPriceList).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<UserCost>,
+}
+
+/// A GPU-hour budget as it stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetView {
+    /// GPU-hours per period.
+    pub limit_gpu_hours: f64,
+    /// GPU-hours held in this period so far (GPUs x time placed).
+    pub used_gpu_hours: f64,
+    /// What is left of this period's budget.
+    pub remaining_gpu_hours: f64,
+    /// The period's first instant.
+    pub period_start: Timestamp,
+    /// When the budget renews.
+    pub period_end: Timestamp,
+    /// Nothing is left: no new instance starts until `periodEnd`.
+    pub exhausted: bool,
+}
+
+/// A user's cost, from the cluster's GpuPriceList.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCost {
+    /// The calendar month (UTC) of `currentPeriod`, e.g. `2026-11`.
+    pub period: String,
+    /// The month so far.
+    pub current_period: f64,
+    /// Currency of both amounts.
+    pub currency: String,
 }
 
 /// A user's usage: lifetime and the current calendar month (UTC).
@@ -136,6 +255,29 @@ pub struct UserUsage {
     /// Deleted instances already folded in (newest last; bounded).
     #[serde(default)]
     pub retired_uids: Vec<String>,
+    /// The figures of deleted instances, for budgets and cost reports by period (newest
+    /// last; those that ended more than 400 days ago, and beyond 2,000, are dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_instances: Vec<RetiredInstance>,
+}
+
+/// What a deleted instance held and used.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredInstance {
+    /// GPU model.
+    pub model: String,
+    /// GPUs held.
+    pub gpus: u32,
+    /// When it was placed.
+    pub started_at: Timestamp,
+    /// When it stopped holding its GPUs (or was last sampled).
+    pub ended_at: Timestamp,
+    /// Measured GPU-seconds (GPUs x seconds held when no agent measured it).
+    pub gpu_seconds: f64,
+    /// Measured energy, joules.
+    #[serde(default)]
+    pub energy_joules: f64,
 }
 
 /// Sums of usage.
@@ -206,6 +348,40 @@ pub struct GpuInstanceSpec {
     #[serde(default)]
     #[schemars(range(min = -1000, max = 1000))]
     pub priority: i32,
+    /// Book ahead: when the booking starts (RFC 3339, e.g. `2026-12-01T13:00:00Z`). Its GPUs
+    /// are held on one node for `[startTime, startTime + duration)`; absent or past: as soon
+    /// as GPUs are free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Timestamp>,
+    /// When the window at `startTime` is taken: `Exact` (default: refused, naming the next
+    /// free slot) or `EarliestAvailable` (booked at the next free slot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_policy: Option<StartPolicy>,
+    /// Stop the instance when its GPUs stay idle this long, e.g. `30m` (overrides the
+    /// user's `spec.idle.timeout`; `0s` turns idle shutdown off for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,6}[hms])+$')").message("spec.idleTimeout must look like 30m, 2h or 1h30m (units h, m, s)"))]
+    #[schemars(length(max = 32))]
+    pub idle_timeout: Option<String>,
+    /// GPU utilization (percent) under which the GPUs count as idle (default: the user's,
+    /// else 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub idle_threshold_percent: Option<f64>,
+    /// Idle shutdown only warns (condition and Event) and never stops (default: the
+    /// user's, else false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_warn_only: Option<bool>,
+}
+
+/// What to do when a requested window is taken.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StartPolicy {
+    /// Only the requested start: refused, naming the next free slot.
+    #[default]
+    Exact,
+    /// The earliest start at or after the requested one where the window fits.
+    EarliestAvailable,
 }
 
 /// Which GPUs and how many.
@@ -255,6 +431,8 @@ pub enum Phase {
     Pending,
     /// Waiting for GPUs or quota; `status.message` says why.
     Queued,
+    /// Booked ahead: its GPUs are held on `status.reservedNode` from `status.startsAt`.
+    Reserved,
     /// Placed on a node; its pod is starting.
     Scheduled,
     /// Its pod runs.
@@ -275,6 +453,7 @@ impl Phase {
         match self {
             Phase::Pending => "Pending",
             Phase::Queued => "Queued",
+            Phase::Reserved => "Reserved",
             Phase::Scheduled => "Scheduled",
             Phase::Running => "Running",
             Phase::Succeeded => "Succeeded",
@@ -333,6 +512,31 @@ pub struct GpuInstanceStatus {
     /// GPU use measured by the node agent (field manager `gpu-cloud-agent`), cumulative.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Booked ahead: the node holding its window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_node: Option<String>,
+    /// Booked ahead: when its window starts (it ends `spec.duration` later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<Timestamp>,
+    /// Idle shutdown: what the controller has seen of its GPUs' utilization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<crate::policy::idle::IdleState>,
+    /// What it costs (with a GpuPriceList).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<InstanceCost>,
+}
+
+/// An instance's cost.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceCost {
+    /// If it runs its whole booking (GPU-hours only: energy is not known ahead).
+    pub planned: f64,
+    /// From its measured use so far (`status.usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<f64>,
+    /// Currency of both.
+    pub currency: String,
 }
 
 /// What an instance really used, cumulative since placement.
@@ -404,4 +608,52 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
     /// When `status` last changed.
     pub last_transition_time: Timestamp,
+}
+
+/// The cluster's GPU prices: one object, named `default`, that the controller prices every
+/// instance and user with and `gpu-cloud report` bills with. Without it nothing is priced.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "gpu-cloud.io",
+    version = "v1",
+    kind = "GpuPriceList",
+    shortname = "gpl",
+    category = "gpu",
+    printcolumn = r#"{"name":"Currency","type":"string","jsonPath":".spec.currency"}"#,
+    printcolumn = r#"{"name":"Per kWh","type":"number","jsonPath":".spec.perKwh"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name == 'default'")
+        .message("metadata.name: the cluster has one GpuPriceList, named default")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuPriceListSpec {
+    /// Currency of every price, e.g. `EUR` (printed only; nothing is converted).
+    #[schemars(length(min = 1, max = 8))]
+    pub currency: String,
+    /// Price of one GPU-hour by GPU model (`nvidia.com/gpu.product` value).
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub per_gpu_hour: std::collections::BTreeMap<String, f64>,
+    /// Price of one GPU-hour of a model not listed; without it such a model has no price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub default_per_gpu_hour: Option<f64>,
+    /// Price of one kWh of measured GPU energy; without it energy costs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub per_kwh: Option<f64>,
+}
+
+/// Name of the one GpuPriceList the controller reads.
+pub const PRICE_LIST_NAME: &str = "default";
+
+impl From<&GpuPriceListSpec> for crate::policy::cost::PriceList {
+    fn from(s: &GpuPriceListSpec) -> Self {
+        crate::policy::cost::PriceList {
+            currency: s.currency.clone(),
+            per_gpu_hour: s.per_gpu_hour.clone(),
+            default_per_gpu_hour: s.default_per_gpu_hour,
+            per_kwh: s.per_kwh,
+        }
+    }
 }

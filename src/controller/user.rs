@@ -204,6 +204,8 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
         gpus_in_use,
         instances: active,
         usage: Some(rollup::user_usage(old.usage.as_ref(), &instances, now)),
+        budget: old.budget.clone(),
+        cost: old.cost.clone(),
     };
     // Deleted instances whose last figures are not in yet: look again shortly.
     let folding = instances
