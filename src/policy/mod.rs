@@ -13,6 +13,7 @@
 
 pub mod budget;
 pub mod cost;
+pub mod figures;
 pub mod idle;
 
 use jiff::Timestamp;
