@@ -32,6 +32,25 @@ pub struct CacheLabels {
     pub resource: &'static str,
 }
 
+/// Labels of a per-user figure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserLabels {
+    /// The GpuUser.
+    pub user: String,
+}
+
+/// Labels of a per-user amount of money.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserCostLabels {
+    /// The GpuUser.
+    pub user: String,
+    /// The price list's currency.
+    pub currency: String,
+}
+
+/// A gauge holding a float.
+pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// What the controller counts.
 pub struct ControllerMetrics {
     /// Reconciles by controller and outcome.
@@ -48,6 +67,12 @@ pub struct ControllerMetrics {
     pub api_requests: crate::client::RequestCounts,
     /// Objects in each watch cache.
     pub cached: Family<CacheLabels, Gauge>,
+    /// GPU-hours of each user in the current calendar month (UTC).
+    pub user_gpu_hours: Family<UserLabels, FloatGauge>,
+    /// Cost of each user in the current calendar month.
+    pub user_cost: Family<UserCostLabels, FloatGauge>,
+    /// GPU-hours left of each budgeted user's budget period.
+    pub user_budget_remaining: Family<UserLabels, FloatGauge>,
     /// The process is up and its watches are running.
     pub ready: AtomicBool,
     registry: Registry,
@@ -71,6 +96,9 @@ impl ControllerMetrics {
             stalled: Gauge::default(),
             api_requests: Family::default(),
             cached: Family::default(),
+            user_gpu_hours: Family::default(),
+            user_cost: Family::default(),
+            user_budget_remaining: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -109,6 +137,21 @@ impl ControllerMetrics {
             "cached_objects",
             "Objects held in each watch cache after the last placement pass",
             m.cached.clone(),
+        );
+        r.register(
+            "user_gpu_hours",
+            "GPU-hours of each user in the current calendar month (UTC)",
+            m.user_gpu_hours.clone(),
+        );
+        r.register(
+            "user_cost",
+            "Cost of each user in the current calendar month (UTC), from the GpuPriceList",
+            m.user_cost.clone(),
+        );
+        r.register(
+            "user_budget_remaining_gpu_hours",
+            "GPU-hours left in each budgeted user's current budget period",
+            m.user_budget_remaining.clone(),
         );
         m.registry = registry;
         m

@@ -532,9 +532,13 @@ pub struct GpuInstanceStatus {
 pub struct InstanceCost {
     /// If it runs its whole booking (GPU-hours only: energy is not known ahead).
     pub planned: f64,
-    /// From its measured use so far (`status.usage`).
+    /// From its measured use so far (`status.usage`), refreshed every few minutes while
+    /// it runs and once more when it ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual: Option<f64>,
+    /// The usage sample `actual` was worked out from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_sampled_at: Option<Timestamp>,
     /// Currency of both.
     pub currency: String,
 }

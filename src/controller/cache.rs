@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::api::USER_LABEL;
-use crate::api::v1::{GpuInstance, GpuUser};
+use crate::api::v1::{GpuInstance, GpuPriceList, GpuUser, PRICE_LIST_NAME};
 
 /// Objects a feed holds for a slow consumer before its watch waits. A waiting watch is
 /// a stale cache for everyone, but each held event keeps that version of its object alive
@@ -48,6 +48,8 @@ pub struct Caches {
     pub users: Store<GpuUser>,
     /// Every GpuInstance.
     pub instances: Store<GpuInstance>,
+    /// The GpuPriceLists (the one named `default` counts).
+    pub prices: Store<GpuPriceList>,
 }
 
 /// Change streams of the caches, one per consumer, for the reconcilers' triggers.
@@ -104,6 +106,11 @@ impl Caches {
         );
         let (instances, [inst_feed, user_inst_feed], i) = run(
             "gpuinstances",
+            watcher(Api::all(client.clone()), all.clone()),
+            slim_meta,
+        );
+        let (prices, [], pl) = run(
+            "gpupricelists",
             watcher(Api::all(client.clone()), all),
             slim_meta,
         );
@@ -114,6 +121,7 @@ impl Caches {
                 namespaces,
                 users,
                 instances,
+                prices,
             },
             Feeds {
                 pods: pods_feed,
@@ -122,7 +130,7 @@ impl Caches {
                 users: users_feed,
                 namespaces: ns_feed,
             },
-            Watches(vec![n, p, ns, u, i]),
+            Watches(vec![n, p, ns, u, i, pl]),
         )
     }
 
@@ -133,7 +141,15 @@ impl Caches {
         self.pods.wait_until_ready().await?;
         self.namespaces.wait_until_ready().await?;
         self.users.wait_until_ready().await?;
-        self.instances.wait_until_ready().await
+        self.instances.wait_until_ready().await?;
+        self.prices.wait_until_ready().await
+    }
+
+    /// The cluster's prices (the GpuPriceList `default`), if any.
+    pub fn price_list(&self) -> Option<crate::policy::cost::PriceList> {
+        self.prices
+            .get(&reflector::ObjectRef::new(PRICE_LIST_NAME))
+            .map(|p| (&p.spec).into())
     }
 
     /// The pod named `name` in `ns`, if cached.

@@ -10,13 +10,15 @@ use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{field, info, instrument, warn};
 
 use super::error::ignore_not_found;
 use super::lifecycle::{self, PodAction, PodView};
+use super::policies;
 use super::{Context, Error, write_instance_status};
-use crate::api::v1::GpuInstance;
+use crate::api::v1::{GpuInstance, OnExhausted};
 
 /// Finalizer on every GpuInstance: its pod is removed (and, with the usage agent, its last
 /// usage folded into its user) before it disappears.
@@ -58,7 +60,38 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, Error> {
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     let pod = ctx.caches.pod(&ns, &name);
     let view = pod.as_ref().and_then(|p| PodView::of(p, &uid));
-    let out = lifecycle::decide(inst, view.as_ref(), Timestamp::now());
+    let now = Timestamp::now();
+    let user = ctx
+        .caches
+        .user_of_namespace(&ns)
+        .and_then(|u| ctx.caches.users.get(&ObjectRef::new(&u)));
+    // Only a budget that stops running instances needs the user's other instances: at
+    // 10,000 instances a scan per reconcile would be the controller's main cost.
+    let stops_on_budget = user.as_ref().is_some_and(|u| {
+        u.spec
+            .quota
+            .gpu_hours
+            .as_ref()
+            .is_some_and(|b| b.on_exhausted == OnExhausted::Stop)
+    });
+    let all = if stops_on_budget {
+        ctx.caches.instances.state()
+    } else {
+        vec![]
+    };
+    let theirs: Vec<&GpuInstance> = all
+        .iter()
+        .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+        .map(|i| i.as_ref())
+        .collect();
+    let placed = view.as_ref().is_some_and(|p| !p.terminating);
+    let verdicts = policies::before(inst, user.as_deref(), &theirs, placed, now);
+    if let Some(why) = &verdicts.invalid {
+        warn!(error = %why, "idle settings ignored");
+    }
+    let mut out = lifecycle::decide(inst, view.as_ref(), now, verdicts.stop.as_ref());
+    let prices = ctx.caches.price_list();
+    policies::after(&mut out, inst, &verdicts, prices.as_ref(), placed, now);
     tracing::Span::current().record("phase", field::debug(out.status.phase));
 
     // No status and nothing to say yet is not a change: never write an empty status.

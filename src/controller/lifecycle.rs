@@ -88,8 +88,24 @@ pub struct Outcome {
     pub wake_scheduler: bool,
 }
 
-/// Decides the status of `inst` given its pod (if it has one) at `now`.
-pub fn decide(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outcome {
+/// An order to stop a running instance before its booking ends (idle GPUs, a used-up
+/// budget): phase `Stopped`, its pod deleted, its GPUs freed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// CamelCase reason (condition and Event).
+    pub reason: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+/// Decides the status of `inst` given its pod (if it has one) at `now`, and `stop`, an
+/// order to end it now.
+pub fn decide(
+    inst: &GpuInstance,
+    pod: Option<&PodView>,
+    now: Timestamp,
+    stop: Option<&Stop>,
+) -> Outcome {
     let old = inst.status.clone().unwrap_or_default();
     let mut status = old.clone();
     let generation = inst.metadata.generation;
@@ -168,7 +184,13 @@ pub fn decide(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outc
             return out;
         }
     };
-    let started = pod.created.or(old.started_at).unwrap_or(now);
+    // A booked-ahead window starts at its start, not when its pod was made a moment later:
+    // it must end when the window does.
+    let started = old
+        .starts_at
+        .or(pod.created)
+        .or(old.started_at)
+        .unwrap_or(now);
     let expires = started
         .checked_add(SignedDuration::try_from(booked).unwrap_or(SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX);
@@ -183,7 +205,7 @@ pub fn decide(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outc
     // first would be one more write per booking. One slow to start (pulling its image) is
     // reported as Scheduled once the grace has passed.
     let starting = pod.phase.as_deref().is_none_or(|p| p == "Pending");
-    if starting && phase != Some(Phase::Scheduled) && now < expires {
+    if starting && stop.is_none() && phase != Some(Phase::Scheduled) && now < expires {
         let age = now.duration_since(started);
         let grace = SignedDuration::try_from(STARTING_GRACE).unwrap_or(SignedDuration::ZERO);
         if age < grace {
@@ -194,7 +216,14 @@ pub fn decide(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outc
 
     let node = status.node_name.clone().unwrap_or_default();
     // The new phase, what to tell people, and the event type of the transition (if any).
-    let (new_phase, message, event) = if now >= expires {
+    let (new_phase, message, event) = if let Some(stop) = stop {
+        out.pod = PodAction::Delete;
+        (
+            Phase::Stopped,
+            stop.message.clone(),
+            Some(EventType::Warning),
+        )
+    } else if now >= expires {
         out.pod = PodAction::Delete;
         let msg = format!("the booking of {} ended at {expires}", inst.spec.duration);
         (Phase::Expired, msg, Some(EventType::Normal))
@@ -227,7 +256,10 @@ pub fn decide(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outc
     }
     status.phase = Some(new_phase);
     status.message = None;
-    let reason = new_phase.as_str();
+    let reason = match stop {
+        Some(s) => s.reason,
+        None => new_phase.as_str(),
+    };
     let health = match new_phase {
         Phase::Running => Health::Ready {
             reason,
@@ -275,6 +307,29 @@ mod tests {
         .unwrap()
     }
 
+    fn decide_at(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outcome {
+        decide(inst, pod, now, None)
+    }
+
+    #[test]
+    fn a_stop_order_ends_a_running_instance_and_a_window_sets_its_end() {
+        let inst = instance(json!({"phase": "Running", "nodeName": "gpu-l4-0",
+                                   "startsAt": "1970-01-01T00:15:00Z"}));
+        let order = Stop {
+            reason: "Idle",
+            message: "idle".into(),
+        };
+        let out = decide(&inst, Some(&pod("Running")), ts(1100), Some(&order));
+        assert_eq!(out.status.phase, Some(Phase::Stopped));
+        assert_eq!(out.pod, PodAction::Delete);
+        assert_eq!(out.events[0].reason, "Idle");
+        assert_eq!(out.events[0].type_, EventType::Warning);
+        // Without the order: the window's start (900), not the pod's creation (1000),
+        // starts the booking.
+        let out = decide_at(&inst, Some(&pod("Running")), ts(1100));
+        assert_eq!(out.status.expires_at, Some(ts(4500)));
+    }
+
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
     }
@@ -292,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_new_instance_wakes_the_scheduler_without_a_write() {
-        let out = decide(&instance(json!(null)), None, ts(10));
+        let out = decide_at(&instance(json!(null)), None, ts(10));
         assert_eq!(out.status, GpuInstanceStatus::default());
         assert!(out.wake_scheduler);
     }
@@ -300,14 +355,16 @@ mod tests {
     #[test]
     fn a_starting_pod_is_reported_once_running_or_after_the_grace() {
         let inst = instance(json!(null));
-        let out = decide(&inst, Some(&pod("Pending")), ts(1001));
+        let out = decide_at(&inst, Some(&pod("Pending")), ts(1001));
         assert_eq!(out.status, GpuInstanceStatus::default());
         assert_eq!(out.requeue_after, Some(Duration::from_secs(14)));
         assert_eq!(
-            decide(&inst, Some(&pod("Running")), ts(1001)).status.phase,
+            decide_at(&inst, Some(&pod("Running")), ts(1001))
+                .status
+                .phase,
             Some(Phase::Running)
         );
-        let slow = decide(&inst, Some(&pod("Pending")), ts(1015));
+        let slow = decide_at(&inst, Some(&pod("Pending")), ts(1015));
         assert_eq!(slow.status.phase, Some(Phase::Scheduled));
         assert_eq!(slow.status.node_name.as_deref(), Some("gpu-l4-0"));
     }
@@ -316,17 +373,17 @@ mod tests {
     fn queued_instances_are_left_to_the_placement_loop() {
         let inst =
             instance(json!({"phase": "Queued", "observedGeneration": 2, "message": "waiting"}));
-        let out = decide(&inst, None, ts(10));
+        let out = decide_at(&inst, None, ts(10));
         assert_eq!(out.status, inst.status.clone().unwrap());
         assert!(!out.wake_scheduler);
         let edited = instance(json!({"phase": "Queued", "observedGeneration": 1}));
-        assert!(decide(&edited, None, ts(10)).wake_scheduler);
+        assert!(decide_at(&edited, None, ts(10)).wake_scheduler);
     }
 
     #[test]
     fn phase_follows_the_pod_and_expiry_is_placement_plus_duration() {
         let inst = instance(json!({"phase": "Scheduled", "nodeName": "gpu-l4-0"}));
-        let out = decide(&inst, Some(&pod("Running")), ts(1100));
+        let out = decide_at(&inst, Some(&pod("Running")), ts(1100));
         assert_eq!(out.status.phase, Some(Phase::Running));
         assert_eq!(out.status.started_at, Some(ts(1000)));
         assert_eq!(out.status.expires_at, Some(ts(4600)));
@@ -340,7 +397,7 @@ mod tests {
         let mut again = inst.clone();
         again.status = Some(out.status.clone());
         assert!(
-            decide(&again, Some(&pod("Running")), ts(1200))
+            decide_at(&again, Some(&pod("Running")), ts(1200))
                 .events
                 .is_empty()
         );
@@ -349,14 +406,14 @@ mod tests {
     #[test]
     fn at_expiry_the_pod_is_deleted_and_the_phase_is_expired() {
         let inst = instance(json!({"phase": "Running", "nodeName": "gpu-l4-0"}));
-        let out = decide(&inst, Some(&pod("Running")), ts(4600));
+        let out = decide_at(&inst, Some(&pod("Running")), ts(4600));
         assert_eq!(out.status.phase, Some(Phase::Expired));
         assert_eq!(out.pod, PodAction::Delete);
         assert!(out.wake_scheduler);
         // After a restart between the status write and the delete, the delete is repeated.
         let mut done = inst.clone();
         done.status = Some(out.status);
-        let again = decide(&done, Some(&pod("Running")), ts(4700));
+        let again = decide_at(&done, Some(&pod("Running")), ts(4700));
         assert_eq!(again.pod, PodAction::Delete);
         assert!(again.events.is_empty());
     }
@@ -364,10 +421,10 @@ mod tests {
     #[test]
     fn a_lost_pod_fails_the_instance_and_program_exit_is_reported() {
         let inst = instance(json!({"phase": "Running", "nodeName": "gpu-l4-0"}));
-        let out = decide(&inst, None, ts(2000));
+        let out = decide_at(&inst, None, ts(2000));
         assert_eq!(out.status.phase, Some(Phase::Failed));
         assert_eq!(out.events[0].reason, "PodLost");
-        let out = decide(&inst, Some(&pod("Succeeded")), ts(2000));
+        let out = decide_at(&inst, Some(&pod("Succeeded")), ts(2000));
         assert_eq!(
             (out.status.phase, out.pod),
             (Some(Phase::Succeeded), PodAction::Keep)

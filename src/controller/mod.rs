@@ -11,6 +11,7 @@ pub mod instance;
 pub mod lifecycle;
 pub mod placement;
 pub mod pod;
+pub mod policies;
 pub mod rollup;
 pub mod user;
 

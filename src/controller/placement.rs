@@ -25,16 +25,20 @@ use super::error::ignore_not_found;
 use super::lifecycle::PodView;
 use super::{Context, Error, pod, write_instance_status};
 use crate::api::USER_LABEL;
-use crate::api::v1::{GpuInstance, GpuInstanceStatus, GpuUser, Phase};
+use crate::api::duration;
+use crate::api::v1::{GpuInstance, GpuInstanceStatus, GpuUser, Phase, StartPolicy};
 use crate::metrics::CacheLabels;
+use crate::policy::cost::PriceList;
+use crate::policy::wiring;
 use crate::scheduler::{self, Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, Waiting};
 
 /// Runs passes until the task is aborted: on every wake-up, and every `resync` anyway.
 pub async fn run(ctx: Arc<Context>) {
+    let mut next = ctx.args.resync;
     loop {
         tokio::select! {
             _ = ctx.wake.notified() => {}
-            _ = tokio::time::sleep(ctx.args.resync) => {}
+            _ = tokio::time::sleep(next) => {}
         }
         // Let a burst of changes (a batch of bookings applied at once) land in one pass.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -43,6 +47,13 @@ pub async fn run(ctx: Arc<Context>) {
         ctx.metrics
             .pass_seconds
             .observe(started.elapsed().as_secs_f64());
+        next = ctx.args.resync;
+        if let Ok(Some(window)) = result {
+            // A window opens before the next resync: be there when it does.
+            let until = Timestamp::now().duration_until(window);
+            let until = Duration::try_from(until).unwrap_or(Duration::ZERO);
+            next = next.min(until + Duration::from_millis(100));
+        }
         if let Err(e) = result {
             warn!(error = %e, "placement pass failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -60,11 +71,26 @@ struct World {
     instances: Vec<Arc<GpuInstance>>,
 }
 
-#[instrument(skip_all, fields(placed, waiting))]
-async fn pass(ctx: &Context) -> Result<(), Error> {
+/// One pass; returns when the next granted window opens, if any does.
+#[instrument(skip_all, fields(placed, waiting, reserved))]
+async fn pass(ctx: &Context) -> Result<Option<Timestamp>, Error> {
+    let now = Timestamp::now();
     let world = read_world(ctx);
-    let snapshot = snapshot(&world);
-    let plan = scheduler::plan(&snapshot);
+    let mut snapshot = snapshot(&world, now);
+    let (gates, planned) = budget_inputs(&world, now);
+    let refused = wiring::budget_gate(&mut snapshot, &gates, &planned);
+    let mut plan = scheduler::plan(&snapshot);
+    plan.waiting.extend(refused);
+    tracing::Span::current().record("reserved", plan.reservations.len());
+    let next_window = snapshot
+        .bookings
+        .iter()
+        .filter(|b| b.reserved_on.is_some() && b.placed_on.is_none())
+        .filter_map(|b| b.start)
+        .chain(plan.reservations.iter().map(|(_, _, t)| *t))
+        .filter(|t| *t > now)
+        .min();
+    let prices = ctx.caches.price_list();
     tracing::Span::current().record("placed", plan.placements.len());
     tracing::Span::current().record("waiting", plan.waiting.len());
     let stalled = plan.waiting.iter().filter(|w| w.wait.stalled()).count();
@@ -108,7 +134,35 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
         info!(count = placed, "placed instances");
     }
 
-    let now = Timestamp::now();
+    let to_reserve: Vec<(Arc<GpuInstance>, Option<String>, String, Timestamp)> = plan
+        .reservations
+        .iter()
+        .filter_map(|(key, node, start)| {
+            let user = user_of.get(key).copied().flatten().map(str::to_owned);
+            Some(((*by_key.get(key)?).clone(), user, node.clone(), *start))
+        })
+        .collect();
+    let prices = &prices;
+    stream::iter(to_reserve)
+        .map(|(inst, user, node, start)| async move {
+            bounded(
+                "write reservation",
+                mark_reserved(
+                    ctx,
+                    &inst,
+                    user.as_deref(),
+                    &node,
+                    start,
+                    prices.as_ref(),
+                    now,
+                ),
+            )
+            .await
+        })
+        .buffer_unordered(writes)
+        .try_collect::<Vec<()>>()
+        .await?;
+
     let to_mark: Vec<(Arc<GpuInstance>, Option<String>, Waiting)> = plan
         .waiting
         .into_iter()
@@ -121,14 +175,55 @@ async fn pass(ctx: &Context) -> Result<(), Error> {
         .map(|(inst, user, w)| async move {
             bounded(
                 "write queue status",
-                mark_waiting(ctx, &inst, user.as_deref(), &w, now),
+                mark_waiting(ctx, &inst, user.as_deref(), &w, prices.as_ref(), now),
             )
             .await
         })
         .buffer_unordered(writes)
         .try_collect::<Vec<()>>()
         .await?;
-    Ok(())
+    Ok(next_window)
+}
+
+/// Each budgeted user's gate and the planned GPU-hours of their waiting bookings.
+fn budget_inputs(
+    world: &World,
+    now: Timestamp,
+) -> (BTreeMap<String, wiring::Gate>, BTreeMap<InstanceKey, f64>) {
+    let mut gates = BTreeMap::new();
+    let mut planned = BTreeMap::new();
+    let budgeted: Vec<&Arc<GpuUser>> = world
+        .users
+        .iter()
+        .filter(|u| u.spec.quota.gpu_hours.is_some())
+        .collect();
+    if budgeted.is_empty() {
+        return (gates, planned);
+    }
+    let mut by_ns: BTreeMap<String, Vec<&GpuInstance>> = BTreeMap::new();
+    for inst in &world.instances {
+        by_ns
+            .entry(inst.namespace().unwrap_or_default())
+            .or_default()
+            .push(inst);
+    }
+    for user in budgeted {
+        let ns = format!(
+            "{}{}",
+            crate::controller::user::NAMESPACE_PREFIX,
+            user.name_any()
+        );
+        let theirs = by_ns.get(&ns).cloned().unwrap_or_default();
+        let Some(Ok(status)) = wiring::budget_status(user, &theirs, now) else {
+            continue;
+        };
+        let committed = wiring::committed_gpu_hours(&theirs, &status, now);
+        for inst in &theirs {
+            planned.insert(key_of(inst), wiring::planned_gpu_hours(inst));
+        }
+        gates.insert(user.name_any(), wiring::Gate { status, committed });
+    }
+    (gates, planned)
 }
 
 /// Longest a single write of a pass may take. A pass waits for all its writes, so one
@@ -188,7 +283,7 @@ fn key_of(inst: &GpuInstance) -> InstanceKey {
 }
 
 /// The pure scheduler's view of the world.
-fn snapshot(world: &World) -> Snapshot {
+fn snapshot(world: &World, now: Timestamp) -> Snapshot {
     let nodes = world.nodes.iter().map(|n| NodeGpus::from_node(n)).collect();
     let used = scheduler::gpus_in_use(world.pods.iter().map(|p| p.as_ref()));
     let ns_user: BTreeMap<String, String> = world
@@ -235,12 +330,14 @@ fn snapshot(world: &World) -> Snapshot {
             let pod = pod_of
                 .get(&(key.namespace.clone(), key.name.clone()))
                 .and_then(|p| PodView::of(p, &uid));
-            let placed_on = match (pod, status.node_name) {
+            let pod_created = pod.as_ref().and_then(|p| p.created);
+            let placed_on = match (pod, &status.node_name) {
                 (Some(p), _) => Some(p.node.unwrap_or_default()),
                 // Placed once, pod gone: the instance reconciler ends it; never re-place.
                 (None, Some(_)) => return None,
                 (None, None) => None,
             };
+            let reserved = status.phase == Some(Phase::Reserved) && placed_on.is_none();
             Some(Booking {
                 user: ns_user.get(&key.namespace).cloned(),
                 model: inst.spec.gpu.model.clone(),
@@ -251,14 +348,27 @@ fn snapshot(world: &World) -> Snapshot {
                     .creation_timestamp
                     .as_ref()
                     .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+                started: placed_on
+                    .is_some()
+                    .then(|| status.starts_at.or(status.started_at).or(pod_created))
+                    .flatten(),
                 placed_on,
                 key,
-                // Booking ahead is not wired yet: every booking is "now, for good".
-                duration: None,
-                start: None,
-                start_policy: scheduler::StartPolicy::default(),
-                reserved_on: None,
-                started: None,
+                duration: duration::parse(&inst.spec.duration).ok(),
+                start: if reserved {
+                    status.starts_at
+                } else {
+                    inst.spec.start_time
+                },
+                start_policy: match inst.spec.start_policy.unwrap_or_default() {
+                    StartPolicy::Exact => scheduler::StartPolicy::Exact,
+                    StartPolicy::EarliestAvailable => scheduler::StartPolicy::EarliestAvailable,
+                },
+                reserved_on: if reserved {
+                    status.reserved_node.clone()
+                } else {
+                    None
+                },
             })
         })
         .collect();
@@ -267,7 +377,7 @@ fn snapshot(world: &World) -> Snapshot {
         used,
         users,
         bookings,
-        now: Timestamp::now(),
+        now,
     }
 }
 
@@ -322,10 +432,12 @@ async fn mark_waiting(
     inst: &GpuInstance,
     user: Option<&str>,
     w: &Waiting,
+    prices: Option<&PriceList>,
     now: Timestamp,
 ) -> Result<(), Error> {
     let old = inst.status.clone().unwrap_or_default();
-    let status = queued_status(inst, user, w, now);
+    let mut status = queued_status(inst, user, w, now);
+    status.cost = prices.and_then(|p| wiring::instance_cost(inst, p));
     if status == old {
         return Ok(());
     }
@@ -350,6 +462,77 @@ async fn mark_waiting(
             .await;
     }
     Ok(())
+}
+
+/// Records a granted window: phase `Reserved`, its node and start.
+async fn mark_reserved(
+    ctx: &Context,
+    inst: &GpuInstance,
+    user: Option<&str>,
+    node: &str,
+    start: Timestamp,
+    prices: Option<&PriceList>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let mut status = reserved_status(inst, user, node, start, now);
+    status.cost = prices.and_then(|p| wiring::instance_cost(inst, p));
+    if inst.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+    if ignore_not_found(write_instance_status(&api, &name, inst.status.as_ref(), &status).await)
+        .map_err(Error::kube("write reservation"))?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let message = status.message.clone().unwrap_or_default();
+    ctx.event(inst, EventType::Normal, "Reserved", message)
+        .await;
+    Ok(())
+}
+
+/// The status of an instance whose window was granted (pure).
+pub fn reserved_status(
+    inst: &GpuInstance,
+    user: Option<&str>,
+    node: &str,
+    start: Timestamp,
+    now: Timestamp,
+) -> GpuInstanceStatus {
+    let old = inst.status.clone().unwrap_or_default();
+    let generation = inst.metadata.generation;
+    let end = duration::parse(&inst.spec.duration)
+        .ok()
+        .and_then(|d| start.checked_add(d).ok());
+    let message = format!(
+        "{} x {} reserved on {node} from {}{}",
+        inst.spec.gpu.count,
+        inst.spec.gpu.model,
+        crate::policy::short_utc(start),
+        end.map(|e| format!(" to {}", crate::policy::short_utc(e)))
+            .unwrap_or_default()
+    );
+    GpuInstanceStatus {
+        phase: Some(Phase::Reserved),
+        conditions: with_health(
+            &old.conditions,
+            Health::Progressing {
+                reason: "Reserved",
+                message: &message,
+            },
+            generation,
+            now,
+        ),
+        observed_generation: generation,
+        user: user.map(str::to_owned),
+        queue_position: None,
+        reserved_node: Some(node.to_owned()),
+        starts_at: Some(start),
+        message: Some(message),
+        ..old
+    }
 }
 
 /// The status of an instance that waits (pure).

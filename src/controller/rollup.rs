@@ -16,6 +16,11 @@ use crate::api::v1::{GpuInstance, Usage, UsageTotals, UserUsage};
 pub const FOLD_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How many folded uids a user keeps (enough to cover any deletion in flight).
 pub const RETIRED_UIDS_KEPT: usize = 1000;
+/// How many retired instances' figures a user keeps for budgets and reports.
+pub const RETIRED_INSTANCES_KEPT: usize = 2000;
+/// How long a retired instance's figures are kept after it ended (reports of the last
+/// twelve months, and then some).
+pub const RETIRED_INSTANCES_DAYS: i64 = 400;
 
 /// The calendar month (UTC) of `t`, e.g. `2026-11`.
 pub fn period_of(t: Timestamp) -> String {
@@ -68,6 +73,9 @@ pub fn user_usage(old: Option<&UserUsage>, instances: &[GpuInstance], now: Times
                     u,
                 );
             }
+            if let Some(r) = crate::policy::figures::retire(inst, now) {
+                out.retired_instances.push(r);
+            }
             out.retired_uids.push(uid);
             continue;
         }
@@ -80,6 +88,17 @@ pub fn user_usage(old: Option<&UserUsage>, instances: &[GpuInstance], now: Times
     }
     let excess = out.retired_uids.len().saturating_sub(RETIRED_UIDS_KEPT);
     out.retired_uids.drain(..excess);
+    let oldest = now
+        .checked_sub(jiff::SignedDuration::from_hours(
+            24 * RETIRED_INSTANCES_DAYS,
+        ))
+        .unwrap_or(Timestamp::MIN);
+    out.retired_instances.retain(|r| r.ended_at >= oldest);
+    let excess = out
+        .retired_instances
+        .len()
+        .saturating_sub(RETIRED_INSTANCES_KEPT);
+    out.retired_instances.drain(..excess);
     // Keep the monthly record of retired usage to a year.
     while out.retired_by_period.len() > 12 {
         out.retired_by_period.pop_first();

@@ -25,6 +25,8 @@ use super::pod::MANAGED_BY;
 use super::{Context, Error, FIELD_MANAGER, apply_status, rollup};
 use crate::api::USER_LABEL;
 use crate::api::v1::{GpuInstance, GpuUser, GpuUserStatus, Phase, SubjectKind};
+use crate::metrics::{UserCostLabels, UserLabels};
+use crate::policy::{budget, wiring};
 use crate::scheduler::GPU_RESOURCE;
 
 /// Finalizer on every GpuUser: instances stopped and namespace removed before it goes.
@@ -204,16 +206,24 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
         gpus_in_use,
         instances: active,
         usage: Some(rollup::user_usage(old.usage.as_ref(), &instances, now)),
-        budget: old.budget.clone(),
-        cost: old.cost.clone(),
+        budget: None,
+        cost: None,
     };
+    let prices = ctx.caches.price_list();
+    let books = books(user, &status, &instances, prices.as_ref(), now);
+    let mut status = status;
+    status.budget = books.budget.as_ref().map(wiring::budget_view);
+    status.cost = books.cost.clone();
+    record_books(ctx, &name, &books);
     // Deleted instances whose last figures are not in yet: look again shortly.
     let folding = instances
         .iter()
         .any(|i| i.metadata.deletion_timestamp.is_some());
     // Only the figures moved (a burst of bookings moves them many times a second): write
     // them at most every FIGURES_EVERY; a person reads totals, not every step.
+    let exhausted = |s: &GpuUserStatus| s.budget.as_ref().map(|b| b.exhausted);
     let figures_only = status.conditions == old.conditions
+        && exhausted(&status) == exhausted(&old)
         && status.observed_generation == old.observed_generation
         && status.namespace == old.namespace
         && status.usage.as_ref().map(|u| &u.retired_uids)
@@ -242,12 +252,143 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
             // Quota or suspension may have changed what can be placed.
             ctx.wake.notify_one();
         }
+        if let Some(b) = books.budget.as_ref()
+            && b.exhausted()
+            && exhausted(&old) != Some(true)
+        {
+            let policy = user
+                .spec
+                .quota
+                .gpu_hours
+                .as_ref()
+                .map(|s| wiring::budget(s).on_exhausted)
+                .unwrap_or_default();
+            let message = budget::exhausted_message(policy, b, books.running);
+            ctx.event(user, EventType::Warning, budget::REASON_EXHAUSTED, message)
+                .await;
+        }
+        if exhausted(&old) == Some(true) && exhausted(&status) == Some(false) {
+            // A new period: what the budget held back may start now.
+            ctx.wake.notify_one();
+        }
     }
-    Ok(Action::requeue(Duration::from_secs(if folding {
-        2
+    let mut next = Duration::from_secs(if folding { 2 } else { 300 });
+    if let Some(at) = books.revisit {
+        let until = Duration::try_from(now.duration_until(at)).unwrap_or(Duration::ZERO);
+        next = next.min(until + Duration::from_millis(200));
+    }
+    Ok(Action::requeue(next))
+}
+
+/// A user's budget and cost as they stand.
+struct Books {
+    budget: Option<crate::policy::budget::BudgetStatus>,
+    cost: Option<crate::api::v1::UserCost>,
+    gpu_hours_this_month: f64,
+    running: usize,
+    /// Look again then: the budget runs out or renews.
+    revisit: Option<Timestamp>,
+}
+
+/// Works out the books of `user` whose new status is `status` (pure).
+fn books(
+    user: &GpuUser,
+    status: &GpuUserStatus,
+    instances: &[GpuInstance],
+    prices: Option<&crate::policy::cost::PriceList>,
+    now: Timestamp,
+) -> Books {
+    let mut seen = user.clone();
+    seen.status = Some(status.clone());
+    let refs: Vec<&GpuInstance> = instances.iter().collect();
+    let running: Vec<&GpuInstance> = refs
+        .iter()
+        .copied()
+        .filter(|i| {
+            i.status
+                .as_ref()
+                .is_some_and(|s| s.node_name.is_some() && !s.phase.is_some_and(Phase::is_finished))
+        })
+        .collect();
+    let held: u32 = running.iter().map(|i| i.spec.gpu.count).sum();
+    let budget = match wiring::budget_status(&seen, &refs, now) {
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => {
+            warn!(user = %user.name_any(), error = %e, "budget period");
+            None
+        }
+        None => None,
+    };
+    let revisit = budget.as_ref().map(|b| {
+        wiring::exhausted_at(b, held, now)
+            .unwrap_or(b.period.end)
+            .min(b.period.end)
+    });
+    let figures = wiring::user_figures(&seen, &refs, now);
+    let month = crate::policy::cost::ReportPeriod::month_of(now).ok();
+    let gpu_hours_this_month = month
+        .as_ref()
+        .map_or(0.0, |m| wiring::gpu_hours_in(&figures, m.bounds));
+    let cost =
+        match (prices, month) {
+            (Some(p), Some(m)) => crate::policy::cost::report(p, &figures, &m).ok().map(|r| {
+                crate::api::v1::UserCost {
+                    period: m.label.clone(),
+                    current_period: (r.totals.cost.total * 100.0).round() / 100.0,
+                    currency: r.currency,
+                }
+            }),
+            _ => None,
+        };
+    Books {
+        budget,
+        cost,
+        gpu_hours_this_month,
+        running: running.len(),
+        revisit,
+    }
+}
+
+/// Drops the gauges of a user being deleted.
+fn forget_books(ctx: &Context, user: &GpuUser) {
+    let m = &ctx.metrics;
+    let labels = UserLabels {
+        user: user.name_any(),
+    };
+    m.user_gpu_hours.remove(&labels);
+    m.user_budget_remaining.remove(&labels);
+    if let Some(c) = user.status.as_ref().and_then(|s| s.cost.as_ref()) {
+        m.user_cost.remove(&UserCostLabels {
+            user: user.name_any(),
+            currency: c.currency.clone(),
+        });
+    }
+}
+
+/// Sets the user's gauges.
+fn record_books(ctx: &Context, name: &str, books: &Books) {
+    let m = &ctx.metrics;
+    let user = UserLabels {
+        user: name.to_owned(),
+    };
+    m.user_gpu_hours
+        .get_or_create(&user)
+        .set(books.gpu_hours_this_month);
+    if let Some(b) = &books.budget {
+        m.user_budget_remaining
+            .get_or_create(&user)
+            .set(b.remaining);
     } else {
-        300
-    })))
+        m.user_budget_remaining.remove(&user);
+    }
+    if let Some(c) = &books.cost {
+        m.user_cost
+            .get_or_create(&UserCostLabels {
+                user: name.to_owned(),
+                currency: c.currency.clone(),
+            })
+            .set(c.current_period);
+    }
 }
 
 /// Applies the user's namespace, RoleBinding and ResourceQuota.
@@ -332,6 +473,7 @@ pub fn holdings(instances: &[GpuInstance]) -> (u32, u32) {
 
 async fn cleanup(user: &GpuUser, ctx: &Context) -> Result<Action, Error> {
     let ns = namespace_of(&user.name_any());
+    forget_books(ctx, user);
     if ctx.caches.user_of_namespace(&ns).as_deref() != Some(user.name_any().as_str()) {
         return Ok(Action::await_change());
     }

@@ -15,6 +15,7 @@ pub mod budget;
 pub mod cost;
 pub mod figures;
 pub mod idle;
+pub mod wiring;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;

@@ -154,6 +154,9 @@ pub enum Wait {
     /// Its window has opened but its node cannot take it yet (a pod overruns, or the node
     /// is not ready).
     HeldNode { node: String, free: u32 },
+    /// Its user's GPU-hour budget has not enough left for it (decided in front of the
+    /// scheduler, by `policy::wiring::budget_gate`); `never`: not even a whole period's.
+    Budget { never: bool },
 }
 
 impl Wait {
@@ -168,6 +171,7 @@ impl Wait {
                 | Wait::TooLarge { .. }
                 | Wait::WindowTaken { .. }
                 | Wait::WindowMissed { .. }
+                | Wait::Budget { never: true }
         )
     }
 
@@ -185,6 +189,7 @@ impl Wait {
             Wait::WindowTaken { .. } => "WindowTaken",
             Wait::WindowMissed { .. } => "WindowMissed",
             Wait::HeldNode { .. } => "WaitingForHeldNode",
+            Wait::Budget { .. } => "BudgetExceeded",
         }
     }
 }
@@ -788,6 +793,7 @@ fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
             format!("waiting for quota: user {user} runs {placed} of {max} instances")
         }
         Wait::UnknownModel => format!("no node has {} GPUs", b.model),
+        Wait::Budget { .. } => format!("user {user} has not enough GPU-hour budget left"),
         Wait::TooLarge { largest } => {
             format!(
                 "no {} node has {} GPUs (the largest has {largest})",
