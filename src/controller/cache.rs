@@ -62,6 +62,8 @@ pub struct Feeds {
     pub user_instances: Feed<GpuInstance>,
     /// GpuUsers, for the user controller.
     pub users: Feed<GpuUser>,
+    /// GpuUsers, for the instance controller (a budget used up stops running instances).
+    pub instance_users: Feed<GpuUser>,
     /// User namespaces, for the user controller.
     pub namespaces: Feed<PartialObjectMeta<Namespace>>,
 }
@@ -99,7 +101,7 @@ impl Caches {
             ),
             slim_meta,
         );
-        let (users, [users_feed], u) = run(
+        let (users, [users_feed, instance_users_feed], u) = run(
             "gpuusers",
             watcher(Api::all(client.clone()), all.clone()),
             slim_meta,
@@ -128,6 +130,7 @@ impl Caches {
                 instances: inst_feed,
                 user_instances: user_inst_feed,
                 users: users_feed,
+                instance_users: instance_users_feed,
                 namespaces: ns_feed,
             },
             Watches(vec![n, p, ns, u, i, pl]),

@@ -18,7 +18,7 @@ use super::error::ignore_not_found;
 use super::lifecycle::{self, PodAction, PodView};
 use super::policies;
 use super::{Context, Error, write_instance_status};
-use crate::api::v1::{GpuInstance, OnExhausted};
+use crate::api::v1::{GpuInstance, GpuUser, OnExhausted};
 
 /// Finalizer on every GpuInstance: its pod is removed (and, with the usage agent, its last
 /// usage folded into its user) before it disappears.
@@ -29,9 +29,37 @@ pub async fn run(
     ctx: Arc<Context>,
     instances: super::cache::Feed<GpuInstance>,
     pods: super::cache::Feed<Pod>,
+    users: super::cache::Feed<GpuUser>,
 ) {
+    let store = ctx.caches.instances.clone();
     let results = Controller::for_shared_stream(instances, ctx.caches.instances.clone())
         .owns_shared_stream(pods)
+        // A user whose budget is used up under `onExhausted: Stop`: its running instances
+        // stop now, not at their next look. Any other user change concerns no instance.
+        .watches_shared_stream(users, move |user| {
+            let stop = user
+                .spec
+                .quota
+                .gpu_hours
+                .as_ref()
+                .is_some_and(|b| b.on_exhausted == OnExhausted::Stop)
+                && user
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.budget.as_ref())
+                    .is_some_and(|b| b.exhausted);
+            let ns = super::user::namespace_of(&user.name_any());
+            let refs: Vec<ObjectRef<GpuInstance>> = if stop {
+                store
+                    .state_filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+                    .iter()
+                    .map(|i| ObjectRef::from_obj(i.as_ref()))
+                    .collect()
+            } else {
+                vec![]
+            };
+            refs
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone());

@@ -337,7 +337,12 @@ async fn run_active(
             feeds.user_instances,
             feeds.namespaces
         ),
-        instance::run(ctx.clone(), feeds.instances, feeds.pods)
+        instance::run(
+            ctx.clone(),
+            feeds.instances,
+            feeds.pods,
+            feeds.instance_users
+        )
     );
     placement.abort();
     server.abort();

@@ -4,6 +4,7 @@
 //! Every test lives in this one binary so that one control plane serves them all; each
 //! test works in a namespace of its own (see [`harness::namespace`]).
 
+mod ahead;
 mod chart;
 mod examples;
 mod harness;
