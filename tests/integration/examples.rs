@@ -27,6 +27,8 @@ async fn every_example_is_accepted_by_the_apiserver() {
     for file in [
         "examples/instances-alice.yaml",
         "examples/instances-bob.yaml",
+        "examples/instance-ahead.yaml",
+        "examples/prices.yaml",
     ] {
         let out =
             harness::kubectl_out(&["apply", "--dry-run=server", "-f", &format!("{root}/{file}")]);

@@ -144,6 +144,8 @@ async fn each_component_has_exactly_what_it_needs() {
             Some("cluster-admin"),
             false,
         ),
+        ("controller", "watch", g, "gpupricelists", None, true),
+        ("controller", "patch", g, "gpupricelists", None, false),
         ("controller", "get", "", "secrets", None, false),
         ("controller", "delete", "", "nodes", None, false),
         (
@@ -172,6 +174,7 @@ async fn each_component_has_exactly_what_it_needs() {
             true,
         ),
         ("migrate", "update", g, "gpuinstances", None, true),
+        ("migrate", "update", g, "gpupricelists", None, true),
         ("migrate", "delete", g, "gpuinstances", None, false),
     ];
     for &(who, verb, group, resource, name, want) in cases {
