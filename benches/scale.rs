@@ -938,6 +938,24 @@ impl Controller {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null());
+        // Profiling the controller's heap: GPU_CLOUD_BENCH_HEAPTRACK=<prefix> writes
+        // <prefix>.gz for heaptrack_print / heaptrack_gui (heaptrack's preload library,
+        // its interpreter reading a FIFO; no debugger attach needed).
+        if let Ok(prefix) = std::env::var("GPU_CLOUD_BENCH_HEAPTRACK") {
+            let fifo = format!("{prefix}.fifo");
+            let _ = std::fs::remove_file(&fifo);
+            if !Command::new("mkfifo").arg(&fifo).status()?.success() {
+                return Err(format!("mkfifo {fifo}").into());
+            }
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "/usr/lib/heaptrack/libexec/heaptrack_interpret < '{fifo}' | gzip -c > '{prefix}.gz'"
+                ))
+                .spawn()?;
+            cmd.env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
+                .env("DUMP_HEAPTRACK_OUTPUT", &fifo);
+        }
         // SAFETY: prctl only sets a flag on the child: it dies with the benchmark.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

@@ -80,7 +80,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// schemars marks unsigned integers with formats (`uint32`) that the apiserver does not
 /// know and warns about on every apply; the `minimum: 0` it also emits says the same.
 fn drop_unknown_formats(schema: &mut JSONSchemaProps) {
-    if matches!(schema.format.as_deref(), Some("uint32" | "uint64" | "uint")) {
+    if matches!(
+        schema.format.as_deref(),
+        Some("uint8" | "uint16" | "uint32" | "uint64" | "uint")
+    ) {
         schema.format = None;
     }
     for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {

@@ -15,7 +15,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, Node, Pod, PodSpec, PodStatus, ResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -26,6 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::api::USER_LABEL;
+use crate::scheduler::GPU_RESOURCE;
 use crate::api::v1::{GpuInstance, GpuPriceList, GpuUser, PRICE_LIST_NAME};
 
 /// Objects a feed holds for a slow consumer before its watch waits. A waiting watch is
@@ -235,8 +240,12 @@ where
     (reader, feeds, task)
 }
 
+/// Managed fields and annotations go: nothing the controller decides reads them, and a
+/// `kubectl apply` annotation alone doubles an object.
 fn slim_meta<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
 }
 
 fn slim_node(node: &mut Node) {
@@ -249,34 +258,59 @@ fn slim_node(node: &mut Node) {
     }
 }
 
-/// Keeps what GPU accounting (`scheduler::capacity`) and the instance lifecycle read:
-/// metadata but annotations, node, phase and the containers' resources.
+/// Keeps only what GPU accounting (`scheduler::capacity`) and the instance lifecycle
+/// read: name, namespace, uid, our labels, owner references, creation and deletion time,
+/// node, phase and the containers' GPU requests. A pod is the cache's largest and most
+/// numerous object (a k8s-openapi `Pod` is kilobytes even when mostly empty fields), so
+/// the rest, however small it looks, is most of the controller's memory at 10,000 pods.
 pub fn slim_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.annotations = None;
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.volumes = None;
-        spec.affinity = None;
-        for c in spec
-            .containers
-            .iter_mut()
-            .chain(spec.init_containers.iter_mut().flatten())
-        {
-            c.env = None;
-            c.env_from = None;
-            c.args = None;
-            c.command = None;
-            c.volume_mounts = None;
-            c.liveness_probe = None;
-            c.readiness_probe = None;
-            c.startup_probe = None;
-        }
-    }
-    if let Some(s) = pod.status.as_mut() {
-        s.conditions = None;
-        s.container_statuses = None;
-        s.init_container_statuses = None;
-    }
+    let meta = std::mem::take(&mut pod.metadata);
+    let labels = meta.labels.map(|l| {
+        l.into_iter()
+            .filter(|(k, _)| k == USER_LABEL || k == crate::api::INSTANCE_LABEL)
+            .collect::<std::collections::BTreeMap<_, _>>()
+    });
+    pod.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        labels: labels.filter(|l| !l.is_empty()),
+        owner_references: meta.owner_references,
+        creation_timestamp: meta.creation_timestamp,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..ObjectMeta::default()
+    };
+    let gpus_only = |c: Container| Container {
+        name: c.name,
+        resources: c.resources.map(|r| {
+            let keep = |m: Option<std::collections::BTreeMap<String, Quantity>>| {
+                m.map(|m| {
+                    m.into_iter()
+                        .filter(|(k, _)| k == GPU_RESOURCE)
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                })
+                .filter(|m| !m.is_empty())
+            };
+            ResourceRequirements {
+                limits: keep(r.limits),
+                requests: keep(r.requests),
+                ..ResourceRequirements::default()
+            }
+        }),
+        ..Container::default()
+    };
+    pod.spec = pod.spec.take().map(|s| PodSpec {
+        node_name: s.node_name,
+        containers: s.containers.into_iter().map(gpus_only).collect(),
+        init_containers: s
+            .init_containers
+            .map(|cs| cs.into_iter().map(gpus_only).collect()),
+        ..PodSpec::default()
+    });
+    pod.status = pod.status.take().map(|s| PodStatus {
+        phase: s.phase,
+        ..PodStatus::default()
+    });
 }
 
 /// Pods the controller created that its pod cache may not show yet: without them, a pass
@@ -285,7 +319,7 @@ pub fn slim_pod(pod: &mut Pod) {
 /// or went with it), or after [`Assumed::TTL`] as a last resort. Never sooner: under load
 /// the pod watch can lag by many seconds, and an entry dropped early is a double booking.
 #[derive(Default)]
-pub struct Assumed(Mutex<HashMap<(String, String), (Pod, Instant)>>);
+pub struct Assumed(Mutex<HashMap<(String, String), (Arc<Pod>, Instant)>>);
 
 /// How long a pod whose create failed in transit (it may or may not exist) is assumed.
 const UNSURE_TTL: Duration = Duration::from_secs(60);
@@ -295,23 +329,25 @@ impl Assumed {
     pub const TTL: Duration = Duration::from_secs(600);
 
     /// Records a pod just created.
-    pub fn insert(&self, pod: Pod) {
+    pub fn insert(&self, mut pod: Pod) {
+        slim_pod(&mut pod);
         let key = (pod.namespace().unwrap_or_default(), pod.name_any());
         if let Ok(mut m) = self.0.lock() {
-            m.insert(key, (pod, Instant::now()));
+            m.insert(key, (Arc::new(pod), Instant::now()));
         }
     }
 
     /// Records a pod whose create failed in transit: it may exist. Without a uid it is
     /// matched by name, and assumed for [`UNSURE_TTL`] at most.
     pub fn insert_unsure(&self, mut pod: Pod) {
+        slim_pod(&mut pod);
         pod.metadata.uid = None;
         let key = (pod.namespace().unwrap_or_default(), pod.name_any());
         let at = Instant::now()
             .checked_sub(Self::TTL.saturating_sub(UNSURE_TTL))
             .unwrap_or_else(Instant::now);
         if let Ok(mut m) = self.0.lock() {
-            m.insert(key, (pod, at));
+            m.insert(key, (Arc::new(pod), at));
         }
     }
 
@@ -326,7 +362,7 @@ impl Assumed {
     /// `instances` (a read of the instance cache taken with it); forgets the others.
     /// Judged against the same reads the pass uses: checking the live cache instead could
     /// drop a pod that arrived after the pass read it, and the pod would count nowhere.
-    pub fn pending(&self, pods: &[Arc<Pod>], instances: &[Arc<GpuInstance>]) -> Vec<Pod> {
+    pub fn pending(&self, pods: &[Arc<Pod>], instances: &[Arc<GpuInstance>]) -> Vec<Arc<Pod>> {
         let Ok(mut m) = self.0.lock() else {
             return vec![];
         };
@@ -355,7 +391,7 @@ impl Assumed {
                 .is_some_and(|uid| pod.uid().is_none() || *uid == pod.uid());
             !cached && alive.contains(key) && at.elapsed() < Self::TTL
         });
-        m.values().map(|(p, _)| p.clone()).collect()
+        m.values().map(|(p, _)| Arc::clone(p)).collect()
     }
 }
 
@@ -411,6 +447,41 @@ mod tests {
         let mut names: Vec<String> = store.state().iter().map(|p| p.name_any()).collect();
         names.sort();
         assert_eq!(names, ["a", "c"]);
+    }
+
+    #[test]
+    fn a_slimmed_pod_keeps_what_placement_and_the_lifecycle_read() {
+        let full: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "a", "namespace": "gpu-u", "uid": "p1",
+                "labels": {USER_LABEL: "u", "app": "x"}, "annotations": {"a": "b"},
+                "creationTimestamp": "2026-11-25T10:00:00Z",
+                "ownerReferences": [{"apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
+                    "name": "a", "uid": "i1", "controller": true}]},
+            "spec": {"nodeName": "n1",
+                "initContainers": [{"name": "i", "image": "x",
+                    "resources": {"limits": {GPU_RESOURCE: "3"}}}],
+                "containers": [{"name": "c", "image": "x", "command": ["sleep"],
+                    "resources": {"limits": {GPU_RESOURCE: "2", "cpu": "4"}, "requests": {"memory": "1Gi"}}}],
+                "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists"}]},
+            "status": {"phase": "Running", "hostIP": "10.0.0.1"}
+        }))
+        .unwrap();
+        let mut slim = full.clone();
+        slim_pod(&mut slim);
+        assert_eq!(
+            crate::scheduler::pod_gpu_request(&slim),
+            crate::scheduler::pod_gpu_request(&full)
+        );
+        assert_eq!(crate::scheduler::pod_gpu_request(&slim), 3);
+        assert_eq!(
+            crate::controller::lifecycle::PodView::of(&slim, "i1"),
+            crate::controller::lifecycle::PodView::of(&full, "i1")
+        );
+        assert!(slim.metadata.annotations.is_none());
+        assert_eq!(slim.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+        let c = &slim.spec.as_ref().unwrap().containers[0];
+        assert!(c.command.is_none() && c.image.is_none());
+        assert!(slim.status.as_ref().unwrap().host_ip.is_none());
     }
 
     #[test]

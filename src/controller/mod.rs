@@ -18,9 +18,13 @@ pub mod user;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::Reporter;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tracing::warn;
@@ -74,7 +78,7 @@ pub struct Context {
     /// The client.
     pub client: Client,
     /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    pub reporter: Reporter,
     /// Wakes the placement loop (GPUs freed, an instance waits, a quota changed).
     pub wake: Notify,
     /// Settings.
@@ -100,14 +104,11 @@ impl Context {
     ) where
         K: kube::Resource<DynamicType = ()>,
     {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        let regarding = obj.object_ref(&());
+        let ev = new_event(&self.reporter, &regarding, type_, reason, note, Timestamp::now());
+        let ns = regarding.namespace.as_deref().unwrap_or("default");
+        let api = Api::<K8sEvent>::namespaced(self.client.clone(), ns);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
             warn!(error = %e, reason, "cannot publish event");
         }
     }
@@ -236,6 +237,63 @@ pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_js
     }
 }
 
+/// An Event (events.k8s.io/v1) on `regarding` (pure).
+///
+/// Our own rather than kube's `Recorder`: that one keeps every event it published for six
+/// minutes to count repeats, and scans them all on every publish; in a burst of 10,000
+/// bookings that was 10,000 events held and a quadratic scan. The controller publishes on
+/// transitions only, so there is nothing to count.
+pub fn new_event(
+    reporter: &Reporter,
+    regarding: &ObjectReference,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    note: String,
+    now: Timestamp,
+) -> K8sEvent {
+    // The API refuses notes over 1 kB.
+    let mut note = note;
+    if note.len() > 1024 {
+        let mut end = 1021;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
+    K8sEvent {
+        action: Some(reason.to_owned()),
+        reason: Some(reason.to_owned()),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(regarding.clone()),
+        note: Some(note),
+        metadata: ObjectMeta {
+            namespace: regarding.namespace.clone(),
+            name: Some(format!(
+                "{}.{:x}",
+                regarding.name.as_deref().unwrap_or(&reporter.controller),
+                now.as_nanosecond()
+            )),
+            ..Default::default()
+        },
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        type_: Some(
+            match type_ {
+                kube::runtime::events::EventType::Normal => "Normal",
+                kube::runtime::events::EventType::Warning => "Warning",
+            }
+            .to_owned(),
+        ),
+        ..Default::default()
+    }
+}
+
 /// Name of the Lease that elects the active controller.
 pub const LEASE_NAME: &str = "gpu-cloud-controller";
 
@@ -316,7 +374,7 @@ async fn run_active(
         _ = crate::shutdown_signal() => return Ok(()),
     }
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        reporter,
         client,
         wake: Notify::new(),
         args,
@@ -353,8 +411,38 @@ async fn run_active(
 
 #[cfg(test)]
 mod tests {
-    use super::merge_patch;
+    use super::{Reporter, merge_patch, new_event};
+    use k8s_openapi::api::core::v1::ObjectReference;
     use serde_json::json;
+
+    #[test]
+    fn an_event_names_its_object_its_reporter_and_fits_the_api() {
+        let reporter = Reporter {
+            controller: "gpu-cloud".into(),
+            instance: None,
+        };
+        let regarding = ObjectReference {
+            name: Some("a".into()),
+            namespace: Some("gpu-u".into()),
+            ..Default::default()
+        };
+        let now = jiff::Timestamp::from_second(1).unwrap();
+        let long = "é".repeat(700);
+        let ev = new_event(
+            &reporter,
+            &regarding,
+            kube::runtime::events::EventType::Warning,
+            "Idle",
+            long,
+            now,
+        );
+        assert_eq!(ev.metadata.name.as_deref(), Some("a.3b9aca00"));
+        assert_eq!(ev.metadata.namespace.as_deref(), Some("gpu-u"));
+        assert_eq!(ev.type_.as_deref(), Some("Warning"));
+        assert_eq!(ev.reporting_instance.as_deref(), Some("gpu-cloud"));
+        let note = ev.note.unwrap();
+        assert!(note.len() <= 1024 && note.ends_with("..."), "{}", note.len());
+    }
 
     #[test]
     fn a_merge_patch_carries_changes_and_removals_only() {

@@ -247,12 +247,7 @@ fn read_world(ctx: &Context) -> World {
     let c = &ctx.caches;
     let mut pods = c.pods.state();
     let instances = c.instances.state();
-    pods.extend(
-        ctx.assumed
-            .pending(&pods, &instances)
-            .into_iter()
-            .map(Arc::new),
-    );
+    pods.extend(ctx.assumed.pending(&pods, &instances));
     let world = World {
         nodes: c.nodes.state(),
         pods,
@@ -390,8 +385,7 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
     // Assumed before it is sent: a create cut off by a timeout may still land.
     ctx.assumed.insert_unsure(pod.clone());
     match pods.create(&PostParams::default(), &pod).await {
-        Ok(mut created) => {
-            super::cache::slim_pod(&mut created);
+        Ok(created) => {
             ctx.assumed.insert(created);
             ctx.metrics.placed.inc();
             debug!(instance = %name, %node, "placed");
