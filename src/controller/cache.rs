@@ -319,7 +319,10 @@ pub fn slim_pod(pod: &mut Pod) {
 /// or went with it), or after [`Assumed::TTL`] as a last resort. Never sooner: under load
 /// the pod watch can lag by many seconds, and an entry dropped early is a double booking.
 #[derive(Default)]
-pub struct Assumed(Mutex<HashMap<(String, String), (Arc<Pod>, Instant)>>);
+pub struct Assumed(Mutex<HashMap<PodKey, (Arc<Pod>, Instant)>>);
+
+/// Namespace and name of a pod.
+type PodKey = (String, String);
 
 /// How long a pod whose create failed in transit (it may or may not exist) is assumed.
 const UNSURE_TTL: Duration = Duration::from_secs(60);
