@@ -40,6 +40,14 @@ pub enum Error {
     #[error(transparent)]
     Migrate(#[from] crate::migrate::MigrateError),
 
+    /// `gpu-cloud report` could not make the report.
+    #[error(transparent)]
+    Report(#[from] crate::cli::report::ReportError),
+
+    /// `kubectl gpu` could not do what was asked.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::PluginError),
+
     /// Writing the command's output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

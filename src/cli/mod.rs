@@ -1,6 +1,7 @@
 //! Command-line entry points: parse arguments, then hand over to the component.
 
 mod nodes;
+pub mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,9 @@ pub struct Cli {
 enum Command {
     /// Show the cluster's GPU nodes: model, GPUs allocatable, in use and free, readiness.
     Nodes(nodes::NodesArgs),
+    /// The chargeback report of a month or an ISO week: GPU-hours, energy and cost per user
+    /// and GPU model, priced with the GpuPriceList `default`.
+    Report(report::ReportArgs),
     /// Run the operator: reconcile GpuUsers and GpuInstances and place instances on GPU nodes.
     Controller(crate::controller::ControllerArgs),
     /// Run on a GPU node: measure GPU use (NVML, or --simulate) and write it into the
@@ -37,6 +41,7 @@ impl Cli {
     pub async fn run(self) -> Result<(), Error> {
         match self.command {
             Command::Nodes(args) => nodes::run(args).await,
+            Command::Report(args) => report::run(args).await,
             Command::Controller(args) => {
                 let metrics = std::sync::Arc::new(crate::metrics::ControllerMetrics::new());
                 let client = crate::client::build(&args.api, metrics.api_requests.clone()).await?;

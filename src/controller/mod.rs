@@ -5,6 +5,7 @@
 //! cluster does not also hold: a restarted controller picks up where the last one stopped.
 
 pub mod cache;
+pub mod calendar;
 pub mod conditions;
 mod error;
 pub mod instance;
@@ -61,7 +62,9 @@ pub struct ControllerArgs {
     /// instances without seeing each other's decisions.
     #[arg(long)]
     pub leader_elect: bool,
-    /// Namespace of the Lease (a Deployment passes its own, from the downward API).
+    /// The controller's own namespace: where the Lease and the published GPU calendar
+    /// (ConfigMap `gpu-cloud-calendar`) live (a Deployment passes its own, from the
+    /// downward API).
     #[arg(long, env = "POD_NAMESPACE", default_value = "gpu-cloud")]
     pub lease_namespace: String,
     /// How long a Lease held by a vanished leader blocks the others, seconds.
@@ -91,6 +94,8 @@ pub struct Context {
     pub assumed: cache::Assumed,
     /// Users whose namespace, RoleBinding and ResourceQuota are in place.
     pub provisioned: user::Provisioned,
+    /// What was last published of the GPU calendar, and when ([`calendar::publish`]).
+    pub calendar: calendar::Publisher,
 }
 
 impl Context {
@@ -382,6 +387,7 @@ async fn run_active(
         caches,
         assumed: cache::Assumed::default(),
         provisioned: user::Provisioned::default(),
+        calendar: calendar::Publisher::default(),
     });
     tracing::info!("gpu-cloud controller started");
     let placement = tokio::spawn(placement::run(ctx.clone()));

@@ -182,6 +182,7 @@ async fn pass(ctx: &Context) -> Result<Option<Timestamp>, Error> {
         .buffer_unordered(writes)
         .try_collect::<Vec<()>>()
         .await?;
+    super::calendar::publish(ctx, &snapshot).await;
     Ok(next_window)
 }
 
