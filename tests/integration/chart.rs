@@ -1,11 +1,12 @@
 //! The Helm chart on a control plane of the test's own: lint, install the previous chart
 //! version (kwok runs the pods, the post-install migrate Job completes), upgrade to this one
-//! (the new CRD version carried, the hook runs again), uninstall (CRDs and user data kept).
+//! (the new CRD version carried, the hook runs again, `prices:` become the GpuPriceList),
+//! uninstall (CRDs and user data kept).
 
 use std::path::Path;
 use std::process::Command;
 
-use gpu_cloud::api::v1::GpuUser;
+use gpu_cloud::api::v1::{GpuPriceList, GpuUser};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
@@ -218,6 +219,8 @@ async fn install_the_previous_version_upgrade_uninstall() {
             "agent.simulate=true",
             "--set",
             "controller.replicas=3",
+            "--set-json",
+            r#"prices={"currency":"EUR","perGpuHour":{"NVIDIA-L4":0.6},"perKwh":0.3}"#,
             "--wait-for-jobs",
             "--timeout",
             "120s",
@@ -247,6 +250,16 @@ async fn install_the_previous_version_upgrade_uninstall() {
     );
     let controller = deploys.get("gpu-cloud-controller").await.unwrap();
     assert_eq!(controller.spec.and_then(|s| s.replicas), Some(3));
+    // `prices:` became the GpuPriceList `default`, although its CRD came with this very
+    // upgrade (a hook: Helm could not map the kind before).
+    let prices = Api::<GpuPriceList>::all(client.clone())
+        .get("default")
+        .await
+        .expect("the GpuPriceList from the values");
+    assert_eq!(prices.spec.currency, "EUR");
+    assert_eq!(prices.spec.per_gpu_hour.get("NVIDIA-L4"), Some(&0.6));
+    assert_eq!(prices.spec.per_kwh, Some(0.3));
+    assert_eq!(prices.spec.default_per_gpu_hour, None);
     let history = helm(kc, &["history", "gpu-cloud", "-n", "gpu-cloud"]);
     assert!(history.contains("Upgrade complete"), "{history}");
 

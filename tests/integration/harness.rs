@@ -121,6 +121,7 @@ pub async fn operator() -> Client {
     let cp = control_plane();
     let installed = INSTALLED.get_or_init(|| {
         install(&cp.kubeconfig)?;
+        controller_namespace(&cp.kubeconfig)?;
         start_controller()
     });
     if let Err(why) = installed {
@@ -157,6 +158,41 @@ pub fn install(kubeconfig: &Path) -> Result<(), String> {
     } else {
         Err(format!(
             "hack/install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The namespace the shared controller runs in (its default `--lease-namespace`), where
+/// it publishes the GPU calendar, as a Helm release has it.
+pub const CONTROLLER_NAMESPACE: &str = "gpu-cloud";
+
+fn controller_namespace(kubeconfig: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new(kubectl())
+        .env("KUBECONFIG", kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    let manifest =
+        format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {CONTROLLER_NAMESPACE}}}\n");
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin pipe to kubectl")?
+        .write_all(manifest.as_bytes())
+        .map_err(|e| format!("writing to kubectl: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "creating namespace {CONTROLLER_NAMESPACE}: {}",
             String::from_utf8_lossy(&out.stderr)
         ))
     }
@@ -605,4 +641,29 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The price list every test that needs one uses (one object, cluster-wide, shared by the
+/// tests: they must agree on it). Applied with server-side apply; returns its spec.
+pub async fn prices(client: &Client) -> gpu_cloud::api::v1::GpuPriceListSpec {
+    use gpu_cloud::api::v1::GpuPriceList;
+    let spec = serde_json::json!({
+        "currency": "EUR",
+        "perGpuHour": {"TEST-COST-GPU": 2.5, "NVIDIA-L4": 0.6},
+        "defaultPerGpuHour": 1.0,
+        "perKwh": 0.3
+    });
+    let body = serde_json::json!({
+        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuPriceList",
+        "metadata": {"name": "default"}, "spec": spec
+    });
+    Api::<GpuPriceList>::all(client.clone())
+        .patch(
+            "default",
+            &kube::api::PatchParams::apply("gpu-cloud-tests").force(),
+            &kube::api::Patch::Apply(&body),
+        )
+        .await
+        .expect("apply the GpuPriceList default")
+        .spec
 }

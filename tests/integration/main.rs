@@ -6,6 +6,7 @@
 
 mod ahead;
 mod chart;
+mod cost;
 mod examples;
 mod harness;
 mod instances;

@@ -1,6 +1,7 @@
 //! The chart's RBAC, on a control plane of the test's own: each component's ServiceAccount
 //! may do what its code does and nothing it should not (SubjectAccessReview), and the
-//! controller and the agent really work with nothing but their ServiceAccount's token.
+//! controller and the agent really work with nothing but their ServiceAccount's token, and
+//! a user reads the GPU calendar the controller publishes, and nothing else of its namespace.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use gpu_cloud::api::v1::{GpuInstance, Phase};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Client, ResourceExt};
@@ -42,13 +43,38 @@ async fn can(
     resource: &str,
     name: Option<&str>,
 ) -> bool {
+    let groups = [
+        "system:serviceaccounts".to_owned(),
+        format!("system:serviceaccounts:{NS}"),
+    ];
+    can_in(
+        client,
+        (user, &groups),
+        verb,
+        (group, resource, name),
+        "gpu-anyone",
+    )
+    .await
+}
+
+/// May `user` (a member of `groups`) do `verb` on `resource` in `namespace`? Every
+/// identity that signed in is also in `system:authenticated`.
+async fn can_in(
+    client: &Client,
+    (user, groups): (&str, &[String]),
+    verb: &str,
+    (group, resource, name): (&str, &str, Option<&str>),
+    namespace: &str,
+) -> bool {
     let (resource, subresource) = resource
         .split_once('/')
         .map_or((resource, None), |(r, s)| (r, Some(s)));
+    let mut groups = groups.to_vec();
+    groups.push("system:authenticated".into());
     let review: SubjectAccessReview = serde_json::from_value(json!({
-        "spec": {"user": user, "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{NS}")],
+        "spec": {"user": user, "groups": groups,
                  "resourceAttributes": {"verb": verb, "group": group, "resource": resource,
-                                        "subresource": subresource, "name": name, "namespace": "gpu-anyone"}}
+                                        "subresource": subresource, "name": name, "namespace": namespace}}
     }))
     .unwrap();
     let out = Api::<SubjectAccessReview>::all(client.clone())
@@ -81,6 +107,28 @@ async fn token_kubeconfig(client: &Client, admin: &Path, name: &str) -> PathBuf 
     );
     std::fs::write(&path, text).expect("write kubeconfig");
     path
+}
+
+/// The published GPU calendar.
+const CALENDAR: &str = "gpu-cloud-calendar";
+
+/// ((user, groups), verb, ConfigMap name, namespace, allowed?)
+type CalendarCase<'a> = (
+    &'a (String, Vec<String>),
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    bool,
+);
+
+/// A client on the cluster of `admin` acting as user `name` (as `kubectl --as`).
+async fn impersonating(admin: &Path, name: &str) -> Client {
+    let kc = Kubeconfig::read_from(admin).expect("admin kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kubeconfig");
+    config.auth_info.impersonate = Some(name.to_owned());
+    Client::try_from(config).expect("client")
 }
 
 #[tokio::test]
@@ -147,6 +195,16 @@ async fn each_component_has_exactly_what_it_needs() {
         ("controller", "watch", g, "gpupricelists", None, true),
         ("controller", "patch", g, "gpupricelists", None, false),
         ("controller", "get", "", "secrets", None, false),
+        ("controller", "list", g, "gpupricelists", None, true),
+        ("controller", "watch", g, "gpupricelists", None, true),
+        (
+            "controller",
+            "patch",
+            g,
+            "gpupricelists",
+            Some("default"),
+            false,
+        ),
         ("controller", "delete", "", "nodes", None, false),
         (
             "webhook",
@@ -180,6 +238,46 @@ async fn each_component_has_exactly_what_it_needs() {
     for &(who, verb, group, resource, name, want) in cases {
         let got = can(&client, &sa(who), verb, group, resource, name).await;
         assert_eq!(got, want, "{who} {verb} {group}/{resource} {name:?}");
+    }
+
+    // The GPU calendar: the controller applies that one ConfigMap in its namespace; every
+    // signed-in identity may get it, and nothing else of the namespace.
+    let cal = Some(CALENDAR);
+    let controller_groups = [
+        "system:serviceaccounts".to_owned(),
+        format!("system:serviceaccounts:{NS}"),
+    ];
+    let controller = (sa("controller"), controller_groups.to_vec());
+    let anyone = ("someone".to_owned(), vec![]);
+    let calendar_cases: &[CalendarCase] = &[
+        (&controller, "patch", cal, NS, true),
+        (&controller, "create", cal, NS, true),
+        (&controller, "create", None, NS, false),
+        (&controller, "patch", Some("other"), NS, false),
+        (&controller, "update", cal, NS, false),
+        (&controller, "delete", cal, NS, false),
+        (&controller, "create", cal, "gpu-anyone", false),
+        (&anyone, "get", cal, NS, true),
+        (&anyone, "list", None, NS, false),
+        (&anyone, "watch", cal, NS, false),
+        (&anyone, "get", Some("other"), NS, false),
+        (&anyone, "patch", cal, NS, false),
+        (&anyone, "get", cal, "gpu-anyone", false),
+    ];
+    for &(who, verb, name, namespace, want) in calendar_cases {
+        let got = can_in(
+            &client,
+            (&who.0, &who.1),
+            verb,
+            ("", "configmaps", name),
+            namespace,
+        )
+        .await;
+        assert_eq!(
+            got, want,
+            "{} {verb} configmaps {name:?} in {namespace}",
+            who.0
+        );
     }
 
     // The controller and the agent work with only their own tokens.
@@ -292,6 +390,33 @@ async fn each_component_has_exactly_what_it_needs() {
         },
     )
     .await;
+
+    // The controller published the GPU calendar under its own token, and a user who may
+    // read nothing else there reads it.
+    let as_rita = impersonating(&cp.kubeconfig, "rita").await;
+    let cms = Api::<ConfigMap>::namespaced(as_rita, NS);
+    poll(
+        Duration::from_secs(30),
+        "the calendar with the node, read as a user",
+        || async {
+            let cm = cms.get(CALENDAR).await.map_err(|e| e.to_string())?;
+            let json = cm
+                .data
+                .unwrap_or_default()
+                .remove("calendar.json")
+                .unwrap_or_default();
+            if json.contains(&nodes[0]) && json.contains("TEST-RBAC-GPU") {
+                Ok(())
+            } else {
+                Err(json)
+            }
+        },
+    )
+    .await;
+    assert!(
+        matches!(cms.list(&Default::default()).await, Err(kube::Error::Api(e)) if e.code == 403),
+        "a user listed the ConfigMaps of {NS}"
+    );
 
     let managers: Vec<String> = api
         .get("job")

@@ -1,0 +1,176 @@
+//! `gpu-cloud report` on the real control plane: instances run with the simulated agent,
+//! one is deleted (its figures kept on its user), and the report's figures for the user are
+//! the sums of what the instances' own objects say, priced with the GpuPriceList.
+
+use std::time::Duration;
+
+use gpu_cloud::api::v1::{GpuInstance, GpuUser, Phase};
+use gpu_cloud::policy::cost::ReportPeriod;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams};
+use serde_json::{Value, json};
+
+use crate::harness::{self, Background, phase, poll};
+
+const MODEL: &str = "TEST-COST-GPU";
+
+fn spec(count: u32) -> Value {
+    json!({"gpu": {"model": MODEL, "count": count}, "image": "x", "duration": "1h"})
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+#[tokio::test]
+async fn the_report_sums_live_and_retired_instances_as_their_objects_say() {
+    let client = harness::operator().await;
+    let kubeconfig = harness::control_plane().kubeconfig.clone();
+    let prices = harness::prices(&client).await;
+    let nodes = harness::gpu_nodes(&client, &harness::unique("t-cost"), MODEL, 1, 4).await;
+    let name = harness::unique("carl");
+    let ns = harness::user(&client, &name, json!({})).await;
+    let addr = format!("127.0.0.1:{}", harness::free_port());
+    let agent = Background::start(
+        &kubeconfig,
+        &[
+            "agent",
+            "--simulate",
+            "--node",
+            &nodes[0],
+            "--sample-interval",
+            "1s",
+            "--write-interval",
+            "1s",
+            "--metrics-addr",
+            &addr,
+        ],
+    );
+    let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
+    harness::book(&client, &ns, "a", spec(2)).await;
+    harness::book(&client, &ns, "b", spec(1)).await;
+    for inst in ["a", "b"] {
+        poll(
+            Duration::from_secs(60),
+            &format!("{inst} measured"),
+            || async {
+                let i = api.get(inst).await.map_err(|e| e.to_string())?;
+                match i.status.as_ref().and_then(|s| s.usage.as_ref()) {
+                    Some(u) if u.gpu_seconds > 2.0 && phase(&i) == Some(Phase::Running) => Ok(()),
+                    _ => Err(format!("{:?}", i.status)),
+                }
+            },
+        )
+        .await;
+    }
+
+    // Delete b: the agent writes its final figures, the user keeps them (retiredInstances).
+    let b_uid = api.get("b").await.unwrap().uid().unwrap();
+    api.delete("b", &DeleteParams::default()).await.unwrap();
+    let b_final = poll(Duration::from_secs(60), "b's final usage", || async {
+        match api.get_opt("b").await.map_err(|e| e.to_string())? {
+            Some(i) => match i.status.and_then(|s| s.usage) {
+                Some(u) if u.final_ => Ok(u),
+                other => Err(format!("{other:?}")),
+            },
+            None => Err("gone before its final figures were seen".into()),
+        }
+    })
+    .await;
+    // Then no more figures: a's stay as they are while the report is made.
+    drop(agent);
+    let users = Api::<GpuUser>::all(client.clone());
+    poll(Duration::from_secs(60), "b retired on its user", || async {
+        let u = users.get(&name).await.map_err(|e| e.to_string())?;
+        let usage = u.status.and_then(|s| s.usage).ok_or("no usage")?;
+        if usage.retired_uids.contains(&b_uid) && !usage.retired_instances.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{usage:?}"))
+        }
+    })
+    .await;
+    harness::eventually(Duration::from_secs(60), "b gone", || async {
+        api.get_opt("b").await.unwrap().is_none()
+    })
+    .await;
+    // Let a write in flight when the agent stopped land, then read a as the report will.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a_usage = api.get("a").await.unwrap().status.unwrap().usage.unwrap();
+
+    let period = ReportPeriod::month_of(Timestamp::now()).unwrap();
+    let (ok, out, err) = harness::gpu_cloud(
+        &kubeconfig,
+        &["report", "--period", &period.label, "--format", "json"],
+    );
+    assert!(ok, "gpu-cloud report: {err}");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let row = report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["user"] == name.as_str() && r["model"] == MODEL)
+        .unwrap_or_else(|| panic!("no row for {name}: {out}"))
+        .clone();
+
+    let hours = (a_usage.gpu_seconds + b_final.gpu_seconds) / 3600.0;
+    let kwh = (a_usage.energy_joules + b_final.energy_joules) / 3.6e6;
+    let price = prices.per_gpu_hour[MODEL];
+    let per_kwh = prices.per_kwh.unwrap();
+    assert_eq!(row["instances"], 2, "{row}");
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    assert!(close(f(&row["gpuHours"]), hours), "{row} vs {hours}");
+    assert!(close(f(&row["energyKwh"]), kwh), "{row} vs {kwh}");
+    assert!(close(f(&row["cost"]["gpu"]), hours * price), "{row}");
+    assert!(close(f(&row["cost"]["energy"]), kwh * per_kwh), "{row}");
+    assert!(
+        close(f(&row["cost"]["total"]), hours * price + kwh * per_kwh),
+        "{row}"
+    );
+    assert_eq!(report["currency"], "EUR");
+    assert_eq!(report["period"]["label"], period.label.as_str());
+
+    // The totals are the sums of all rows (every user of the cluster).
+    let rows = report["rows"].as_array().unwrap();
+    let sum = |key: &str| rows.iter().map(|r| f(&r[key])).sum::<f64>();
+    assert!(
+        close(f(&report["totals"]["gpuHours"]), sum("gpuHours")),
+        "{out}"
+    );
+    assert!(
+        close(f(&report["totals"]["energyKwh"]), sum("energyKwh")),
+        "{out}"
+    );
+    let cost_sum: f64 = rows.iter().map(|r| f(&r["cost"]["total"])).sum();
+    assert!(
+        close(f(&report["totals"]["cost"]["total"]), cost_sum),
+        "{out}"
+    );
+
+    // The same report as a table and as CSV.
+    let (ok, table, err) = harness::gpu_cloud(&kubeconfig, &["report", "--period", &period.label]);
+    assert!(ok, "{err}");
+    assert!(
+        table.starts_with(&format!("Chargeback {}", period.label)),
+        "{table}"
+    );
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        line.split_whitespace().nth(2),
+        Some("2"),
+        "instances column: {table}"
+    );
+    let (ok, csv, err) = harness::gpu_cloud(&kubeconfig, &["report", "--format", "csv"]);
+    assert!(ok, "{err}");
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with(&format!("{name},{MODEL},2,"))),
+        "{csv}"
+    );
+    let (ok, _, err) = harness::gpu_cloud(&kubeconfig, &["report", "--period", "2026-W54"]);
+    assert!(!ok && err.contains("invalid period"), "{err}");
+}
