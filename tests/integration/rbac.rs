@@ -196,15 +196,6 @@ async fn each_component_has_exactly_what_it_needs() {
         ("controller", "patch", g, "gpupricelists", None, false),
         ("controller", "get", "", "secrets", None, false),
         ("controller", "list", g, "gpupricelists", None, true),
-        ("controller", "watch", g, "gpupricelists", None, true),
-        (
-            "controller",
-            "patch",
-            g,
-            "gpupricelists",
-            Some("default"),
-            false,
-        ),
         ("controller", "delete", "", "nodes", None, false),
         (
             "webhook",
