@@ -276,4 +276,17 @@ mod tests {
         assert_eq!(r.totals.instances, 3);
         assert!((r.totals.gpu_hours - (7200.0 + 3600.0 + 7000.0) / 3600.0).abs() < 1e-9);
     }
+
+    #[test]
+    fn without_a_price_list_it_says_what_to_apply() {
+        let text = ReportError::NoPriceList.to_string();
+        for part in [
+            "no GpuPriceList \"default\"",
+            "kubectl apply",
+            "kind: GpuPriceList",
+            "prices:",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+    }
 }

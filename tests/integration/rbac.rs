@@ -110,7 +110,7 @@ async fn token_kubeconfig(client: &Client, admin: &Path, name: &str) -> PathBuf 
 }
 
 /// The published GPU calendar.
-const CALENDAR: &str = "gpu-cloud-calendar";
+const CALENDAR: &str = gpu_cloud::controller::calendar::CONFIGMAP;
 
 /// ((user, groups), verb, ConfigMap name, namespace, allowed?)
 type CalendarCase<'a> = (
