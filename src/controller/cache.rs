@@ -30,8 +30,8 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::api::USER_LABEL;
-use crate::scheduler::GPU_RESOURCE;
 use crate::api::v1::{GpuInstance, GpuPriceList, GpuUser, PRICE_LIST_NAME};
+use crate::scheduler::GPU_RESOURCE;
 
 /// Objects a feed holds for a slow consumer before its watch waits. A waiting watch is
 /// a stale cache for everyone, but each held event keeps that version of its object alive

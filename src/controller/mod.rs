@@ -110,7 +110,14 @@ impl Context {
         K: kube::Resource<DynamicType = ()>,
     {
         let regarding = obj.object_ref(&());
-        let ev = new_event(&self.reporter, &regarding, type_, reason, note, Timestamp::now());
+        let ev = new_event(
+            &self.reporter,
+            &regarding,
+            type_,
+            reason,
+            note,
+            Timestamp::now(),
+        );
         let ns = regarding.namespace.as_deref().unwrap_or("default");
         let api = Api::<K8sEvent>::namespaced(self.client.clone(), ns);
         if let Err(e) = api.create(&PostParams::default(), &ev).await {
@@ -447,7 +454,11 @@ mod tests {
         assert_eq!(ev.type_.as_deref(), Some("Warning"));
         assert_eq!(ev.reporting_instance.as_deref(), Some("gpu-cloud"));
         let note = ev.note.unwrap();
-        assert!(note.len() <= 1024 && note.ends_with("..."), "{}", note.len());
+        assert!(
+            note.len() <= 1024 && note.ends_with("..."),
+            "{}",
+            note.len()
+        );
     }
 
     #[test]
