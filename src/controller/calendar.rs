@@ -300,14 +300,27 @@ pub fn config_map(namespace: &str, calendar: &Calendar) -> Result<ConfigMap, ser
 /// most every [`MIN_INTERVAL`]. Never fails the pass: a failed write is logged and tried
 /// again on a pass at least [`MIN_INTERVAL`] later.
 pub async fn publish(ctx: &super::Context, snapshot: &Snapshot) {
-    let calendar = Calendar::from_snapshot(snapshot);
     let now = Instant::now();
     {
-        let mut state = ctx.calendar.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !due(state.written.as_ref(), state.tried_at, &calendar, now) {
+        // Resting: not even worth working the calendar out (a pass runs many times a
+        // second in a burst, and this is linear in the bookings).
+        let state = ctx.calendar.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state
+            .tried_at
+            .is_some_and(|t| now.saturating_duration_since(t) < MIN_INTERVAL)
+        {
             return;
         }
+    }
+    let calendar = Calendar::from_snapshot(snapshot);
+    {
+        let mut state = ctx.calendar.state.lock().unwrap_or_else(|p| p.into_inner());
+        let write = due(state.written.as_ref(), state.tried_at, &calendar, now);
+        // Looked at now, written or not: the next look is a rest away.
         state.tried_at = Some(now);
+        if !write {
+            return;
+        }
     }
     let ns = &ctx.args.lease_namespace;
     let written = write(&ctx.client, ns, &calendar).await;
