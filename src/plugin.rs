@@ -330,12 +330,20 @@ async fn usage(
         Some(u) => api.get(u).await.map(|u| vec![u]),
         None => api.list(&ListParams::default()).await.map(|l| l.items),
     };
+    // A plain user may not list GpuUsers, but may read their own (the one whose
+    // namespace this is).
+    let users = match (users, &user, ns.strip_prefix("gpu-")) {
+        (Err(kube::Error::Api(e)), None, Some(own)) if e.code == 403 => {
+            api.get(own).await.map(|u| vec![u])
+        }
+        (users, _, _) => users,
+    };
     let users = match users {
         Ok(users) => users,
         Err(kube::Error::Api(e)) if e.code == 403 => {
             writeln!(
                 out,
-                "(you may not read GpuUsers, so no budget or totals here: ask an administrator for `kubectl gpu usage --user <you>`)"
+                "(you may not read this GpuUser, so no budget or totals here: your own is readable once the controller has provisioned you; run this in your namespace, gpu-<you>)"
             )?;
             vec![]
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -391,7 +391,14 @@ fn record_books(ctx: &Context, name: &str, books: &Books) {
     }
 }
 
-/// Applies the user's namespace, RoleBinding and ResourceQuota.
+/// Name of the ClusterRole (and its binding) that lets a user's subjects read their own
+/// GpuUser.
+pub fn self_role_name(user: &str) -> String {
+    format!("{USER_CLUSTER_ROLE}:{user}")
+}
+
+/// Applies the user's namespace, RoleBinding, ResourceQuota, and the ClusterRole and
+/// ClusterRoleBinding to read their own GpuUser.
 async fn provision(user: &GpuUser, ns: &str, ctx: &Context) -> Result<(), Error> {
     let name = user.name_any();
     let client = &ctx.client;
@@ -411,20 +418,58 @@ async fn provision(user: &GpuUser, ns: &str, ctx: &Context) -> Result<(), Error>
         .await
         .map_err(Error::kube("apply namespace"))?;
 
+    let subjects = user
+        .spec
+        .subjects
+        .iter()
+        .map(|s| match s.kind {
+            SubjectKind::ServiceAccount => {
+                json!({"kind": "ServiceAccount", "name": s.name, "namespace": s.namespace})
+            }
+            SubjectKind::User => {
+                json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": s.name})
+            }
+            SubjectKind::Group => {
+                json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": s.name})
+            }
+        })
+        .collect::<Vec<_>>();
     let binding = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": OBJECT_NAME, "namespace": ns, "labels": labels},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": USER_CLUSTER_ROLE},
-        "subjects": user.spec.subjects.iter().map(|s| match s.kind {
-            SubjectKind::ServiceAccount => json!({"kind": "ServiceAccount", "name": s.name, "namespace": s.namespace}),
-            SubjectKind::User => json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": s.name}),
-            SubjectKind::Group => json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": s.name}),
-        }).collect::<Vec<_>>(),
+        "subjects": subjects,
     });
     Api::<RoleBinding>::namespaced(client.clone(), ns)
         .patch(OBJECT_NAME, &ssa, &Patch::Apply(binding))
         .await
         .map_err(Error::kube("apply RoleBinding"))?;
+
+    // The user's own GpuUser, readable by its subjects (and no other): their budget,
+    // usage and cost are in its status. A RoleBinding cannot grant a cluster-scoped
+    // object, so this is a ClusterRole and ClusterRoleBinding per user, owned by the
+    // GpuUser so that they go with it.
+    let own = self_role_name(&name);
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": own, "labels": labels, "ownerReferences": owner},
+        "rules": [{"apiGroups": [crate::api::GROUP], "resources": ["gpuusers"],
+                   "resourceNames": [name], "verbs": ["get", "watch"]}],
+    });
+    Api::<ClusterRole>::all(client.clone())
+        .patch(&own, &ssa, &Patch::Apply(role))
+        .await
+        .map_err(Error::kube("apply ClusterRole"))?;
+    let own_binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": own, "labels": labels, "ownerReferences": owner},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": own},
+        "subjects": subjects,
+    });
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(&own, &ssa, &Patch::Apply(own_binding))
+        .await
+        .map_err(Error::kube("apply ClusterRoleBinding"))?;
 
     let mut hard = serde_json::Map::new();
     if let Some(max) = user.spec.quota.max_gpus {

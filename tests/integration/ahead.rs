@@ -313,11 +313,20 @@ async fn spend_the_budget(on_exhausted: &str) -> (kube::Client, String, String) 
     .await;
     assert!(spent.used_gpu_hours >= spent.limit_gpu_hours);
     assert_eq!(spent.remaining_gpu_hours, 0.0);
-    let reasons = event_reasons(&client, "default", &name).await;
-    assert!(
-        reasons.iter().any(|r| r == "BudgetExhausted"),
-        "{reasons:?}"
-    );
+    // The Event follows the status write.
+    poll(
+        Duration::from_secs(10),
+        "the BudgetExhausted Event",
+        || async {
+            let reasons = event_reasons(&client, "default", &name).await;
+            if reasons.iter().any(|r| r == "BudgetExhausted") {
+                Ok(())
+            } else {
+                Err(format!("{reasons:?}"))
+            }
+        },
+    )
+    .await;
     (client, ns, name)
 }
 

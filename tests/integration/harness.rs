@@ -121,7 +121,6 @@ pub async fn operator() -> Client {
     let cp = control_plane();
     let installed = INSTALLED.get_or_init(|| {
         install(&cp.kubeconfig)?;
-        controller_namespace(&cp.kubeconfig)?;
         start_controller()
     });
     if let Err(why) = installed {
@@ -164,39 +163,8 @@ pub fn install(kubeconfig: &Path) -> Result<(), String> {
 }
 
 /// The namespace the shared controller runs in (its default `--lease-namespace`), where
-/// it publishes the GPU calendar, as a Helm release has it.
+/// it publishes the GPU calendar, as a Helm release has it (`hack/install` creates it).
 pub const CONTROLLER_NAMESPACE: &str = "gpu-cloud";
-
-fn controller_namespace(kubeconfig: &Path) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new(kubectl())
-        .env("KUBECONFIG", kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("running kubectl: {e}"))?;
-    let manifest =
-        format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {CONTROLLER_NAMESPACE}}}\n");
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin pipe to kubectl")?
-        .write_all(manifest.as_bytes())
-        .map_err(|e| format!("writing to kubectl: {e}"))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("running kubectl: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "creating namespace {CONTROLLER_NAMESPACE}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
 
 /// kubectl from the control-plane binaries.
 pub fn kubectl() -> PathBuf {

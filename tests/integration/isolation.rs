@@ -83,6 +83,31 @@ async fn a_user_sees_and_touches_only_their_own_instances() {
         "alice wrote status"
     );
 
+    // Her own GpuUser (budget, usage, cost in its status) she may read; not bob's, and
+    // not the list of users, and she may not change hers.
+    let users = Api::<gpu_cloud::api::v1::GpuUser>::all(as_alice.clone());
+    let own = harness::poll(
+        std::time::Duration::from_secs(30),
+        "alice reads her own GpuUser",
+        || async { users.get(&alice).await.map_err(|e| e.to_string()) },
+    )
+    .await;
+    assert_eq!(own.status.and_then(|s| s.namespace), Some(alice_ns.clone()));
+    assert!(is_forbidden(users.get(&bob).await), "alice read bob's user");
+    assert!(is_forbidden(users.list(&ListParams::default()).await));
+    assert!(
+        is_forbidden(
+            users
+                .patch(
+                    &alice,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"suspended": false}}))
+                )
+                .await
+        ),
+        "alice edited her user"
+    );
+
     mine.delete("mine", &Default::default())
         .await
         .expect("alice deletes hers");

@@ -324,4 +324,12 @@ async fn book_ahead_and_find_free_windows_through_kubectl() {
         matches!(cms.list(&ListParams::default()).await, Err(kube::Error::Api(e)) if e.code == 403),
         "the user listed the controller's ConfigMaps"
     );
+
+    // The user's own figures, as the user: their GpuUser is readable to them.
+    let usage = kubectl_gpu(&["usage", "-n", &ns, "--as", &name]);
+    assert!(
+        usage.lines().any(|l| l.starts_with(&format!("{name} "))),
+        "{usage}"
+    );
+    assert!(!usage.contains("may not read"), "{usage}");
 }

@@ -135,12 +135,16 @@ async fn impersonating(admin: &Path, name: &str) -> Client {
 async fn each_component_has_exactly_what_it_needs() {
     let cp = PrivateControlPlane::start("rbac");
     let client = cp.client().await;
+    // Installs the CRDs and creates the release namespace (gpu-cloud, NS here) too.
     harness::install(&cp.kubeconfig).expect("install CRDs");
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    assert!(
+        Api::<Namespace>::all(client.clone())
+            .get_opt(NS)
+            .await
+            .unwrap()
+            .is_some(),
+        "hack/install creates the namespace {NS}"
+    );
     let rendered = Command::new(harness::kubectl().with_file_name("helm"))
         .args(["template", "gpu-cloud"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/gpu-cloud"))
@@ -194,6 +198,24 @@ async fn each_component_has_exactly_what_it_needs() {
         ),
         ("controller", "watch", g, "gpupricelists", None, true),
         ("controller", "patch", g, "gpupricelists", None, false),
+        // Each user's own ClusterRole and binding (to read their GpuUser): made, never
+        // deleted (owner references do that).
+        (
+            "controller",
+            "create",
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            None,
+            true,
+        ),
+        (
+            "controller",
+            "delete",
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            None,
+            false,
+        ),
         ("controller", "get", "", "secrets", None, false),
         ("controller", "list", g, "gpupricelists", None, true),
         ("controller", "delete", "", "nodes", None, false),
