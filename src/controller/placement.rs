@@ -333,7 +333,11 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                 (None, Some(_)) => return None,
                 (None, None) => None,
             };
-            let reserved = status.phase == Some(Phase::Reserved) && placed_on.is_none();
+            // A reservation holds while the spec it was granted for stands; an edited
+            // booking (a new startTime, say) asks again, and its old window is freed.
+            let reserved = status.phase == Some(Phase::Reserved)
+                && placed_on.is_none()
+                && status.observed_generation == inst.metadata.generation;
             Some(Booking {
                 user: ns_user.get(&key.namespace).cloned(),
                 model: inst.spec.gpu.model.clone(),

@@ -110,6 +110,22 @@ async fn a_reserved_window_is_held_backfilled_and_started_on_time() {
     .await;
     let later_start = later.status.unwrap().starts_at.unwrap();
     assert!(later_start > start_s, "{later_start} after {start_s}");
+    // Edited to another start: asked for again and granted there.
+    let moved = start_s
+        .checked_add(jiff::SignedDuration::from_mins(10))
+        .unwrap();
+    api.patch(
+        "earliest",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"startTime": moved.to_string(), "startPolicy": "Exact"}})),
+    )
+    .await
+    .unwrap();
+    harness::wait_instance(&client, &ns, "earliest", "moved", |i| {
+        phase(i) == Some(Phase::Reserved)
+            && i.status.as_ref().and_then(|s| s.starts_at) == Some(moved)
+    })
+    .await;
 
     // At its start the window's pod runs on the held node, and ends with the window.
     let running = poll(Duration::from_secs(60), "the window running", || async {
