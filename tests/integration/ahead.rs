@@ -161,32 +161,16 @@ async fn a_reserved_window_is_held_backfilled_and_started_on_time() {
     .await;
 }
 
-fn agent(node: &str) -> Background {
-    let kubeconfig = harness::control_plane().kubeconfig.clone();
-    let addr = format!("127.0.0.1:{}", harness::free_port());
-    Background::start(
-        &kubeconfig,
-        &[
-            "agent",
-            "--simulate",
-            "--node",
-            node,
-            "--sample-interval",
-            "1s",
-            "--write-interval",
-            "1s",
-            "--metrics-addr",
-            &addr,
-        ],
-    )
-}
-
 #[tokio::test]
 async fn idle_gpus_are_warned_then_stopped_and_warn_only_keeps_running() {
     let client = harness::operator().await;
     let model = "TEST-IDLE-GPU";
     let nodes = harness::gpu_nodes(&client, &harness::unique("t-idle"), model, 1, 4).await;
-    let _agent = agent(&nodes[0]);
+    let _agent = harness::simulated_agent(
+        &harness::control_plane().kubeconfig,
+        &nodes[0],
+        harness::free_port(),
+    );
     let name = harness::unique("ida");
     // The user's default: 8 s idle under 5 % stops; instances override parts of it.
     let ns = harness::user(&client, &name, json!({"idle": {"timeout": "8s"}})).await;

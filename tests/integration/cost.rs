@@ -31,22 +31,7 @@ async fn the_report_sums_live_and_retired_instances_as_their_objects_say() {
     let nodes = harness::gpu_nodes(&client, &harness::unique("t-cost"), MODEL, 1, 4).await;
     let name = harness::unique("carl");
     let ns = harness::user(&client, &name, json!({})).await;
-    let addr = format!("127.0.0.1:{}", harness::free_port());
-    let agent = Background::start(
-        &kubeconfig,
-        &[
-            "agent",
-            "--simulate",
-            "--node",
-            &nodes[0],
-            "--sample-interval",
-            "1s",
-            "--write-interval",
-            "1s",
-            "--metrics-addr",
-            &addr,
-        ],
-    );
+    let agent = harness::simulated_agent(&kubeconfig, &nodes[0], harness::free_port());
     let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
     harness::book(&client, &ns, "a", spec(2)).await;
     harness::book(&client, &ns, "b", spec(1)).await;

@@ -635,3 +635,24 @@ pub async fn prices(client: &Client) -> gpu_cloud::api::v1::GpuPriceListSpec {
         .expect("apply the GpuPriceList default")
         .spec
 }
+
+/// The usage agent in simulated mode for `node`, sampling and writing every second, its
+/// metrics on `metrics_port`; it stops (SIGKILL) when dropped.
+pub fn simulated_agent(kubeconfig: &Path, node: &str, metrics_port: u16) -> Background {
+    let addr = format!("127.0.0.1:{metrics_port}");
+    Background::start(
+        kubeconfig,
+        &[
+            "agent",
+            "--simulate",
+            "--node",
+            node,
+            "--sample-interval",
+            "1s",
+            "--write-interval",
+            "1s",
+            "--metrics-addr",
+            &addr,
+        ],
+    )
+}

@@ -67,25 +67,6 @@ async fn with_final_usage(api: &Api<GpuInstance>, name: &str) -> GpuInstance {
     .await
 }
 
-fn agent(kubeconfig: &std::path::Path, node: &str, metrics_port: u16) -> Background {
-    let addr = format!("127.0.0.1:{metrics_port}");
-    Background::start(
-        kubeconfig,
-        &[
-            "agent",
-            "--simulate",
-            "--node",
-            node,
-            "--sample-interval",
-            "1s",
-            "--write-interval",
-            "1s",
-            "--metrics-addr",
-            &addr,
-        ],
-    )
-}
-
 #[tokio::test]
 async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
     let client = harness::operator().await;
@@ -95,7 +76,7 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
     let name = harness::unique("kate");
     let ns = harness::user(&client, &name, json!({})).await;
     let port = harness::free_port();
-    let mut running_agent = Some(agent(&kubeconfig, &nodes[0], port));
+    let mut running_agent = Some(harness::simulated_agent(&kubeconfig, &nodes[0], port));
 
     // Its simulated utilization is set from the start, so the truth is one number.
     let a: GpuInstance = serde_json::from_value(json!({
@@ -157,7 +138,7 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
     // SIGKILL the agent, let time pass, start a new one: totals pick up where they were.
     drop(running_agent.take());
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let _agent = agent(&kubeconfig, &nodes[0], harness::free_port());
+    let _agent = harness::simulated_agent(&kubeconfig, &nodes[0], harness::free_port());
     let resumed = usage_after("a", first.gpu_seconds + 8.0).await;
     let after = assert_exact(&resumed, 40.0);
     assert!(after.sampled_at > first.sampled_at);
