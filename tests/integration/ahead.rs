@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use crate::harness::{self, Background, phase, poll};
+use crate::harness::{self, phase, poll};
 
 fn spec(model: &str, count: u32, duration: &str) -> serde_json::Value {
     json!({"gpu": {"model": model, "count": count}, "image": "x", "duration": duration})

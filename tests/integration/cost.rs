@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 
-use crate::harness::{self, Background, phase, poll};
+use crate::harness::{self, phase, poll};
 
 const MODEL: &str = "TEST-COST-GPU";
 

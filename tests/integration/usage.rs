@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;
 
-use crate::harness::{self, Background, phase, poll};
+use crate::harness::{self, phase, poll};
 
 /// Checks `inst`'s usage against the simulated truth at its own `sampledAt`.
 fn assert_exact(inst: &GpuInstance, util: f64) -> Usage {
