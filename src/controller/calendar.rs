@@ -29,7 +29,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 
 use crate::scheduler::calendar::{NEVER, end_of};
-use crate::scheduler::{Booking, InstanceKey, NodeGpus, Snapshot, StartPolicy};
+use crate::scheduler::{Booking, InstanceKey, NodeGpus, Snapshot};
 
 /// Name of the ConfigMap the calendar is published in (the controller's namespace).
 pub const CONFIGMAP: &str = "gpu-cloud-calendar";
@@ -190,22 +190,12 @@ impl Calendar {
             now,
             ..Snapshot::default()
         };
-        let booking = |n: usize, model: &str, count: u32| Booking {
-            key: InstanceKey {
+        let booking = |n: usize, model: &str, count: u32| {
+            let key = InstanceKey {
                 namespace: String::new(),
                 name: format!("calendar-{n}"),
-            },
-            user: None,
-            model: model.to_owned(),
-            count,
-            priority: 0,
-            created: Timestamp::UNIX_EPOCH,
-            placed_on: None,
-            duration: None,
-            start: None,
-            start_policy: StartPolicy::default(),
-            reserved_on: None,
-            started: None,
+            };
+            Booking::new(key, None, model, count, Timestamp::UNIX_EPOCH)
         };
         for (model, nodes) in &self.models {
             for node in nodes {
@@ -381,23 +371,11 @@ mod tests {
     }
 
     fn booking(name: &str, user: &str, model: &str, count: u32) -> Booking {
-        Booking {
-            key: InstanceKey {
-                namespace: format!("gpu-{user}"),
-                name: name.into(),
-            },
-            user: Some(user.into()),
-            model: model.into(),
-            count,
-            priority: 0,
-            created: t(-1000),
-            placed_on: None,
-            duration: None,
-            start: None,
-            start_policy: StartPolicy::default(),
-            reserved_on: None,
-            started: None,
-        }
+        let key = InstanceKey {
+            namespace: format!("gpu-{user}"),
+            name: name.into(),
+        };
+        Booking::new(key, Some(user.into()), model, count, t(-1000))
     }
 
     fn sample() -> Snapshot {

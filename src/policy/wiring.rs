@@ -367,22 +367,13 @@ mod tests {
     }
 
     fn booking(name: &str, user: &str, priority: i32, created: i64) -> Booking {
+        let key = InstanceKey {
+            namespace: format!("gpu-{user}"),
+            name: name.into(),
+        };
         Booking {
-            key: InstanceKey {
-                namespace: format!("gpu-{user}"),
-                name: name.into(),
-            },
-            user: Some(user.into()),
-            model: "M".into(),
-            count: 1,
             priority,
-            created: ts(created),
-            placed_on: None,
-            duration: None,
-            start: None,
-            start_policy: Default::default(),
-            reserved_on: None,
-            started: None,
+            ..Booking::new(key, Some(user.into()), "M", 1, ts(created))
         }
     }
 

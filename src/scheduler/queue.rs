@@ -108,6 +108,33 @@ pub struct Booking {
     pub started: Option<Timestamp>,
 }
 
+impl Booking {
+    /// A waiting booking of priority 0, as soon as possible and for good, not placed: the
+    /// usual start from which tests and the published calendar set what differs.
+    pub fn new(
+        key: InstanceKey,
+        user: Option<String>,
+        model: &str,
+        count: u32,
+        created: Timestamp,
+    ) -> Booking {
+        Booking {
+            key,
+            user,
+            model: model.to_owned(),
+            count,
+            priority: 0,
+            created,
+            placed_on: None,
+            duration: None,
+            start: None,
+            start_policy: StartPolicy::default(),
+            reserved_on: None,
+            started: None,
+        }
+    }
+}
+
 /// Everything the decision looks at.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -854,23 +881,12 @@ mod tests {
     }
 
     fn booking(name: &str, user: &str, model: &str, count: u32, t: i64) -> Booking {
-        Booking {
-            key: InstanceKey {
-                namespace: format!("gpu-{user}"),
-                name: name.into(),
-            },
-            user: Some(user.into()),
-            model: model.into(),
-            count,
-            priority: 0,
-            created: Timestamp::from_second(t).unwrap(),
-            placed_on: None,
-            duration: None,
-            start: None,
-            start_policy: StartPolicy::Exact,
-            reserved_on: None,
-            started: None,
-        }
+        let key = InstanceKey {
+            namespace: format!("gpu-{user}"),
+            name: name.into(),
+        };
+        let created = Timestamp::from_second(t).unwrap();
+        Booking::new(key, Some(user.into()), model, count, created)
     }
 
     fn snapshot(nodes: Vec<NodeGpus>, bookings: Vec<Booking>) -> Snapshot {
