@@ -158,4 +158,35 @@ async fn the_report_sums_live_and_retired_instances_as_their_objects_say() {
     );
     let (ok, _, err) = harness::gpu_cloud(&kubeconfig, &["report", "--period", "2026-W54"]);
     assert!(!ok && err.contains("invalid period"), "{err}");
+
+    // The instance's own cost: planned from its booking (2 GPUs x 1 h), actual from its
+    // usage; the user's cost of the month, and its Prometheus series, agree with the report
+    // to the cent (a is still running, so a little later means a little more).
+    let a = api.get("a").await.unwrap().status.unwrap();
+    let cost = a.cost.expect("a's status.cost");
+    assert_eq!(cost.currency, "EUR");
+    assert!(close(cost.planned, 2.0 * price), "{cost:?}");
+    assert!(cost.actual.is_some_and(|x| x > 0.0), "{cost:?}");
+    let report_total = f(&row["cost"]["total"]);
+    let user_cost = poll(Duration::from_secs(30), "the user's cost", || async {
+        let u = users.get(&name).await.map_err(|e| e.to_string())?;
+        match u.status.and_then(|s| s.cost) {
+            Some(c) if (c.current_period - report_total).abs() <= 0.02 => Ok(c),
+            other => Err(format!("{other:?} vs report {report_total}")),
+        }
+    })
+    .await;
+    assert_eq!(user_cost.period, period.label);
+    let port = harness::controller_metrics_port();
+    let series = format!("gpu_cloud_user_cost{{user=\"{name}\",currency=\"EUR\"}} ");
+    let (_, body) = harness::http_get(port, "/metrics").expect("controller /metrics");
+    let value: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{body}"));
+    assert!(
+        (value - report_total).abs() <= 0.02,
+        "{value} vs {report_total}"
+    );
 }

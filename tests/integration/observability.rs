@@ -19,7 +19,12 @@ async fn the_controller_serves_metrics_health_and_readiness() {
 
     // Something to count: a user and an instance that waits (no node has its model).
     let name = harness::unique("judy");
-    let ns = harness::user(&client, &name, json!({})).await;
+    let ns = harness::user(
+        &client,
+        &name,
+        json!({"quota": {"gpuHours": {"limit": 5.0}}}),
+    )
+    .await;
     let spec =
         json!({"gpu": {"model": "NVIDIA-NOWHERE", "count": 1}, "image": "x", "duration": "1h"});
     harness::book(&client, &ns, "w", spec).await;
@@ -38,7 +43,13 @@ async fn the_controller_serves_metrics_health_and_readiness() {
             let counted = value("gpu_cloud_placement_pass_seconds_count") > 0.0
                 && value(r#"gpu_cloud_reconciles_total{controller="instance",result="ok"}"#) > 0.0
                 && value(r#"gpu_cloud_reconciles_total{controller="user",result="ok"}"#) > 0.0
-                && value("gpu_cloud_instances_stalled") >= 1.0;
+                && value("gpu_cloud_instances_stalled") >= 1.0
+                // Per-user figures: this month's GPU-hours and the budget left (the cost
+                // series needs the shared price list; tests/integration/cost.rs).
+                && body.contains(&format!("gpu_cloud_user_gpu_hours{{user=\"{name}\"}} "))
+                && value(&format!(
+                    "gpu_cloud_user_budget_remaining_gpu_hours{{user=\"{name}\"}}"
+                )) == 5.0;
             if counted { Ok(()) } else { Err(body) }
         },
     )
