@@ -88,6 +88,19 @@ pub struct Outcome {
     pub wake_scheduler: bool,
 }
 
+/// Where an instance's booked time starts, given when its GPUs were first held
+/// (`held_since`: its pod's creation): the start of its window when it was booked ahead
+/// and the pod came for that window (so that it ends when the window does, even if its
+/// node was late), else `held_since`. A window start after `held_since` is a stale one (the
+/// booking was edited and placed now) and does not count. Billing always counts from
+/// `held_since` (`status.startedAt`).
+pub fn booking_start(status: &GpuInstanceStatus, held_since: Timestamp) -> Timestamp {
+    status
+        .starts_at
+        .filter(|s| status.reserved_node.is_some() && *s <= held_since)
+        .unwrap_or(held_since)
+}
+
 /// An order to stop a running instance before its booking ends (idle GPUs, a used-up
 /// budget): phase `Stopped`, its pod deleted, its GPUs freed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,14 +197,8 @@ pub fn decide(
             return out;
         }
     };
-    // A booked-ahead window starts at its start, not when its pod was made a moment later:
-    // it must end when the window does.
-    let started = old
-        .starts_at
-        .or(pod.created)
-        .or(old.started_at)
-        .unwrap_or(now);
-    let expires = started
+    let started = pod.created.or(old.started_at).unwrap_or(now);
+    let expires = booking_start(&old, started)
         .checked_add(SignedDuration::try_from(booked).unwrap_or(SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX);
     status.started_at = Some(started);
@@ -314,7 +321,7 @@ mod tests {
     #[test]
     fn a_stop_order_ends_a_running_instance_and_a_window_sets_its_end() {
         let inst = instance(json!({"phase": "Running", "nodeName": "gpu-l4-0",
-                                   "startsAt": "1970-01-01T00:15:00Z"}));
+                                   "reservedNode": "gpu-l4-0", "startsAt": "1970-01-01T00:15:00Z"}));
         let order = Stop {
             reason: "Idle",
             message: "idle".into(),
@@ -324,10 +331,17 @@ mod tests {
         assert_eq!(out.pod, PodAction::Delete);
         assert_eq!(out.events[0].reason, "Idle");
         assert_eq!(out.events[0].type_, EventType::Warning);
-        // Without the order: the window's start (900), not the pod's creation (1000),
-        // starts the booking.
+        // Without the order: the booking ends with its window (900 + 1 h) even though its
+        // pod came later (1000); its GPUs count as held from the pod's creation.
         let out = decide_at(&inst, Some(&pod("Running")), ts(1100));
         assert_eq!(out.status.expires_at, Some(ts(4500)));
+        assert_eq!(out.status.started_at, Some(ts(1000)));
+        // A window start after the pod (a stale one: the booking was edited and placed
+        // now) does not count.
+        let edited = instance(json!({"phase": "Queued", "reservedNode": "gpu-l4-0",
+                                     "startsAt": "1970-01-01T02:00:00Z"}));
+        let out = decide_at(&edited, Some(&pod("Running")), ts(1100));
+        assert_eq!(out.status.expires_at, Some(ts(4600)));
     }
 
     fn ts(s: i64) -> Timestamp {

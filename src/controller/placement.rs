@@ -333,9 +333,11 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                 (None, Some(_)) => return None,
                 (None, None) => None,
             };
-            // A reservation holds while the spec it was granted for stands; an edited
-            // booking (a new startTime, say) asks again, and its old window is freed.
-            let reserved = status.phase == Some(Phase::Reserved)
+            // A granted window holds while the spec it was granted for stands, also while
+            // it waits for its node after it opened (phase Queued, WaitingForHeldNode);
+            // an edited booking (a new startTime, say) asks again, its old window freed.
+            let reserved = status.reserved_node.is_some()
+                && status.starts_at.is_some()
                 && placed_on.is_none()
                 && status.observed_generation == inst.metadata.generation;
             Some(Booking {
@@ -350,7 +352,10 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                     .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
                 started: placed_on
                     .is_some()
-                    .then(|| status.starts_at.or(status.started_at).or(pod_created))
+                    .then(|| {
+                        let held = pod_created.or(status.started_at)?;
+                        Some(super::lifecycle::booking_start(&status, held))
+                    })
                     .flatten(),
                 placed_on,
                 key,
@@ -544,6 +549,10 @@ pub fn queued_status(
     let old = inst.status.clone().unwrap_or_default();
     let generation = inst.metadata.generation;
     let (reason, message) = (w.wait.reason(), w.message.as_str());
+    let keeps_window = matches!(
+        w.wait,
+        scheduler::Wait::HeldNode { .. } | scheduler::Wait::WindowMissed { .. }
+    );
     let health = if w.wait.stalled() {
         Health::Stalled { reason, message }
     } else {
@@ -556,6 +565,10 @@ pub fn queued_status(
         user: user.map(str::to_owned),
         queue_position: Some(w.position),
         message: Some(w.message.clone()),
+        // Still its window's while it waits for its node or once it was missed; any
+        // other wait means it holds none (it was never granted one, or was edited).
+        reserved_node: old.reserved_node.clone().filter(|_| keeps_window),
+        starts_at: old.starts_at.filter(|_| keeps_window),
         ..old
     }
 }

@@ -54,7 +54,7 @@ pub fn before(
     if !running {
         return out;
     }
-    let started = status.starts_at.or(status.started_at).unwrap_or(now);
+    let started = status.started_at.unwrap_or(now);
     match wiring::idle_policy(inst, user) {
         Ok(Some(policy)) => {
             let state = status.idle.clone().unwrap_or_default();

@@ -51,16 +51,21 @@ pub fn budget(spec: &GpuHourBudget) -> Budget {
 /// The instances of `instances` that still count as live for `user` (not folded into its
 /// retired records).
 fn live<'a>(user: &GpuUser, instances: &'a [&'a GpuInstance]) -> Vec<&'a GpuInstance> {
-    let retired = user
+    let retired: std::collections::HashSet<&str> = user
         .status
         .as_ref()
         .and_then(|s| s.usage.as_ref())
-        .map(|u| u.retired_uids.as_slice())
+        .map(|u| u.retired_uids.iter().map(String::as_str).collect())
         .unwrap_or_default();
     instances
         .iter()
         .copied()
-        .filter(|i| !retired.contains(&i.uid().unwrap_or_default()))
+        .filter(|i| {
+            i.metadata
+                .uid
+                .as_deref()
+                .is_none_or(|uid| !retired.contains(uid))
+        })
         .collect()
 }
 
@@ -134,8 +139,13 @@ pub fn committed_gpu_hours(
             let s = i.status.as_ref()?;
             let d = duration::parse(&i.spec.duration).ok()?;
             let start = match s.phase? {
-                Phase::Reserved => s.starts_at?,
-                Phase::Scheduled | Phase::Running => s.starts_at.or(s.started_at)?,
+                p if p.is_finished() => return None,
+                // A granted window not started yet (Reserved, or waiting for its node).
+                _ if s.reserved_node.is_some() && s.started_at.is_none() => s.starts_at?,
+                Phase::Scheduled | Phase::Running => {
+                    let held = s.started_at?;
+                    crate::controller::lifecycle::booking_start(s, held)
+                }
                 _ => return None,
             };
             let end = start.checked_add(d).ok()?;
