@@ -186,11 +186,14 @@ async fn pass(ctx: &Context) -> Result<Option<Timestamp>, Error> {
     Ok(next_window)
 }
 
-/// Each budgeted user's gate and the planned GPU-hours of their waiting bookings.
-fn budget_inputs(
-    world: &World,
-    now: Timestamp,
-) -> (BTreeMap<String, wiring::Gate>, BTreeMap<InstanceKey, f64>) {
+/// Each budgeted user's gates (the current period, and each later period a booking ahead
+/// falls in) and the planned GPU-hours of their bookings with the period they fall in.
+type BudgetInputs = (
+    BTreeMap<wiring::GateKey, wiring::Gate>,
+    BTreeMap<InstanceKey, (f64, Timestamp)>,
+);
+
+fn budget_inputs(world: &World, now: Timestamp) -> BudgetInputs {
     let mut gates = BTreeMap::new();
     let mut planned = BTreeMap::new();
     let budgeted: Vec<&Arc<GpuUser>> = world
@@ -209,20 +212,50 @@ fn budget_inputs(
             .push(inst);
     }
     for user in budgeted {
-        let ns = format!(
-            "{}{}",
-            crate::controller::user::NAMESPACE_PREFIX,
-            user.name_any()
-        );
+        let Some(spec) = user.spec.quota.gpu_hours.as_ref() else {
+            continue;
+        };
+        let name = user.name_any();
+        let ns = super::user::namespace_of(&name);
         let theirs = by_ns.get(&ns).cloned().unwrap_or_default();
         let Some(Ok(status)) = wiring::budget_status(user, &theirs, now) else {
             continue;
         };
-        let committed = wiring::committed_gpu_hours(&theirs, &status, now);
+        let period = wiring::budget(spec).period;
         for inst in &theirs {
-            planned.insert(key_of(inst), wiring::planned_gpu_hours(inst));
+            let start = inst.spec.start_time.filter(|t| *t > now).unwrap_or(now);
+            let bounds = if status.period.contains(start) {
+                status.period
+            } else {
+                match crate::policy::budget::period_bounds(period, start) {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                }
+            };
+            let key = (name.clone(), bounds.start);
+            if let std::collections::btree_map::Entry::Vacant(slot) = gates.entry(key) {
+                // A later period: nothing used yet, what windows there commit counts.
+                let in_period = if bounds == status.period {
+                    status
+                } else {
+                    crate::policy::budget::BudgetStatus {
+                        used: 0.0,
+                        remaining: status.limit,
+                        period: bounds,
+                        ..status
+                    }
+                };
+                let committed = wiring::committed_gpu_hours(&theirs, &in_period, now);
+                slot.insert(wiring::Gate {
+                    status: in_period,
+                    committed,
+                });
+            }
+            planned.insert(
+                key_of(inst),
+                (wiring::planned_gpu_hours(inst), bounds.start),
+            );
         }
-        gates.insert(user.name_any(), wiring::Gate { status, committed });
     }
     (gates, planned)
 }

@@ -165,15 +165,21 @@ pub struct Gate {
     pub committed: f64,
 }
 
+/// A user and the start of one of its budget periods: a booking is weighed against the
+/// period its start falls in (now, or a future `startTime`), so that booking ahead into
+/// next month spends next month's budget, not this one's, and cannot exceed it either.
+pub type GateKey = (String, Timestamp);
+
 /// Takes out of `snapshot` the bookings their user's budget cannot admit, in queue order
 /// (priority, then first come): each admitted booking's planned GPU-hours count against
-/// the next, so that a user cannot get around a budget by booking many at once. Returns
-/// them as waiting, with the numbers. Placed bookings and granted windows are not
-/// weighed again.
+/// the next of the same period, so that a user cannot get around a budget by booking many
+/// at once. `planned` gives each booking's GPU-hours and the start of the period it falls
+/// in. Returns them as waiting, with the numbers. Placed bookings and granted windows are
+/// not weighed again.
 pub fn budget_gate(
     snapshot: &mut Snapshot,
-    gates: &BTreeMap<String, Gate>,
-    planned: &BTreeMap<InstanceKey, f64>,
+    gates: &BTreeMap<GateKey, Gate>,
+    planned: &BTreeMap<InstanceKey, (f64, Timestamp)>,
 ) -> Vec<Waiting> {
     if gates.is_empty() {
         return vec![];
@@ -191,20 +197,20 @@ pub fn budget_gate(
             .then(a.created.cmp(&b.created))
             .then(a.key.cmp(&b.key))
     });
-    let mut left: BTreeMap<&str, f64> = gates
+    let mut left: BTreeMap<&GateKey, f64> = gates
         .iter()
-        .map(|(u, g)| (u.as_str(), g.status.remaining - g.committed))
+        .map(|(k, g)| (k, g.status.remaining - g.committed))
         .collect();
     let mut refused: Vec<(usize, Waiting)> = vec![];
     for i in order {
         let b = &snapshot.bookings[i];
-        let Some(user) = b.user.as_deref() else {
+        let (Some(user), Some(&(want, period))) = (b.user.as_deref(), planned.get(&b.key)) else {
             continue;
         };
-        let (Some(gate), Some(rest)) = (gates.get(user), left.get_mut(user)) else {
+        let key = (user.to_owned(), period);
+        let (Some(gate), Some(rest)) = (gates.get(&key), left.get_mut(&key)) else {
             continue;
         };
-        let want = planned.get(&b.key).copied().unwrap_or(0.0);
         let status = BudgetStatus {
             remaining: rest.max(0.0),
             ..gate.status
@@ -414,18 +420,16 @@ mod tests {
             ],
             ..Snapshot::default()
         };
-        let planned: BTreeMap<InstanceKey, f64> = snap
+        let planned: BTreeMap<InstanceKey, (f64, Timestamp)> = snap
             .bookings
             .iter()
             .map(|b| {
-                (
-                    b.key.clone(),
-                    if b.key.name == "huge" { 500.0 } else { 4.0 },
-                )
+                let want = if b.key.name == "huge" { 500.0 } else { 4.0 };
+                (b.key.clone(), (want, ts(0)))
             })
             .collect();
         // 10 left, 1 of them committed to a running instance: urgent (4) and first (4) fit.
-        let gates = BTreeMap::from([("u".to_string(), gate(100.0, 90.0, 1.0))]);
+        let gates = BTreeMap::from([(("u".to_string(), ts(0)), gate(100.0, 90.0, 1.0))]);
         let refused = budget_gate(&mut snap, &gates, &planned);
         let names: Vec<&str> = refused.iter().map(|w| w.key.name.as_str()).collect();
         assert_eq!(names, ["late", "huge"]);
@@ -442,6 +446,42 @@ mod tests {
         assert_eq!(kept, ["first", "urgent", "other"]);
     }
 
+    #[test]
+    fn a_booking_ahead_spends_the_budget_of_the_period_it_falls_in() {
+        let mut snap = Snapshot {
+            bookings: vec![
+                booking("now", "u", 0, 1),
+                booking("next-month", "u", 0, 2),
+                booking("next-month-too", "u", 0, 3),
+            ],
+            ..Snapshot::default()
+        };
+        let next = ts(86_400 * 30);
+        let planned: BTreeMap<InstanceKey, (f64, Timestamp)> = snap
+            .bookings
+            .iter()
+            .map(|b| {
+                let period = if b.key.name == "now" { ts(0) } else { next };
+                (b.key.clone(), (6.0, period))
+            })
+            .collect();
+        let mut later = gate(10.0, 0.0, 0.0);
+        later.status.period = crate::policy::Bounds {
+            start: next,
+            end: ts(86_400 * 60),
+        };
+        // This period is used up; next period's 10 hold one booking of 6, not two.
+        let gates = BTreeMap::from([
+            (("u".to_string(), ts(0)), gate(10.0, 10.0, 0.0)),
+            (("u".to_string(), next), later),
+        ]);
+        let refused = budget_gate(&mut snap, &gates, &planned);
+        let names: Vec<&str> = refused.iter().map(|w| w.key.name.as_str()).collect();
+        assert_eq!(names, ["now", "next-month-too"]);
+        let kept: Vec<&str> = snap.bookings.iter().map(|b| b.key.name.as_str()).collect();
+        assert_eq!(kept, ["next-month"]);
+    }
+
     proptest! {
         /// Whatever the queue, what the gate lets through for a user never plans more than
         /// that user has left, and nobody else's bookings are touched.
@@ -454,17 +494,17 @@ mod tests {
             let mut planned = BTreeMap::new();
             for (i, (want, prio, created)) in wants.iter().enumerate() {
                 let b = booking(&format!("b{i}"), if i % 3 == 0 { "v" } else { "u" }, *prio, *created);
-                planned.insert(b.key.clone(), *want);
+                planned.insert(b.key.clone(), (*want, ts(0)));
                 snap.bookings.push(b);
             }
             let before = snap.bookings.iter().filter(|b| b.user.as_deref() == Some("v")).count();
-            let gates = BTreeMap::from([("u".to_string(), gate(100.0, 100.0 - left, 0.0))]);
+            let gates = BTreeMap::from([(("u".to_string(), ts(0)), gate(100.0, 100.0 - left, 0.0))]);
             budget_gate(&mut snap, &gates, &planned);
             let admitted: f64 = snap
                 .bookings
                 .iter()
                 .filter(|b| b.user.as_deref() == Some("u"))
-                .map(|b| planned[&b.key])
+                .map(|b| planned[&b.key].0)
                 .sum();
             prop_assert!(admitted <= left + 1e-9);
             let after = snap.bookings.iter().filter(|b| b.user.as_deref() == Some("v")).count();

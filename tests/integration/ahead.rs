@@ -360,7 +360,7 @@ async fn a_budget_used_up_mid_run_stops_running_instances_under_stop() {
 
 #[tokio::test]
 async fn a_budget_used_up_mid_run_lets_running_instances_finish_under_finish_running() {
-    let (client, ns, _) = spend_the_budget("FinishRunning").await;
+    let (client, ns, user) = spend_the_budget("FinishRunning").await;
     // Still running a while after the budget ran out; y still may not start.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
@@ -368,4 +368,27 @@ async fn a_budget_used_up_mid_run_lets_running_instances_finish_under_finish_run
     let y = api.get("y").await.unwrap();
     assert_eq!(phase(&y), Some(Phase::Queued));
     assert!(message(&y).contains("GPU-hour budget"), "{}", message(&y));
+    // Booking ahead into the next period spends that period's budget (10 GPU-seconds):
+    // one booking of 10 s fits there, a second one does not.
+    let users = Api::<GpuUser>::all(client.clone());
+    let u = users.get(&user).await.unwrap();
+    let next = u.status.and_then(|s| s.budget).unwrap().period_end;
+    let model = api.get("x").await.unwrap().spec.gpu.model;
+    for name in ["next", "next-too"] {
+        let mut s = spec(&model, 1, "10s");
+        s["startTime"] = json!(
+            next.checked_add(jiff::SignedDuration::from_hours(1))
+                .unwrap()
+                .to_string()
+        );
+        harness::book(&client, &ns, name, s).await;
+    }
+    harness::wait_instance(&client, &ns, "next", "Reserved", |i| {
+        phase(i) == Some(Phase::Reserved)
+    })
+    .await;
+    harness::wait_instance(&client, &ns, "next-too", "refused", |i| {
+        condition(i, "Reconciling").is_some_and(|c| c.1 == "BudgetExceeded")
+    })
+    .await;
 }
