@@ -324,6 +324,46 @@ async fn each_component_has_exactly_what_it_needs() {
             &agent_metrics,
         ],
     );
+    // Its ClusterRole grants are kept to the per-user names by the chart's admission
+    // policy: with its own token it cannot touch any other ClusterRole.
+    let as_controller = Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&controller_kc).expect("controller kubeconfig"),
+            &Default::default(),
+        )
+        .await
+        .expect("controller config"),
+    )
+    .expect("controller client");
+    // A ClusterRole of someone else's that holds only what the controller holds itself
+    // (so RBAC's escalation check would let it through): the policy still refuses.
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let other: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "someone-elses"},
+        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
+    }))
+    .unwrap();
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("admin creates a ClusterRole");
+    let roles = Api::<ClusterRole>::all(as_controller);
+    let label = kube::api::Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}}));
+    let refused = harness::poll(
+        std::time::Duration::from_secs(30),
+        "the admission policy refusing the controller's write to another ClusterRole",
+        || async {
+            match roles
+                .patch("someone-elses", &kube::api::PatchParams::default(), &label)
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.message.contains("gpu-cloud-user:<user>") => Ok(e),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(matches!(refused.code, 403 | 422), "{refused:?}");
     let user_ns = harness::user(
         &client,
         "rita",
