@@ -6,7 +6,7 @@
 //! instances (`status.usage.retiredInstances`). So the report, the users' `status.cost`
 //! and their budgets agree.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use jiff::Timestamp;
@@ -17,7 +17,7 @@ use crate::api::v1::{GpuInstance, GpuPriceList, GpuUser, PRICE_LIST_NAME};
 use crate::policy::cost::{
     self, CostError, InstanceFigures, InvalidPeriod, PriceList, ReportPeriod,
 };
-use crate::policy::figures;
+use crate::policy::{figures, wiring};
 
 /// Arguments of `gpu-cloud report`.
 #[derive(Debug, clap::Args)]
@@ -152,21 +152,17 @@ fn namespace_of(u: &GpuUser) -> String {
 /// (its uid is in `status.usage.retiredUids`: its figures are in `retiredInstances`), and
 /// every user's retired instances.
 pub fn select_figures(users: &[GpuUser], instances: &[GpuInstance], now: Timestamp) -> Selected {
-    let by_namespace: BTreeMap<String, &GpuUser> =
-        users.iter().map(|u| (namespace_of(u), u)).collect();
-    let by_name: BTreeMap<String, &GpuUser> = users.iter().map(|u| (u.name_any(), u)).collect();
-    let retired: BTreeMap<String, BTreeSet<&str>> = users
+    let by_namespace: BTreeMap<String, usize> = users
         .iter()
-        .map(|u| {
-            let uids = u
-                .status
-                .as_ref()
-                .and_then(|s| s.usage.as_ref())
-                .map(|usage| usage.retired_uids.iter().map(String::as_str).collect())
-                .unwrap_or_default();
-            (u.name_any(), uids)
-        })
+        .enumerate()
+        .map(|(i, u)| (namespace_of(u), i))
         .collect();
+    let by_name: BTreeMap<String, usize> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.name_any(), i))
+        .collect();
+    let mut theirs: Vec<Vec<&GpuInstance>> = vec![vec![]; users.len()];
     let mut out = Selected::default();
     for inst in instances {
         let ns = inst.namespace().unwrap_or_default();
@@ -174,33 +170,22 @@ pub fn select_figures(users: &[GpuUser], instances: &[GpuInstance], now: Timesta
             let named = inst.status.as_ref()?.user.as_deref()?;
             by_name.get(named)
         });
-        let Some(user) = user.map(|u| u.name_any()) else {
-            if figures::instance_figures("", inst, now).is_some() {
-                out.orphans.push((ns, inst.name_any()));
+        match user {
+            Some(&i) => theirs[i].push(inst),
+            None => {
+                if figures::instance_figures("", inst, now).is_some() {
+                    out.orphans.push((ns, inst.name_any()));
+                }
             }
-            continue;
-        };
-        let uid = inst.uid().unwrap_or_default();
-        if retired
-            .get(&user)
-            .is_some_and(|uids| uids.contains(uid.as_str()))
-        {
-            continue;
-        }
-        if let Some(f) = figures::instance_figures(&user, inst, now) {
-            out.figures.push(f);
         }
     }
+    // The same selection as the controller's (policy::wiring): live ones not yet folded
+    // into their user, then every user's retired ones.
+    for (u, mine) in users.iter().zip(&theirs) {
+        out.figures.extend(wiring::live_figures(u, mine, now));
+    }
     for u in users {
-        let name = u.name_any();
-        let kept = u
-            .status
-            .as_ref()
-            .and_then(|s| s.usage.as_ref())
-            .map(|usage| usage.retired_instances.as_slice())
-            .unwrap_or_default();
-        out.figures
-            .extend(kept.iter().map(|r| figures::retired_figures(&name, r)));
+        out.figures.extend(wiring::retired_figures(u));
     }
     out
 }

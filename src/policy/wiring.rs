@@ -349,19 +349,37 @@ pub fn user_figures(
     instances: &[&GpuInstance],
     now: Timestamp,
 ) -> Vec<super::cost::InstanceFigures> {
+    let mut out = live_figures(user, instances, now);
+    out.extend(retired_figures(user));
+    out
+}
+
+/// The figures of `user`'s instances (of `instances`) not yet folded into its records.
+pub fn live_figures(
+    user: &GpuUser,
+    instances: &[&GpuInstance],
+    now: Timestamp,
+) -> Vec<super::cost::InstanceFigures> {
     let name = user.name_any();
-    let mut out: Vec<_> = live(user, instances)
+    live(user, instances)
         .into_iter()
         .filter_map(|i| figures::instance_figures(&name, i, now))
-        .collect();
-    if let Some(u) = user.status.as_ref().and_then(|s| s.usage.as_ref()) {
-        out.extend(
+        .collect()
+}
+
+/// The figures of `user`'s deleted instances, from its records.
+pub fn retired_figures(user: &GpuUser) -> Vec<super::cost::InstanceFigures> {
+    let name = user.name_any();
+    user.status
+        .as_ref()
+        .and_then(|s| s.usage.as_ref())
+        .map(|u| {
             u.retired_instances
                 .iter()
-                .map(|r| figures::retired_figures(&name, r)),
-        );
-    }
-    out
+                .map(|r| figures::retired_figures(&name, r))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// GPU-hours of `figures` inside `period`.

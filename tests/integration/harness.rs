@@ -656,3 +656,21 @@ pub fn simulated_agent(kubeconfig: &Path, node: &str, metrics_port: u16) -> Back
         ],
     )
 }
+
+/// The chart rendered by `helm template` for namespace `ns` (`extra`: e.g. `--show-only
+/// templates/x.yaml`); panics with helm's message if it fails.
+pub fn render_chart(ns: &str, extra: &[&str]) -> Vec<u8> {
+    let out = Command::new(kubectl().with_file_name("helm"))
+        .args(["template", "gpu-cloud"])
+        .arg(repo_root().join("charts/gpu-cloud"))
+        .args(["--namespace", ns])
+        .args(extra)
+        .output()
+        .expect("helm template");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}

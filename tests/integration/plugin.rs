@@ -99,27 +99,14 @@ async fn book_list_and_usage_through_kubectl() {
 /// The chart's calendar reader Role in the shared controller's namespace, as a Helm
 /// install has it.
 fn calendar_reader() {
-    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/gpu-cloud");
-    let rendered = Command::new(harness::kubectl().with_file_name("helm"))
-        .args(["template", "gpu-cloud"])
-        .arg(&chart)
-        .args([
-            "--namespace",
-            harness::CONTROLLER_NAMESPACE,
-            "--show-only",
-            "templates/calendar-reader.yaml",
-        ])
-        .output()
-        .expect("helm template");
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
+    let rendered = harness::render_chart(
+        harness::CONTROLLER_NAMESPACE,
+        &["--show-only", "templates/calendar-reader.yaml"],
     );
     let path = harness::control_plane()
         .kubeconfig
         .with_file_name(format!("calendar-reader-{}.yaml", std::process::id()));
-    std::fs::write(&path, &rendered.stdout).expect("write manifest");
+    std::fs::write(&path, &rendered).expect("write manifest");
     harness::kubectl_out(&["apply", "-f", path.to_str().expect("utf-8 path")]);
 }
 

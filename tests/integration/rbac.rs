@@ -145,19 +145,9 @@ async fn each_component_has_exactly_what_it_needs() {
             .is_some(),
         "hack/install creates the namespace {NS}"
     );
-    let rendered = Command::new(harness::kubectl().with_file_name("helm"))
-        .args(["template", "gpu-cloud"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/gpu-cloud"))
-        .args(["--namespace", NS])
-        .output()
-        .expect("helm template");
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
+    let rendered = harness::render_chart(NS, &[]);
     let chart = cp.kubeconfig.with_file_name("chart.yaml");
-    std::fs::write(&chart, &rendered.stdout).unwrap();
+    std::fs::write(&chart, &rendered).unwrap();
     let applied = Command::new(harness::kubectl())
         .env("KUBECONFIG", &cp.kubeconfig)
         .args(["apply", "--server-side", "-f"])
