@@ -2,8 +2,9 @@
 //! user namespaces (metadata only), GpuUsers and GpuInstances, each filled by one watch and
 //! shared by the placement loop and both reconcilers.
 //!
-//! Objects are slimmed as they arrive (managed fields, annotations and what placement never
-//! reads are dropped), so 10,000 pods and instances fit in tens of MiB. A cache can lag the
+//! Objects are slimmed as they arrive (managed fields and annotations are dropped; pods
+//! are decoded as the compact [`CachedPod`]), so 10,000 pods and instances fit in tens of
+//! MiB. A cache can lag the
 //! apiserver by a moment; the placement loop covers its own writes with [`Assumed`] pods,
 //! and on a restart every cache starts from a fresh, consistent list.
 
@@ -15,11 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{
-    Container, Namespace, Node, Pod, PodSpec, PodStatus, ResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -29,9 +26,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
+use super::cached_pod::CachedPod;
 use crate::api::USER_LABEL;
 use crate::api::v1::{GpuInstance, GpuPriceList, GpuUser, PRICE_LIST_NAME};
-use crate::scheduler::GPU_RESOURCE;
 
 /// Objects a feed holds for a slow consumer before its watch waits. A waiting watch is
 /// a stale cache for everyone, but each held event keeps that version of its object alive
@@ -45,8 +42,8 @@ const BUFFER: usize = 8_192;
 pub struct Caches {
     /// Every node.
     pub nodes: Store<Node>,
-    /// Every pod, slimmed to what GPU accounting and the instance lifecycle read.
-    pub pods: Store<Pod>,
+    /// Every pod, as the compact [`CachedPod`].
+    pub pods: Store<CachedPod>,
     /// Namespaces labelled with a GpuUser (metadata only).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Every GpuUser.
@@ -60,7 +57,7 @@ pub struct Caches {
 /// Change streams of the caches, one per consumer, for the reconcilers' triggers.
 pub struct Feeds {
     /// Pods, for the instance controller (a pod's change reconciles its instance).
-    pub pods: Feed<Pod>,
+    pub pods: Feed<CachedPod>,
     /// GpuInstances, for the instance controller.
     pub instances: Feed<GpuInstance>,
     /// GpuInstances, for the user controller (an instance's change refreshes its user).
@@ -95,8 +92,8 @@ impl Caches {
         );
         let (pods, [pods_feed], p) = run(
             "pods",
-            watcher(Api::all(client.clone()), all.clone()),
-            slim_pod,
+            watcher(Api::<CachedPod>::all(client.clone()), all.clone()),
+            keep,
         );
         let (namespaces, [ns_feed], ns) = run(
             "namespaces",
@@ -161,7 +158,7 @@ impl Caches {
     }
 
     /// The pod named `name` in `ns`, if cached.
-    pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<Pod>> {
+    pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<CachedPod>> {
         self.pods.get(&reflector::ObjectRef::new(name).within(ns))
     }
 
@@ -258,60 +255,8 @@ fn slim_node(node: &mut Node) {
     }
 }
 
-/// Keeps only what GPU accounting (`scheduler::capacity`) and the instance lifecycle
-/// read: name, namespace, uid, our labels, owner references, creation and deletion time,
-/// node, phase and the containers' GPU requests. A pod is the cache's largest and most
-/// numerous object (a k8s-openapi `Pod` is kilobytes even when mostly empty fields), so
-/// the rest, however small it looks, is most of the controller's memory at 10,000 pods.
-pub fn slim_pod(pod: &mut Pod) {
-    let meta = std::mem::take(&mut pod.metadata);
-    let labels = meta.labels.map(|l| {
-        l.into_iter()
-            .filter(|(k, _)| k == USER_LABEL || k == crate::api::INSTANCE_LABEL)
-            .collect::<std::collections::BTreeMap<_, _>>()
-    });
-    pod.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        labels: labels.filter(|l| !l.is_empty()),
-        owner_references: meta.owner_references,
-        creation_timestamp: meta.creation_timestamp,
-        deletion_timestamp: meta.deletion_timestamp,
-        ..ObjectMeta::default()
-    };
-    let gpus_only = |c: Container| Container {
-        name: c.name,
-        resources: c.resources.map(|r| {
-            let keep = |m: Option<std::collections::BTreeMap<String, Quantity>>| {
-                m.map(|m| {
-                    m.into_iter()
-                        .filter(|(k, _)| k == GPU_RESOURCE)
-                        .collect::<std::collections::BTreeMap<_, _>>()
-                })
-                .filter(|m| !m.is_empty())
-            };
-            ResourceRequirements {
-                limits: keep(r.limits),
-                requests: keep(r.requests),
-                ..ResourceRequirements::default()
-            }
-        }),
-        ..Container::default()
-    };
-    pod.spec = pod.spec.take().map(|s| PodSpec {
-        node_name: s.node_name,
-        containers: s.containers.into_iter().map(gpus_only).collect(),
-        init_containers: s
-            .init_containers
-            .map(|cs| cs.into_iter().map(gpus_only).collect()),
-        ..PodSpec::default()
-    });
-    pod.status = pod.status.take().map(|s| PodStatus {
-        phase: s.phase,
-        ..PodStatus::default()
-    });
-}
+/// Cached pods are already compact ([`CachedPod`] decodes only what is read).
+fn keep<K>(_: &mut K) {}
 
 /// Pods the controller created that its pod cache may not show yet: without them, a pass
 /// right after a placement would see the GPUs as free again and book them twice. An entry
@@ -319,7 +264,7 @@ pub fn slim_pod(pod: &mut Pod) {
 /// or went with it), or after [`Assumed::TTL`] as a last resort. Never sooner: under load
 /// the pod watch can lag by many seconds, and an entry dropped early is a double booking.
 #[derive(Default)]
-pub struct Assumed(Mutex<HashMap<PodKey, (Arc<Pod>, Instant)>>);
+pub struct Assumed(Mutex<HashMap<PodKey, (Arc<CachedPod>, Instant)>>);
 
 /// Namespace and name of a pod.
 type PodKey = (String, String);
@@ -332,8 +277,8 @@ impl Assumed {
     pub const TTL: Duration = Duration::from_secs(600);
 
     /// Records a pod just created.
-    pub fn insert(&self, mut pod: Pod) {
-        slim_pod(&mut pod);
+    pub fn insert(&self, pod: &Pod) {
+        let pod = CachedPod::from(pod);
         let key = (pod.namespace().unwrap_or_default(), pod.name_any());
         if let Ok(mut m) = self.0.lock() {
             m.insert(key, (Arc::new(pod), Instant::now()));
@@ -342,8 +287,8 @@ impl Assumed {
 
     /// Records a pod whose create failed in transit: it may exist. Without a uid it is
     /// matched by name, and assumed for [`UNSURE_TTL`] at most.
-    pub fn insert_unsure(&self, mut pod: Pod) {
-        slim_pod(&mut pod);
+    pub fn insert_unsure(&self, pod: &Pod) {
+        let mut pod = CachedPod::from(pod);
         pod.metadata.uid = None;
         let key = (pod.namespace().unwrap_or_default(), pod.name_any());
         let at = Instant::now()
@@ -365,7 +310,11 @@ impl Assumed {
     /// `instances` (a read of the instance cache taken with it); forgets the others.
     /// Judged against the same reads the pass uses: checking the live cache instead could
     /// drop a pod that arrived after the pass read it, and the pod would count nowhere.
-    pub fn pending(&self, pods: &[Arc<Pod>], instances: &[Arc<GpuInstance>]) -> Vec<Arc<Pod>> {
+    pub fn pending(
+        &self,
+        pods: &[Arc<CachedPod>],
+        instances: &[Arc<GpuInstance>],
+    ) -> Vec<Arc<CachedPod>> {
         let Ok(mut m) = self.0.lock() else {
             return vec![];
         };
@@ -408,6 +357,10 @@ mod tests {
             .unwrap()
     }
 
+    fn cached(uid: &str) -> CachedPod {
+        CachedPod::from(&pod(uid))
+    }
+
     fn instance(phase: Option<&str>) -> GpuInstance {
         serde_json::from_value(json!({
             "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
@@ -418,7 +371,7 @@ mod tests {
         .unwrap()
     }
 
-    fn named(name: &str) -> Pod {
+    fn named(name: &str) -> CachedPod {
         serde_json::from_value(json!({"metadata": {"name": name, "namespace": "n"}})).unwrap()
     }
 
@@ -438,7 +391,7 @@ mod tests {
             ]
             .map(Ok),
         );
-        let (store, [mut one, mut two], _task) = run::<Pod, 2>("pods", events, slim_pod);
+        let (store, [mut one, mut two], _task) = run::<CachedPod, 2>("pods", events, keep);
         for feed in [&mut one, &mut two] {
             let mut seen = vec![];
             for _ in 0..4 {
@@ -453,52 +406,21 @@ mod tests {
     }
 
     #[test]
-    fn a_slimmed_pod_keeps_what_placement_and_the_lifecycle_read() {
-        let full: Pod = serde_json::from_value(json!({
-            "metadata": {"name": "a", "namespace": "gpu-u", "uid": "p1",
-                "labels": {USER_LABEL: "u", "app": "x"}, "annotations": {"a": "b"},
-                "creationTimestamp": "2026-11-25T10:00:00Z",
-                "ownerReferences": [{"apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
-                    "name": "a", "uid": "i1", "controller": true}]},
-            "spec": {"nodeName": "n1",
-                "initContainers": [{"name": "i", "image": "x",
-                    "resources": {"limits": {GPU_RESOURCE: "3"}}}],
-                "containers": [{"name": "c", "image": "x", "command": ["sleep"],
-                    "resources": {"limits": {GPU_RESOURCE: "2", "cpu": "4"}, "requests": {"memory": "1Gi"}}}],
-                "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists"}]},
-            "status": {"phase": "Running", "hostIP": "10.0.0.1"}
-        }))
-        .unwrap();
-        let mut slim = full.clone();
-        slim_pod(&mut slim);
-        assert_eq!(
-            crate::scheduler::pod_gpu_request(&slim),
-            crate::scheduler::pod_gpu_request(&full)
-        );
-        assert_eq!(crate::scheduler::pod_gpu_request(&slim), 3);
-        assert_eq!(
-            crate::controller::lifecycle::PodView::of(&slim, "i1"),
-            crate::controller::lifecycle::PodView::of(&full, "i1")
-        );
-        assert!(slim.metadata.annotations.is_none());
-        assert_eq!(slim.metadata.labels.as_ref().map(|l| l.len()), Some(1));
-        let c = &slim.spec.as_ref().unwrap().containers[0];
-        assert!(c.command.is_none() && c.image.is_none());
-        assert!(slim.status.as_ref().unwrap().host_ip.is_none());
-    }
-
-    #[test]
     fn an_assumed_pod_stays_until_the_cache_has_it_or_its_instance_ends() {
         let running = vec![Arc::new(instance(None))];
         let assumed = Assumed::default();
-        assumed.insert(pod("p1"));
+        assumed.insert(&pod("p1"));
         // The pod cache lags: the pod still counts, however long that takes.
         assert_eq!(assumed.pending(&[], &running).len(), 1);
         assert_eq!(assumed.pending(&[], &running).len(), 1);
         // The cache has it now: the cache counts it, the assumption goes.
-        assert!(assumed.pending(&[Arc::new(pod("p1"))], &running).is_empty());
+        assert!(
+            assumed
+                .pending(&[Arc::new(cached("p1"))], &running)
+                .is_empty()
+        );
         // Its instance finished before the cache saw the pod: the pod went with it.
-        assumed.insert(pod("p2"));
+        assumed.insert(&pod("p2"));
         let done = vec![Arc::new(instance(Some("Expired")))];
         assert!(assumed.pending(&[], &done).is_empty());
     }

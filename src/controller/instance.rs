@@ -28,7 +28,7 @@ pub const FINALIZER: &str = "gpu-cloud.io/instance";
 pub async fn run(
     ctx: Arc<Context>,
     instances: super::cache::Feed<GpuInstance>,
-    pods: super::cache::Feed<Pod>,
+    pods: super::cache::Feed<super::cached_pod::CachedPod>,
     users: super::cache::Feed<GpuUser>,
 ) {
     let store = ctx.caches.instances.clone();

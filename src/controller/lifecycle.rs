@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use super::cached_pod::CachedPod;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
@@ -37,15 +37,15 @@ pub struct PodView {
 
 impl PodView {
     /// Reads a pod; `None` unless it is controlled by the instance with `uid`.
-    pub fn of(pod: &Pod, uid: &str) -> Option<Self> {
+    pub fn of(pod: &CachedPod, uid: &str) -> Option<Self> {
         let ours = pod
             .owner_references()
             .iter()
             .any(|o| o.uid == uid && o.controller == Some(true));
         ours.then(|| PodView {
             name: pod.name_any(),
-            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
+            node: pod.node_name.clone(),
+            phase: pod.phase.clone(),
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             user: pod.labels().get(USER_LABEL).cloned(),

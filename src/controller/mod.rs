@@ -5,6 +5,7 @@
 //! cluster does not also hold: a restarted controller picks up where the last one stopped.
 
 pub mod cache;
+pub mod cached_pod;
 pub mod calendar;
 pub mod conditions;
 mod error;

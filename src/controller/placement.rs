@@ -20,6 +20,7 @@ use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
 
+use super::cached_pod::CachedPod;
 use super::conditions::{Health, with_health};
 use super::error::ignore_not_found;
 use super::lifecycle::PodView;
@@ -65,7 +66,7 @@ pub async fn run(ctx: Arc<Context>) {
 /// Everything one pass reads.
 struct World {
     nodes: Vec<Arc<Node>>,
-    pods: Vec<Arc<Pod>>,
+    pods: Vec<Arc<CachedPod>>,
     namespaces: Vec<Arc<PartialObjectMeta<Namespace>>>,
     users: Vec<Arc<GpuUser>>,
     instances: Vec<Arc<GpuInstance>>,
@@ -334,7 +335,7 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
             (u.name_any(), policy)
         })
         .collect();
-    let pod_of: BTreeMap<(String, String), &Pod> = world
+    let pod_of: BTreeMap<(String, String), &CachedPod> = world
         .pods
         .iter()
         .map(|p| {
@@ -426,10 +427,10 @@ async fn place(ctx: &Context, inst: &GpuInstance, user: &str, node: &str) -> Res
     let pod = pod::build(inst, user, node).map_err(|e| Error::Build("pod", e))?;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     // Assumed before it is sent: a create cut off by a timeout may still land.
-    ctx.assumed.insert_unsure(pod.clone());
+    ctx.assumed.insert_unsure(&pod);
     match pods.create(&PostParams::default(), &pod).await {
         Ok(created) => {
-            ctx.assumed.insert(created);
+            ctx.assumed.insert(&created);
             ctx.metrics.placed.inc();
             debug!(instance = %name, %node, "placed");
             Ok(())

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Pod, ResourceRequirements};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 /// The extended resource the NVIDIA device plugin advertises.
@@ -83,6 +83,28 @@ impl NodeGpus {
 /// workloads land there).
 pub const TOLERATED_TAINT: &str = GPU_RESOURCE;
 
+/// A pod as GPU accounting reads it: the node it is bound to and the GPUs it holds there.
+///
+/// Both the full API `Pod` and the controller's compact cached pod implement it, so the
+/// same accounting serves `kubectl gpu nodes` (a list of full pods) and the placement loop
+/// (the cache).
+pub trait GpuPod {
+    /// The node the pod is bound to, if any.
+    fn bound_node(&self) -> Option<&str>;
+    /// GPUs the pod holds on its node: 0 once it has finished.
+    fn gpus_held(&self) -> u32;
+}
+
+impl GpuPod for Pod {
+    fn bound_node(&self) -> Option<&str> {
+        self.spec.as_ref().and_then(|s| s.node_name.as_deref())
+    }
+
+    fn gpus_held(&self) -> u32 {
+        pod_gpu_request(self)
+    }
+}
+
 /// GPUs a pod holds on its node: 0 once it has finished (Succeeded or Failed).
 ///
 /// Follows the Kubernetes rule for a pod's effective request: the larger of the sum over
@@ -90,52 +112,69 @@ pub const TOLERATED_TAINT: &str = GPU_RESOURCE;
 /// equals the limit, so either one counts.
 pub fn pod_gpu_request(pod: &Pod) -> u32 {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
+    if holds_nothing(phase) {
         return 0;
     }
     let Some(spec) = pod.spec.as_ref() else {
         return 0;
     };
-    let sum: u32 = spec
-        .containers
-        .iter()
-        .map(|c| requirement(c.resources.as_ref()))
-        .fold(0, u32::saturating_add);
-    let init_max = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .map(|c| requirement(c.resources.as_ref()))
-        .max()
-        .unwrap_or(0);
+    let each = |c: &k8s_openapi::api::core::v1::Container| {
+        let r = c.resources.as_ref();
+        container_gpus(
+            r.and_then(|r| r.limits.as_ref()),
+            r.and_then(|r| r.requests.as_ref()),
+        )
+    };
+    effective_request(
+        spec.containers.iter().map(each),
+        spec.init_containers.iter().flatten().map(each),
+    )
+}
+
+/// A pod in this phase holds nothing any more (Succeeded or Failed).
+pub fn holds_nothing(phase: Option<&str>) -> bool {
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// A pod's effective request from its containers' and init containers' GPUs: the larger
+/// of the containers' sum and the largest init container.
+pub fn effective_request(
+    containers: impl IntoIterator<Item = u32>,
+    init_containers: impl IntoIterator<Item = u32>,
+) -> u32 {
+    let sum = containers.into_iter().fold(0, u32::saturating_add);
+    let init_max = init_containers.into_iter().max().unwrap_or(0);
     sum.max(init_max)
 }
 
+/// GPUs one container asks for, from its limits or else its requests.
+pub fn container_gpus(
+    limits: Option<&BTreeMap<String, Quantity>>,
+    requests: Option<&BTreeMap<String, Quantity>>,
+) -> u32 {
+    let get = |m: Option<&BTreeMap<String, Quantity>>| {
+        m.and_then(|m| m.get(GPU_RESOURCE)).and_then(parse_whole)
+    };
+    get(limits).or_else(|| get(requests)).unwrap_or(0)
+}
+
 /// GPUs held per node name by the given pods (any pod, ours or not), from
-/// [`pod_gpu_request`]; pods not yet bound to a node are left out.
-pub fn gpus_in_use<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<String, u32> {
+/// [`GpuPod::gpus_held`]; pods not yet bound to a node are left out.
+pub fn gpus_in_use<'a, P: GpuPod + 'a>(
+    pods: impl IntoIterator<Item = &'a P>,
+) -> BTreeMap<String, u32> {
     let mut used = BTreeMap::new();
     for pod in pods {
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
+        let Some(node) = pod.bound_node() else {
             continue;
         };
-        let n = pod_gpu_request(pod);
+        let n = pod.gpus_held();
         if n > 0 {
-            let e: &mut u32 = used.entry(node.clone()).or_default();
+            let e: &mut u32 = used.entry(node.to_owned()).or_default();
             *e = e.saturating_add(n);
         }
     }
     used
-}
-
-fn requirement(resources: Option<&ResourceRequirements>) -> u32 {
-    let Some(r) = resources else { return 0 };
-    let get = |m: Option<&BTreeMap<String, Quantity>>| {
-        m.and_then(|m| m.get(GPU_RESOURCE)).and_then(parse_whole)
-    };
-    get(r.limits.as_ref())
-        .or_else(|| get(r.requests.as_ref()))
-        .unwrap_or(0)
 }
 
 /// Parses a quantity that must be a whole, non-negative count ("8"); anything else is

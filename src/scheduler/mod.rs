@@ -8,7 +8,8 @@ pub mod capacity;
 pub mod queue;
 
 pub use capacity::{
-    GPU_PRESENT_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, NodeGpus, gpus_in_use, pod_gpu_request,
+    GPU_PRESENT_LABEL, GPU_PRODUCT_LABEL, GPU_RESOURCE, GpuPod, NodeGpus, gpus_in_use,
+    pod_gpu_request,
 };
 pub use queue::{
     Booking, InstanceKey, Plan, Snapshot, StartPolicy, UserPolicy, Wait, Waiting, next_free_slots,
