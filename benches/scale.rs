@@ -129,6 +129,15 @@ struct ControllerFigures {
     reads_per_booking: f64,
     watches: f64,
     requests_by_verb_and_resource: BTreeMap<String, f64>,
+    /// The controller's writes per booking made one at a time on the quiet cluster (the
+    /// steady state), by "verb resource".
+    idle_writes_per_booking: BTreeMap<String, f64>,
+    /// Seconds from a pod's creation to kwok reporting it Ready, under the burst: longer
+    /// than the starting grace (15 s) means a `Scheduled` status before `Running`.
+    pod_start_lag_p50_s: f64,
+    pod_start_lag_p99_s: f64,
+    /// Normal Events dropped over --event-qps during the burst.
+    events_dropped: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -426,6 +435,7 @@ async fn gpu_cloud_run(
     };
 
     // Idle latency: one booking at a time on a quiet cluster.
+    let idle_before = controller.requests().await?;
     let mut idle = Vec::new();
     for k in 0..args.idle_samples {
         let ns = format!("gpu-{}", users[k % users.len()]);
@@ -444,8 +454,19 @@ async fn gpu_cloud_run(
         idle.push(at.duration_since(t0).as_secs_f64());
     }
     idle.sort_by(f64::total_cmp);
-
+    // Trailing writes of the last idle bookings (their users' figures) land first.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let before = controller.requests().await?;
+    let dropped_before = controller.events_dropped()?;
+    let idle_writes_per_booking: BTreeMap<String, f64> = before
+        .iter()
+        .filter(|(k, _)| is_write(k.split_once(' ').map_or(k.as_str(), |(v, _)| v)))
+        .map(|(k, v)| {
+            let d = v - idle_before.get(k).copied().unwrap_or(0.0);
+            (k.clone(), d / args.idle_samples.max(1) as f64)
+        })
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
     let cpu_before = controller.cpu_seconds()?;
     let applied = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
     let start = Instant::now();
@@ -476,6 +497,7 @@ async fn gpu_cloud_run(
     // Let trailing writes (user statuses) land before counting requests.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = controller.requests().await?;
+    let dropped_after = controller.events_dropped()?;
     let cpu = controller.cpu_seconds()? - cpu_before;
     let rss = controller.peak_rss_mib()?;
     watch.abort();
@@ -500,6 +522,8 @@ async fn gpu_cloud_run(
     run.latency_p99_s = Some(quantile(&latencies, 0.99));
     run.invariants = node_capacity_violations(client).await?;
     run.invariants.extend(instance_violations(client).await?);
+    let mut lag = pod_start_lags(client, "gpu-bench").await?;
+    lag.sort_by(f64::total_cmp);
 
     let n = args.instances as f64;
     let delta: BTreeMap<String, f64> = after
@@ -517,7 +541,6 @@ async fn gpu_cloud_run(
             .map(|(_, v)| v)
             .sum()
     };
-    let is_write = |v: &str| matches!(v, "create" | "update" | "patch" | "delete");
     let events = sum(&|v, r| is_write(v) && r == "events");
     let writes = sum(&|v, _| is_write(v));
     let figures = ControllerFigures {
@@ -531,7 +554,11 @@ async fn gpu_cloud_run(
         event_writes_per_booking: events / n,
         reads_per_booking: sum(&|v, _| matches!(v, "get" | "list")) / n,
         watches: sum(&|v, _| v == "watch"),
+        events_dropped: dropped_after - dropped_before,
         requests_by_verb_and_resource: delta,
+        idle_writes_per_booking,
+        pod_start_lag_p50_s: quantile(&lag, 0.5),
+        pod_start_lag_p99_s: quantile(&lag, 0.99),
     };
     drop(controller);
     Ok((run, figures))
@@ -696,6 +723,34 @@ async fn instance_violations(client: &Client) -> R<Vec<String>> {
         out.push(format!("{dup} instances have more than one pod"));
     }
     Ok(out)
+}
+
+/// Seconds from each pod's creation to its Ready condition, in namespaces starting with
+/// `prefix` (whole seconds: the API's timestamps).
+async fn pod_start_lags(client: &Client, prefix: &str) -> R<Vec<f64>> {
+    Ok(list_pods(client)
+        .await?
+        .iter()
+        .filter(|p| p.namespace().is_some_and(|ns| ns.starts_with(prefix)))
+        .filter_map(|p| {
+            let created = p.metadata.creation_timestamp.as_ref()?.0;
+            let ready = p
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "True")?
+                .last_transition_time
+                .as_ref()?
+                .0;
+            Some(created.duration_until(ready).as_secs_f64())
+        })
+        .collect())
+}
+
+fn is_write(verb: &str) -> bool {
+    matches!(verb, "create" | "update" | "patch" | "delete")
 }
 
 async fn list_pods(client: &Client) -> R<Vec<Pod>> {
@@ -979,6 +1034,16 @@ impl Controller {
         Ok(parse_requests(&body))
     }
 
+    /// `gpu_cloud_events_dropped_total`.
+    fn events_dropped(&self) -> R<f64> {
+        let body = http_get(self.port, "/metrics")?;
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix("gpu_cloud_events_dropped_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0))
+    }
+
     fn cpu_seconds(&self) -> R<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
         // Fields after the command name (which may hold spaces) start at the state field.
@@ -1176,6 +1241,20 @@ fn print_summary(r: &Report) {
         c.event_writes_per_booking,
         c.reads_per_booking,
         c.watches
+    );
+    let idle: Vec<String> = c
+        .idle_writes_per_booking
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.2}"))
+        .collect();
+    println!(
+        "steady state (one booking at a time): {:.2} writes per booking ({})",
+        c.idle_writes_per_booking.values().sum::<f64>(),
+        idle.join(", ")
+    );
+    println!(
+        "under the burst: pod creation to Ready p50 {:.0} s, p99 {:.0} s; {:.0} Normal events dropped over --event-qps",
+        c.pod_start_lag_p50_s, c.pod_start_lag_p99_s, c.events_dropped
     );
 }
 

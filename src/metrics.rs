@@ -59,6 +59,8 @@ pub struct ControllerMetrics {
     pub pass_seconds: Histogram,
     /// Instances placed on a node.
     pub placed: Counter,
+    /// Normal Events not published because they were over `--event-qps`.
+    pub events_dropped: Counter,
     /// Instances waiting after the last pass.
     pub waiting: Gauge,
     /// Of those, the ones that cannot run until a person acts (Stalled).
@@ -92,6 +94,7 @@ impl ControllerMetrics {
             reconciles: Family::default(),
             pass_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             placed: Counter::default(),
+            events_dropped: Counter::default(),
             waiting: Gauge::default(),
             stalled: Gauge::default(),
             api_requests: Family::default(),
@@ -112,6 +115,11 @@ impl ControllerMetrics {
             "placement_pass_seconds",
             "Duration of a placement pass",
             m.pass_seconds.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Normal Events not published because they were over --event-qps",
+            m.events_dropped.clone(),
         );
         r.register(
             "instances_placed",

@@ -9,6 +9,7 @@ pub mod cached_pod;
 pub mod calendar;
 pub mod conditions;
 mod error;
+pub mod events;
 pub mod instance;
 pub mod lifecycle;
 pub mod placement;
@@ -21,9 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::Reporter;
@@ -55,6 +54,9 @@ pub struct ControllerArgs {
     /// Client-side rate limit of API requests.
     #[command(flatten)]
     pub api: crate::client::ApiArgs,
+    /// How many Normal Events a second may be published.
+    #[command(flatten)]
+    pub events: events::EventArgs,
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
@@ -83,6 +85,8 @@ pub struct Context {
     pub client: Client,
     /// Publishes Kubernetes Events.
     pub reporter: Reporter,
+    /// Drops Normal Events over `--event-qps`.
+    pub event_limit: events::Limiter,
     /// Wakes the placement loop (GPUs freed, an instance waits, a quota changed).
     pub wake: Notify,
     /// Settings.
@@ -100,7 +104,8 @@ pub struct Context {
 }
 
 impl Context {
-    /// Publishes an event on `obj`; a failure is logged, never fatal.
+    /// Publishes an event on `obj`; a failure is logged, never fatal. A Normal event over
+    /// the event rate is dropped and counted ([`events`]).
     pub async fn event<K>(
         &self,
         obj: &K,
@@ -110,8 +115,13 @@ impl Context {
     ) where
         K: kube::Resource<DynamicType = ()>,
     {
+        if !self.event_limit.admit(type_) {
+            self.metrics.events_dropped.inc();
+            tracing::debug!(reason, "event dropped: over --event-qps");
+            return;
+        }
         let regarding = obj.object_ref(&());
-        let ev = new_event(
+        let ev = events::new_event(
             &self.reporter,
             &regarding,
             type_,
@@ -250,63 +260,6 @@ pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_js
     }
 }
 
-/// An Event (events.k8s.io/v1) on `regarding` (pure).
-///
-/// Our own rather than kube's `Recorder`: that one keeps every event it published for six
-/// minutes to count repeats, and scans them all on every publish; in a burst of 10,000
-/// bookings that was 10,000 events held and a quadratic scan. The controller publishes on
-/// transitions only, so there is nothing to count.
-pub fn new_event(
-    reporter: &Reporter,
-    regarding: &ObjectReference,
-    type_: kube::runtime::events::EventType,
-    reason: &str,
-    note: String,
-    now: Timestamp,
-) -> K8sEvent {
-    // The API refuses notes over 1 kB.
-    let mut note = note;
-    if note.len() > 1024 {
-        let mut end = 1021;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push_str("...");
-    }
-    K8sEvent {
-        action: Some(reason.to_owned()),
-        reason: Some(reason.to_owned()),
-        event_time: Some(MicroTime(now)),
-        regarding: Some(regarding.clone()),
-        note: Some(note),
-        metadata: ObjectMeta {
-            namespace: regarding.namespace.clone(),
-            name: Some(format!(
-                "{}.{:x}",
-                regarding.name.as_deref().unwrap_or(&reporter.controller),
-                now.as_nanosecond()
-            )),
-            ..Default::default()
-        },
-        reporting_controller: Some(reporter.controller.clone()),
-        reporting_instance: Some(
-            reporter
-                .instance
-                .clone()
-                .unwrap_or_else(|| reporter.controller.clone()),
-        ),
-        type_: Some(
-            match type_ {
-                kube::runtime::events::EventType::Normal => "Normal",
-                kube::runtime::events::EventType::Warning => "Warning",
-            }
-            .to_owned(),
-        ),
-        ..Default::default()
-    }
-}
-
 /// Name of the Lease that elects the active controller.
 pub const LEASE_NAME: &str = "gpu-cloud-controller";
 
@@ -387,6 +340,7 @@ async fn run_active(
         _ = crate::shutdown_signal() => return Ok(()),
     }
     let ctx = Arc::new(Context {
+        event_limit: events::Limiter::new(&args.events),
         reporter,
         client,
         wake: Notify::new(),
@@ -425,42 +379,8 @@ async fn run_active(
 
 #[cfg(test)]
 mod tests {
-    use super::{Reporter, merge_patch, new_event};
-    use k8s_openapi::api::core::v1::ObjectReference;
+    use super::merge_patch;
     use serde_json::json;
-
-    #[test]
-    fn an_event_names_its_object_its_reporter_and_fits_the_api() {
-        let reporter = Reporter {
-            controller: "gpu-cloud".into(),
-            instance: None,
-        };
-        let regarding = ObjectReference {
-            name: Some("a".into()),
-            namespace: Some("gpu-u".into()),
-            ..Default::default()
-        };
-        let now = jiff::Timestamp::from_second(1).unwrap();
-        let long = "é".repeat(700);
-        let ev = new_event(
-            &reporter,
-            &regarding,
-            kube::runtime::events::EventType::Warning,
-            "Idle",
-            long,
-            now,
-        );
-        assert_eq!(ev.metadata.name.as_deref(), Some("a.3b9aca00"));
-        assert_eq!(ev.metadata.namespace.as_deref(), Some("gpu-u"));
-        assert_eq!(ev.type_.as_deref(), Some("Warning"));
-        assert_eq!(ev.reporting_instance.as_deref(), Some("gpu-cloud"));
-        let note = ev.note.unwrap();
-        assert!(
-            note.len() <= 1024 && note.ends_with("..."),
-            "{}",
-            note.len()
-        );
-    }
 
     #[test]
     fn a_merge_patch_carries_changes_and_removals_only() {
