@@ -138,6 +138,9 @@ struct ControllerFigures {
     pod_start_lag_p99_s: f64,
     /// Normal Events dropped over --event-qps during the burst.
     events_dropped: f64,
+    /// Placement passes during the burst, and their mean duration.
+    placement_passes: f64,
+    placement_pass_mean_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -457,7 +460,7 @@ async fn gpu_cloud_run(
     // Trailing writes of the last idle bookings (their users' figures) land first.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let before = controller.requests().await?;
-    let dropped_before = controller.events_dropped()?;
+    let counters_before = controller.counters()?;
     let idle_writes_per_booking: BTreeMap<String, f64> = before
         .iter()
         .filter(|(k, _)| is_write(k.split_once(' ').map_or(k.as_str(), |(v, _)| v)))
@@ -497,7 +500,7 @@ async fn gpu_cloud_run(
     // Let trailing writes (user statuses) land before counting requests.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = controller.requests().await?;
-    let dropped_after = controller.events_dropped()?;
+    let counters_after = controller.counters()?;
     let cpu = controller.cpu_seconds()? - cpu_before;
     let rss = controller.peak_rss_mib()?;
     watch.abort();
@@ -554,7 +557,10 @@ async fn gpu_cloud_run(
         event_writes_per_booking: events / n,
         reads_per_booking: sum(&|v, _| matches!(v, "get" | "list")) / n,
         watches: sum(&|v, _| v == "watch"),
-        events_dropped: dropped_after - dropped_before,
+        events_dropped: counters_after[0] - counters_before[0],
+        placement_passes: counters_after[2] - counters_before[2],
+        placement_pass_mean_s: (counters_after[1] - counters_before[1])
+            / (counters_after[2] - counters_before[2]).max(1.0),
         requests_by_verb_and_resource: delta,
         idle_writes_per_booking,
         pod_start_lag_p50_s: quantile(&lag, 0.5),
@@ -1034,14 +1040,21 @@ impl Controller {
         Ok(parse_requests(&body))
     }
 
-    /// `gpu_cloud_events_dropped_total`.
-    fn events_dropped(&self) -> R<f64> {
+    /// `gpu_cloud_events_dropped_total`, and the sum and count of
+    /// `gpu_cloud_placement_pass_seconds`.
+    fn counters(&self) -> R<[f64; 3]> {
         let body = http_get(self.port, "/metrics")?;
-        Ok(body
-            .lines()
-            .find_map(|l| l.strip_prefix("gpu_cloud_events_dropped_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0))
+        let get = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Ok([
+            get("gpu_cloud_events_dropped_total"),
+            get("gpu_cloud_placement_pass_seconds_sum"),
+            get("gpu_cloud_placement_pass_seconds_count"),
+        ])
     }
 
     fn cpu_seconds(&self) -> R<f64> {
@@ -1255,6 +1268,10 @@ fn print_summary(r: &Report) {
     println!(
         "under the burst: pod creation to Ready p50 {:.0} s, p99 {:.0} s; {:.0} Normal events dropped over --event-qps",
         c.pod_start_lag_p50_s, c.pod_start_lag_p99_s, c.events_dropped
+    );
+    println!(
+        "placement: {:.0} passes during the burst, {:.3} s each on average",
+        c.placement_passes, c.placement_pass_mean_s
     );
 }
 
