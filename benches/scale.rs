@@ -542,7 +542,9 @@ async fn gpu_cloud_run(
                 f(verb, res)
             })
             .map(|(_, v)| v)
-            .sum()
+            .sum::<f64>()
+            // An empty sum is -0.0, which prints as "-0.00".
+            + 0.0
     };
     let events = sum(&|v, r| is_write(v) && r == "events");
     let writes = sum(&|v, _| is_write(v));
