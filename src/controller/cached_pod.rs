@@ -19,7 +19,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::api::{INSTANCE_LABEL, USER_LABEL};
 use crate::scheduler::GpuPod;
-use crate::scheduler::capacity::{container_gpus, effective_request, holds_nothing};
+use crate::scheduler::capacity::{
+    container_gpus, container_request, effective_request, holds_nothing,
+};
 
 /// A pod as the controller's cache keeps it: identity (name, namespace, uid, resource
 /// version, our labels, owner references, creation and deletion time), the node it is
@@ -92,13 +94,6 @@ impl From<&Pod> for CachedPod {
     fn from(pod: &Pod) -> Self {
         let m = &pod.metadata;
         let spec = pod.spec.as_ref();
-        let gpus = |c: &k8s_openapi::api::core::v1::Container| {
-            let r = c.resources.as_ref();
-            container_gpus(
-                r.and_then(|r| r.limits.as_ref()),
-                r.and_then(|r| r.requests.as_ref()),
-            )
-        };
         CachedPod {
             metadata: ObjectMeta {
                 name: m.name.clone(),
@@ -115,8 +110,8 @@ impl From<&Pod> for CachedPod {
             phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
             gpus: spec.map_or(0, |s| {
                 effective_request(
-                    s.containers.iter().map(gpus),
-                    s.init_containers.iter().flatten().map(gpus),
+                    s.containers.iter().map(container_request),
+                    s.init_containers.iter().flatten().map(container_request),
                 )
             }),
         }

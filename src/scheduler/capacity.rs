@@ -118,16 +118,18 @@ pub fn pod_gpu_request(pod: &Pod) -> u32 {
     let Some(spec) = pod.spec.as_ref() else {
         return 0;
     };
-    let each = |c: &k8s_openapi::api::core::v1::Container| {
-        let r = c.resources.as_ref();
-        container_gpus(
-            r.and_then(|r| r.limits.as_ref()),
-            r.and_then(|r| r.requests.as_ref()),
-        )
-    };
     effective_request(
-        spec.containers.iter().map(each),
-        spec.init_containers.iter().flatten().map(each),
+        spec.containers.iter().map(container_request),
+        spec.init_containers.iter().flatten().map(container_request),
+    )
+}
+
+/// GPUs one container of a full `Pod` asks for.
+pub fn container_request(c: &k8s_openapi::api::core::v1::Container) -> u32 {
+    let r = c.resources.as_ref();
+    container_gpus(
+        r.and_then(|r| r.limits.as_ref()),
+        r.and_then(|r| r.requests.as_ref()),
     )
 }
 

@@ -590,6 +590,13 @@ impl Background {
     }
 }
 
+impl Background {
+    /// The process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
 impl Drop for Background {
     fn drop(&mut self) {
         let _ = self.0.kill();
