@@ -4,9 +4,9 @@
 //!
 //! Objects are slimmed as they arrive (managed fields and annotations are dropped; pods
 //! are decoded as the compact [`CachedPod`]), so 10,000 pods and instances fit in tens of
-//! MiB. A cache can lag the
-//! apiserver by a moment; the placement loop covers its own writes with [`Assumed`] pods,
-//! and on a restart every cache starts from a fresh, consistent list.
+//! MiB. A cache can lag the apiserver by a moment; the placement loop covers its own
+//! writes with [`Assumed`] pods, and on a restart every cache starts from a fresh,
+//! consistent list.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
