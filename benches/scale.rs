@@ -143,6 +143,17 @@ struct ControllerFigures {
     placement_pass_mean_s: f64,
 }
 
+/// What the benchmark reads of the controller's metrics.
+struct Scrape {
+    /// `gpu_cloud_api_requests_total` by "verb resource".
+    requests: BTreeMap<String, f64>,
+    /// `gpu_cloud_events_dropped_total`.
+    events_dropped: f64,
+    /// Sum and count of `gpu_cloud_placement_pass_seconds`.
+    pass_seconds_sum: f64,
+    passes: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     machine: BTreeMap<&'static str, String>,
@@ -315,7 +326,7 @@ async fn ceiling(client: &Client, args: &Args) -> R<RunFigures> {
         .try_collect::<Vec<()>>()
         .await?;
     let mut run = finish("ceiling", start, take(&done));
-    run.invariants = node_capacity_violations(client).await?;
+    run.invariants = node_capacity_violations(client, &list_pods(client).await?).await?;
     Ok(run)
 }
 
@@ -371,7 +382,7 @@ async fn kube_scheduler(client: &Client, args: &Args) -> R<RunFigures> {
     watch.abort();
     let times = lock(&bound).values().copied().collect();
     let mut run = finish("kube-scheduler", start, times);
-    run.invariants = node_capacity_violations(client).await?;
+    run.invariants = node_capacity_violations(client, &list_pods(client).await?).await?;
     Ok(run)
 }
 
@@ -438,7 +449,7 @@ async fn gpu_cloud_run(
     };
 
     // Idle latency: one booking at a time on a quiet cluster.
-    let idle_before = controller.requests().await?;
+    let idle_before = controller.scrape().await?.requests;
     let mut idle = Vec::new();
     for k in 0..args.idle_samples {
         let ns = format!("gpu-{}", users[k % users.len()]);
@@ -459,8 +470,8 @@ async fn gpu_cloud_run(
     idle.sort_by(f64::total_cmp);
     // Trailing writes of the last idle bookings (their users' figures) land first.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let before = controller.requests().await?;
-    let counters_before = controller.counters()?;
+    let scrape_before = controller.scrape().await?;
+    let before = &scrape_before.requests;
     let idle_writes_per_booking: BTreeMap<String, f64> = before
         .iter()
         .filter(|(k, _)| is_write(k.split_once(' ').map_or(k.as_str(), |(v, _)| v)))
@@ -499,8 +510,8 @@ async fn gpu_cloud_run(
     .await?;
     // Let trailing writes (user statuses) land before counting requests.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = controller.requests().await?;
-    let counters_after = controller.counters()?;
+    let scrape_after = controller.scrape().await?;
+    let after = &scrape_after.requests;
     let cpu = controller.cpu_seconds()? - cpu_before;
     let rss = controller.peak_rss_mib()?;
     watch.abort();
@@ -523,9 +534,12 @@ async fn gpu_cloud_run(
     let mut run = finish("gpu-cloud", start, done_at);
     run.latency_p50_s = Some(quantile(&latencies, 0.5));
     run.latency_p99_s = Some(quantile(&latencies, 0.99));
-    run.invariants = node_capacity_violations(client).await?;
-    run.invariants.extend(instance_violations(client).await?);
-    let mut lag = pod_start_lags(client, "gpu-bench").await?;
+    // One list of the pods serves every check.
+    let pods = list_pods(client).await?;
+    run.invariants = node_capacity_violations(client, &pods).await?;
+    run.invariants
+        .extend(instance_violations(client, &pods).await?);
+    let mut lag = pod_start_lags(&pods, "gpu-bench");
     lag.sort_by(f64::total_cmp);
 
     let n = args.instances as f64;
@@ -559,10 +573,10 @@ async fn gpu_cloud_run(
         event_writes_per_booking: events / n,
         reads_per_booking: sum(&|v, _| matches!(v, "get" | "list")) / n,
         watches: sum(&|v, _| v == "watch"),
-        events_dropped: counters_after[0] - counters_before[0],
-        placement_passes: counters_after[2] - counters_before[2],
-        placement_pass_mean_s: (counters_after[1] - counters_before[1])
-            / (counters_after[2] - counters_before[2]).max(1.0),
+        events_dropped: scrape_after.events_dropped - scrape_before.events_dropped,
+        placement_passes: scrape_after.passes - scrape_before.passes,
+        placement_pass_mean_s: (scrape_after.pass_seconds_sum - scrape_before.pass_seconds_sum)
+            / (scrape_after.passes - scrape_before.passes).max(1.0),
         requests_by_verb_and_resource: delta,
         idle_writes_per_booking,
         pod_start_lag_p50_s: quantile(&lag, 0.5),
@@ -639,12 +653,11 @@ fn busiest(
 // ---- invariants ---------------------------------------------------------------------
 
 /// Nodes holding more GPUs (by unfinished pods) than they have.
-async fn node_capacity_violations(client: &Client) -> R<Vec<String>> {
+async fn node_capacity_violations(client: &Client, pods: &[Pod]) -> R<Vec<String>> {
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await?;
-    let pods = list_pods(client).await?;
-    let used = gpu_cloud::scheduler::gpus_in_use(&pods);
+    let used = gpu_cloud::scheduler::gpus_in_use(pods);
     let mut out = vec![];
     for n in &nodes.items {
         let have = gpu_cloud::scheduler::NodeGpus::from_node(n).allocatable;
@@ -665,11 +678,10 @@ async fn node_capacity_violations(client: &Client) -> R<Vec<String>> {
 }
 
 /// Instances neither Running nor Queued with a reason; duplicate and orphan pods.
-async fn instance_violations(client: &Client) -> R<Vec<String>> {
+async fn instance_violations(client: &Client, pods: &[Pod]) -> R<Vec<String>> {
     let instances = Api::<GpuInstance>::all(client.clone())
         .list(&ListParams::default())
         .await?;
-    let pods = list_pods(client).await?;
     let mut out = vec![];
     let mut bad: BTreeMap<String, usize> = BTreeMap::new();
     let mut example = None;
@@ -735,10 +747,8 @@ async fn instance_violations(client: &Client) -> R<Vec<String>> {
 
 /// Seconds from each pod's creation to its Ready condition, in namespaces starting with
 /// `prefix` (whole seconds: the API's timestamps).
-async fn pod_start_lags(client: &Client, prefix: &str) -> R<Vec<f64>> {
-    Ok(list_pods(client)
-        .await?
-        .iter()
+fn pod_start_lags(pods: &[Pod], prefix: &str) -> Vec<f64> {
+    pods.iter()
         .filter(|p| p.namespace().is_some_and(|ns| ns.starts_with(prefix)))
         .filter_map(|p| {
             let created = p.metadata.creation_timestamp.as_ref()?.0;
@@ -754,7 +764,7 @@ async fn pod_start_lags(client: &Client, prefix: &str) -> R<Vec<f64>> {
                 .0;
             Some(created.duration_until(ready).as_secs_f64())
         })
-        .collect())
+        .collect()
 }
 
 fn is_write(verb: &str) -> bool {
@@ -1032,31 +1042,25 @@ impl Controller {
         })
     }
 
-    /// `gpu_cloud_api_requests_total` by "verb resource".
-    async fn requests(&self) -> R<BTreeMap<String, f64>> {
+    /// One read of the controller's /metrics.
+    async fn scrape(&self) -> R<Scrape> {
         let port = self.port;
         let body = wait_until_async(30, "controller metrics", || async move {
             http_get(port, "/metrics").ok()
         })
         .await?;
-        Ok(parse_requests(&body))
-    }
-
-    /// `gpu_cloud_events_dropped_total`, and the sum and count of
-    /// `gpu_cloud_placement_pass_seconds`.
-    fn counters(&self) -> R<[f64; 3]> {
-        let body = http_get(self.port, "/metrics")?;
         let get = |name: &str| {
             body.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0.0)
         };
-        Ok([
-            get("gpu_cloud_events_dropped_total"),
-            get("gpu_cloud_placement_pass_seconds_sum"),
-            get("gpu_cloud_placement_pass_seconds_count"),
-        ])
+        Ok(Scrape {
+            requests: parse_requests(&body),
+            events_dropped: get("gpu_cloud_events_dropped_total"),
+            pass_seconds_sum: get("gpu_cloud_placement_pass_seconds_sum"),
+            passes: get("gpu_cloud_placement_pass_seconds_count"),
+        })
     }
 
     fn cpu_seconds(&self) -> R<f64> {
