@@ -8,11 +8,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use gpu_cloud::agent::accumulate::{Sample, advance};
-use gpu_cloud::agent::attribution::attribute;
-use gpu_cloud::agent::cgroup::pod_uid;
-use gpu_cloud::agent::nvml::DeviceReading;
-use gpu_cloud::api::v1::{Usage, UsageSource};
+use gpu_cloud_agent::accumulate::{Sample, advance};
+use gpu_cloud_agent::attribution::attribute;
+use gpu_cloud_agent::cgroup::pod_uid;
+use gpu_cloud_agent::nvml::DeviceReading;
+use gpu_cloud_api::v1::{Usage, UsageSource};
 use jiff::Timestamp;
 
 fn main() {

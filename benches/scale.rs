@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
-use gpu_cloud::api::v1::{GpuInstance, GpuUser, Phase};
-use gpu_cloud::scheduler::{GPU_PRODUCT_LABEL, GPU_RESOURCE, pod_gpu_request};
+use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase};
+use gpu_cloud_api::{GPU_PRODUCT_LABEL, GPU_RESOURCE};
+use gpu_cloud_core::scheduler::pod_gpu_request;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ResourceQuota};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -310,7 +311,7 @@ async fn ceiling(client: &Client, args: &Args) -> R<RunFigures> {
                 let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
                 let inst: GpuInstance = serde_json::from_value(instance_body(&name, model))?;
                 let inst = api.create(&PostParams::default(), &inst).await?;
-                let pod = gpu_cloud::controller::pod::build(&inst, &ns, &node)?;
+                let pod = gpu_cloud_controller::pod::build(&inst, &ns, &node)?;
                 Api::<Pod>::namespaced(client.clone(), &ns)
                     .create(&PostParams::default(), &pod)
                     .await?;
@@ -657,10 +658,10 @@ async fn node_capacity_violations(client: &Client, pods: &[Pod]) -> R<Vec<String
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await?;
-    let used = gpu_cloud::scheduler::gpus_in_use(pods);
+    let used = gpu_cloud_core::scheduler::gpus_in_use(pods);
     let mut out = vec![];
     for n in &nodes.items {
-        let have = gpu_cloud::scheduler::NodeGpus::from_node(n).allocatable;
+        let have = gpu_cloud_core::scheduler::NodeGpus::from_node(n).allocatable;
         let held = used.get(&n.name_any()).copied().unwrap_or(0);
         if held > have {
             out.push(format!("node {} holds {held} GPUs of {have}", n.name_any()));
@@ -723,7 +724,7 @@ async fn instance_violations(client: &Client, pods: &[Pod]) -> R<Vec<String>> {
         p.labels()
             .get("app.kubernetes.io/managed-by")
             .map(String::as_str)
-            == Some(gpu_cloud::controller::pod::MANAGED_BY)
+            == Some(gpu_cloud_api::MANAGED_BY)
     }) {
         let owner = p
             .owner_references()
@@ -813,7 +814,7 @@ async fn make_nodes(client: &Client, args: &Args) -> R<()> {
             .items
             .iter()
             .filter(|n| {
-                let g = gpu_cloud::scheduler::NodeGpus::from_node(n);
+                let g = gpu_cloud_core::scheduler::NodeGpus::from_node(n);
                 g.ready
                     && n.spec
                         .as_ref()

@@ -27,7 +27,7 @@ use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
     criterion_main,
 };
-use gpu_cloud::scheduler::{
+use gpu_cloud_core::scheduler::{
     Booking, InstanceKey, NodeGpus, Snapshot, StartPolicy, UserPolicy, plan,
 };
 use jiff::Timestamp;

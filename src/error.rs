@@ -1,14 +1,12 @@
-//! Errors shared by the commands. Each says what went wrong and what to do about it.
+//! What the `gpu-cloud` binary can fail with: each component's own error, converted here
+//! and nowhere else. Each says what went wrong and what to do about it.
 
 /// Everything a gpu-cloud command can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No usable kubeconfig or in-cluster credentials were found.
-    #[error(
-        "cannot reach a Kubernetes cluster: {0} \
-         (set KUBECONFIG, e.g. `eval \"$(hack/cluster env)\"` for the local control plane)"
-    )]
-    Config(String),
+    /// No API client could be made (no kubeconfig or in-cluster credentials).
+    #[error(transparent)]
+    Client(#[from] gpu_cloud_runtime::client::ClientError),
 
     /// A call to the Kubernetes API failed.
     #[error("Kubernetes API call `{action}` failed: {source}")]
@@ -20,17 +18,17 @@ pub enum Error {
         source: kube::Error,
     },
 
-    /// Turning a value into YAML or JSON failed (a bug: please report it).
-    #[error("cannot render the output: {0}")]
-    Render(String),
+    /// The CRDs could not be rendered as YAML (a bug: please report it).
+    #[error("cannot render the CRDs as YAML: {0}")]
+    RenderCrds(#[from] serde_saphyr::SerializeError),
 
     /// The controller stopped.
     #[error(transparent)]
-    Controller(#[from] crate::controller::ControllerError),
+    Controller(#[from] gpu_cloud_controller::ControllerError),
 
     /// The node agent stopped.
     #[error(transparent)]
-    Agent(#[from] crate::agent::AgentError),
+    Agent(#[from] gpu_cloud_agent::AgentError),
 
     /// The conversion webhook could not start.
     #[error(transparent)]
@@ -43,10 +41,6 @@ pub enum Error {
     /// `gpu-cloud report` could not make the report.
     #[error(transparent)]
     Report(#[from] crate::cli::report::ReportError),
-
-    /// `kubectl gpu` could not do what was asked.
-    #[error(transparent)]
-    Plugin(#[from] crate::plugin::PluginError),
 
     /// Writing the command's output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]

@@ -1,14 +1,23 @@
-//! The `gpu-cloud` binary: one program, one subcommand per component.
+//! The `gpu-cloud` binary: one program, one subcommand per component (controller, agent,
+//! webhook, migrate) and the operator's commands (nodes, report, crd). The components are
+//! the workspace's crates; this binary parses arguments, hands over, and turns their
+//! errors into one message.
+
+mod cli;
+mod error;
+mod migrate;
+mod webhook;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpu_cloud::cli::Cli;
+
+pub use error::Error;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    gpu_cloud::telemetry::init();
-    let cli = Cli::parse();
+    gpu_cloud_runtime::telemetry::init();
+    let cli = cli::Cli::parse();
     match cli.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

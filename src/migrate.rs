@@ -16,7 +16,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams,
 use kube::{Client, ResourceExt};
 use tracing::info;
 
-use crate::api::GROUP;
+use gpu_cloud_api::GROUP;
 
 /// Arguments of `gpu-cloud migrate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,17 +54,39 @@ pub enum MigrateError {
         "{crd}: {} object(s) could not be rewritten, so status.storedVersions was not trimmed; \
          fix them and run `gpu-cloud migrate` again:\n{}",
         failed.len(),
-        failed.join("\n")
+        failed.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
     )]
     Failed {
         /// the CRD
         crd: String,
-        /// `namespace/name: error` per object
-        failed: Vec<String>,
+        /// each object that failed, with why
+        failed: Vec<RewriteFailed>,
     },
     /// A CRD names no storage version (cannot happen on a valid CRD).
     #[error("{0} has no storage version")]
     NoStorageVersion(String),
+}
+
+/// One object that could not be written back at the storage version.
+#[derive(Debug, thiserror::Error)]
+pub enum RewriteFailed {
+    /// The apiserver refused the write or the re-read.
+    #[error("{object}: {source}")]
+    Api {
+        /// `namespace/name` (cluster-scoped: `/name`).
+        object: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Other writers kept changing it.
+    #[error("{object}: still conflicting after {attempts} attempts")]
+    Conflicts {
+        /// `namespace/name`.
+        object: String,
+        /// How often it was tried.
+        attempts: u64,
+    },
 }
 
 fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> MigrateError {
@@ -245,7 +267,7 @@ async fn migrate_crd(
             .await
             .map_err(kube_err(format!("list {name}")))?;
         let count = page.items.len() as u64;
-        let results: Vec<Result<(), String>> = stream::iter(page.items)
+        let results: Vec<Result<(), RewriteFailed>> = stream::iter(page.items)
             .map(|obj| rewrite(client, &ar, obj))
             .buffer_unordered(args.concurrency.max(1))
             .collect()
@@ -281,7 +303,11 @@ async fn migrate_crd(
 
 /// Writes one object back unchanged at the storage version; retries on conflict; an
 /// object deleted meanwhile needs nothing.
-async fn rewrite(client: &Client, ar: &ApiResource, obj: DynamicObject) -> Result<(), String> {
+async fn rewrite(
+    client: &Client,
+    ar: &ApiResource,
+    obj: DynamicObject,
+) -> Result<(), RewriteFailed> {
     let name = obj.name_any();
     let ns = obj.namespace();
     let id = format!("{}/{name}", ns.as_deref().unwrap_or(""));
@@ -289,8 +315,13 @@ async fn rewrite(client: &Client, ar: &ApiResource, obj: DynamicObject) -> Resul
         Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar),
         None => Api::<DynamicObject>::all_with(client.clone(), ar),
     };
+    let failed = |source| RewriteFailed::Api {
+        object: id.clone(),
+        source,
+    };
+    const ATTEMPTS: u64 = 5;
     let mut current = obj;
-    for attempt in 0..5u64 {
+    for attempt in 0..ATTEMPTS {
         match api.replace(&name, &PostParams::default(), &current).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
@@ -299,13 +330,16 @@ async fn rewrite(client: &Client, ar: &ApiResource, obj: DynamicObject) -> Resul
                 match api.get_opt(&name).await {
                     Ok(Some(fresh)) => current = fresh,
                     Ok(None) => return Ok(()),
-                    Err(e) => return Err(format!("{id}: {e}")),
+                    Err(e) => return Err(failed(e)),
                 }
             }
-            Err(e) => return Err(format!("{id}: {e}")),
+            Err(e) => return Err(failed(e)),
         }
     }
-    Err(format!("{id}: still conflicting after 5 attempts"))
+    Err(RewriteFailed::Conflicts {
+        object: id,
+        attempts: ATTEMPTS,
+    })
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::api::{CONVERT_PATH, WEBHOOK_SERVICE, conversion};
+use gpu_cloud_api::{CONVERT_PATH, WEBHOOK_SERVICE, conversion};
 
 /// Name of the CRD whose conversion the webhook serves.
 pub const INSTANCE_CRD: &str = "gpuinstances.gpu-cloud.io";
@@ -240,7 +240,7 @@ pub async fn run(client: Client, args: WebhookArgs) -> Result<(), crate::Error> 
     }
     info!(addr = %args.listen, "conversion webhook serving");
     let app = router();
-    let shutdown = crate::shutdown_signal();
+    let shutdown = gpu_cloud_runtime::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {

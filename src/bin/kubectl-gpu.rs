@@ -1,13 +1,14 @@
-//! `kubectl-gpu`: the kubectl plugin (`kubectl gpu book|ls|usage`).
+//! `kubectl-gpu`: the kubectl plugin (`kubectl gpu book|ls|usage|slots`); all of it lives
+//! in the `gpu-cloud-plugin` crate, a client of the API only.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use gpu_cloud::plugin::PluginCli;
+use gpu_cloud_plugin::PluginCli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    gpu_cloud::telemetry::init();
+    gpu_cloud_plugin::init_logging();
     match PluginCli::parse().run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

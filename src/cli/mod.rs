@@ -5,6 +5,9 @@ pub mod report;
 
 use clap::{Parser, Subcommand};
 
+use gpu_cloud_controller::metrics::ControllerMetrics;
+use gpu_cloud_runtime::client;
+
 use crate::Error;
 
 /// gpu-cloud: a GPU cloud inside Kubernetes.
@@ -24,10 +27,10 @@ enum Command {
     /// and GPU model, priced with the GpuPriceList `default`.
     Report(report::ReportArgs),
     /// Run the operator: reconcile GpuUsers and GpuInstances and place instances on GPU nodes.
-    Controller(crate::controller::ControllerArgs),
+    Controller(gpu_cloud_controller::ControllerArgs),
     /// Run on a GPU node: measure GPU use (NVML, or --simulate) and write it into the
     /// instances' status.usage and /metrics.
-    Agent(crate::agent::AgentArgs),
+    Agent(gpu_cloud_agent::AgentArgs),
     /// Serve CRD conversion between gpu-cloud.io versions (a TLS webhook for the apiserver).
     Webhook(crate::webhook::WebhookArgs),
     /// Rewrite every stored object at the storage version, then trim storedVersions.
@@ -43,25 +46,18 @@ impl Cli {
             Command::Nodes(args) => nodes::run(args).await,
             Command::Report(args) => report::run(args).await,
             Command::Controller(args) => {
-                let metrics = std::sync::Arc::new(crate::metrics::ControllerMetrics::new());
-                let client = crate::client::build(&args.api, metrics.api_requests.clone()).await?;
-                crate::controller::run(client, args, metrics).await
+                let metrics = std::sync::Arc::new(ControllerMetrics::new());
+                let client = client::build(&args.api, metrics.api_requests.clone()).await?;
+                Ok(gpu_cloud_controller::run(client, args, metrics).await?)
             }
-            Command::Agent(args) => crate::agent::run(args).await,
-            Command::Webhook(args) => crate::webhook::run(client().await?, args).await,
-            Command::Migrate(args) => crate::migrate::run(client().await?, args).await,
+            Command::Agent(args) => Ok(gpu_cloud_agent::run(args).await?),
+            Command::Webhook(args) => crate::webhook::run(client::plain().await?, args).await,
+            Command::Migrate(args) => crate::migrate::run(client::plain().await?, args).await,
             Command::Crd => {
-                let yaml = crate::api::crds_yaml().map_err(|e| Error::Render(e.to_string()))?;
+                let yaml = gpu_cloud_api::crds_yaml()?;
                 std::io::Write::write_all(&mut std::io::stdout().lock(), yaml.as_bytes())?;
                 Ok(())
             }
         }
     }
-}
-
-/// A client from KUBECONFIG, `~/.kube/config` or the in-cluster service account.
-pub(crate) async fn client() -> Result<kube::Client, Error> {
-    kube::Client::try_default()
-        .await
-        .map_err(|e| Error::Config(e.to_string()))
 }

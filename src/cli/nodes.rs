@@ -7,7 +7,9 @@ use kube::Api;
 use kube::api::ListParams;
 
 use crate::Error;
-use crate::scheduler::{GPU_PRESENT_LABEL, NodeGpus, gpus_in_use};
+use gpu_cloud_api::GPU_PRESENT_LABEL;
+use gpu_cloud_core::scheduler::{NodeGpus, gpus_in_use};
+use gpu_cloud_plugin::table::render;
 
 /// Arguments of `gpu-cloud nodes`.
 #[derive(Debug, clap::Args)]
@@ -25,7 +27,7 @@ struct Row {
 }
 
 pub(super) async fn run(args: NodesArgs) -> Result<(), Error> {
-    let client = super::client().await?;
+    let client = gpu_cloud_runtime::client::plain().await?;
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -64,40 +66,36 @@ fn rows(nodes: &[Node], pods: &[Pod], all: bool) -> Vec<Row> {
 }
 
 fn write_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
-    let width = rows
-        .iter()
-        .map(|r| r.gpus.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let mwidth = rows
-        .iter()
-        .map(|r| r.gpus.model.as_deref().unwrap_or("-").len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    writeln!(
-        out,
-        "{:width$}  {:mwidth$}  GPUS  USED  FREE  READY  SCHEDULABLE",
-        "NODE", "MODEL"
-    )?;
+    let mut table = vec![
+        [
+            "NODE",
+            "MODEL",
+            "GPUS",
+            "USED",
+            "FREE",
+            "READY",
+            "SCHEDULABLE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     let (mut total, mut used) = (0u32, 0u32);
     for r in rows {
         let g = &r.gpus;
-        writeln!(
-            out,
-            "{:width$}  {:mwidth$}  {:>4}  {:>4}  {:>4}  {:5}  {}",
-            g.name,
-            g.model.as_deref().unwrap_or("-"),
-            g.allocatable,
-            r.used,
-            g.allocatable.saturating_sub(r.used),
-            g.ready,
-            g.schedulable,
-        )?;
+        table.push(vec![
+            g.name.clone(),
+            g.model.clone().unwrap_or_else(|| "-".into()),
+            g.allocatable.to_string(),
+            r.used.to_string(),
+            g.allocatable.saturating_sub(r.used).to_string(),
+            g.ready.to_string(),
+            g.schedulable.to_string(),
+        ]);
         total = total.saturating_add(g.allocatable);
         used = used.saturating_add(r.used);
     }
+    // GPU counts right-aligned.
+    out.write_all(render(&table, &[2, 3, 4]).as_bytes())?;
     writeln!(out, "{} nodes, {total} GPUs, {used} in use", rows.len())
 }
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use gpu_cloud::agent::simulated::UTILIZATION_ANNOTATION;
-use gpu_cloud::api::v1::{GpuInstance, GpuUser, Phase};
+use gpu_cloud_agent::simulated::UTILIZATION_ANNOTATION;
+use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use gpu_cloud::api::v1::{GpuPriceList, GpuUser};
+use gpu_cloud_api::v1::{GpuPriceList, GpuUser};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
@@ -79,9 +79,9 @@ async fn install_the_previous_version_upgrade_uninstall() {
         .unwrap()
         .replace("version: 0.1.0", "version: 0.0.1");
     std::fs::write(previous.join("Chart.yaml"), chart_yaml).unwrap();
-    let mut old_crd = serde_json::to_value(gpu_cloud::api::v1alpha1::GpuInstance::crd()).unwrap();
+    let mut old_crd = serde_json::to_value(gpu_cloud_api::v1alpha1::GpuInstance::crd()).unwrap();
     old_crd["metadata"]["annotations"] = json!({"helm.sh/resource-policy": "keep"});
-    let user_crd = serde_json::to_value(&gpu_cloud::api::crds()[0]).unwrap();
+    let user_crd = serde_json::to_value(&gpu_cloud_api::crds()[0]).unwrap();
     std::fs::write(
         previous.join("files/crds.yaml"),
         format!("{user_crd}\n---\n{old_crd}\n"),

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use gpu_cloud::api::v1::{GpuInstance, GpuUser, Phase};
-use gpu_cloud::policy::cost::ReportPeriod;
+use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase};
+use gpu_cloud_core::policy::chargeback::ReportPeriod;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};

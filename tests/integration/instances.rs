@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gpu_cloud::api::v1::{GpuInstance, GpuUser, Phase};
+use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -42,7 +42,7 @@ async fn book_view_delete_and_queue() {
     // The MutatingAdmissionPolicy put the finalizer on at creation: no write of ours needed.
     assert_eq!(
         created.finalizers(),
-        [gpu_cloud::controller::instance::FINALIZER.to_owned()]
+        [gpu_cloud_controller::instance::FINALIZER.to_owned()]
     );
     let a = harness::wait_instance(&client, &ns, "a", "Running", |i| {
         phase(i) == Some(Phase::Running)

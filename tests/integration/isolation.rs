@@ -1,7 +1,7 @@
 //! Tenant isolation, proven by impersonating a user's subject: a user manages instances in
 //! their own namespace only, reads their pods, and never writes status.
 
-use gpu_cloud::api::v1::GpuInstance;
+use gpu_cloud_api::v1::GpuInstance;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -85,7 +85,7 @@ async fn a_user_sees_and_touches_only_their_own_instances() {
 
     // Her own GpuUser (budget, usage, cost in its status) she may read; not bob's, and
     // not the list of users, and she may not change hers.
-    let users = Api::<gpu_cloud::api::v1::GpuUser>::all(as_alice.clone());
+    let users = Api::<gpu_cloud_api::v1::GpuUser>::all(as_alice.clone());
     let own = harness::poll(
         std::time::Duration::from_secs(30),
         "alice reads her own GpuUser",

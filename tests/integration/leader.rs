@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use gpu_cloud::api::v1::{GpuInstance, Phase};
-use gpu_cloud::scheduler::pod_gpu_request;
+use gpu_cloud_api::v1::{GpuInstance, Phase};
+use gpu_cloud_core::scheduler::pod_gpu_request;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};

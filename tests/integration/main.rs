@@ -8,6 +8,7 @@ mod ahead;
 mod chart;
 mod cost;
 mod examples;
+#[path = "../support/mod.rs"]
 mod harness;
 mod instances;
 mod isolation;

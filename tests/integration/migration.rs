@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use gpu_cloud::api::{instance_crd, v1, v1alpha1};
+use gpu_cloud_api::{instance_crd, v1, v1alpha1};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use gpu_cloud::api::v1::{GpuInstance, Phase, StartPolicy};
+use gpu_cloud_api::v1::{GpuInstance, Phase, StartPolicy};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
@@ -110,7 +110,7 @@ fn calendar_reader() {
     harness::kubectl_out(&["apply", "-f", path.to_str().expect("utf-8 path")]);
 }
 
-fn status_of(inst: &GpuInstance) -> gpu_cloud::api::v1::GpuInstanceStatus {
+fn status_of(inst: &GpuInstance) -> gpu_cloud_api::v1::GpuInstanceStatus {
     inst.status.clone().unwrap_or_default()
 }
 
@@ -224,7 +224,7 @@ async fn book_ahead_and_find_free_windows_through_kubectl() {
         [
             "Reserved",
             nodes[0].as_str(),
-            gpu_cloud::scheduler::calendar::show_time(start).as_str()
+            gpu_cloud_api::time::show_time(start).as_str()
         ],
         "{table}"
     );
@@ -300,10 +300,10 @@ async fn book_ahead_and_find_free_windows_through_kubectl() {
     let as_user = harness::client_as(&name).await;
     let cms = Api::<ConfigMap>::namespaced(as_user, harness::CONTROLLER_NAMESPACE);
     let cal = cms
-        .get(gpu_cloud::controller::calendar::CONFIGMAP)
+        .get(gpu_cloud_api::calendar::CONFIGMAP)
         .await
         .expect("the user reads the calendar");
-    let json = cal.data.unwrap_or_default()[gpu_cloud::controller::calendar::KEY].clone();
+    let json = cal.data.unwrap_or_default()[gpu_cloud_api::calendar::KEY].clone();
     for secret in [name.as_str(), ns.as_str(), "later", "after"] {
         assert!(!json.contains(secret), "{secret} in the calendar");
     }

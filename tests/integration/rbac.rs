@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use gpu_cloud::api::v1::{GpuInstance, Phase};
+use gpu_cloud_api::v1::{GpuInstance, Phase};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
@@ -110,7 +110,7 @@ async fn token_kubeconfig(client: &Client, admin: &Path, name: &str) -> PathBuf 
 }
 
 /// The published GPU calendar.
-const CALENDAR: &str = gpu_cloud::controller::calendar::CONFIGMAP;
+const CALENDAR: &str = gpu_cloud_api::calendar::CONFIGMAP;
 
 /// ((user, groups), verb, ConfigMap name, namespace, allowed?)
 type CalendarCase<'a> = (

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use gpu_cloud::scheduler::{GPU_PRODUCT_LABEL, GPU_RESOURCE, NodeGpus};
+use gpu_cloud_api::{GPU_PRODUCT_LABEL, GPU_RESOURCE};
+use gpu_cloud_core::scheduler::NodeGpus;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use gpu_cloud::agent::simulated::{UTILIZATION_ANNOTATION, power_per_gpu};
-use gpu_cloud::api::v1::{GpuInstance, GpuUser, Phase, Usage, UsageSource};
+use gpu_cloud_agent::simulated::{UTILIZATION_ANNOTATION, power_per_gpu};
+use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase, Usage, UsageSource};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;

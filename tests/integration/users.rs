@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gpu_cloud::api::v1::{GpuInstance, GpuUser, Phase};
+use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase};
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;

@@ -1,0 +1,361 @@
+//! `gpu-cloud agent`: runs on each GPU node (a DaemonSet), samples the GPUs, attributes use
+//! to instances, and writes cumulative `status.usage` on each GpuInstance (server-side
+//! apply, field manager `gpu-cloud-agent`), and serves the same figures on `/metrics`.
+//!
+//! Restart-safe: totals resume from what is stored (with the energy counters), so nothing is
+//! lost and nothing counted twice.
+
+pub mod accumulate;
+pub mod attribution;
+pub mod cgroup;
+mod metrics;
+pub mod nvml;
+pub mod podresources;
+pub mod simulated;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use tracing::{info, warn};
+
+use accumulate::{Sample, advance};
+use gpu_cloud_api::MANAGED_BY;
+use gpu_cloud_api::v1::{GpuInstance, Usage, UsageSource};
+use nvml::NvmlSource;
+
+/// Field manager of the agent's writes (it owns `status.usage` and nothing else).
+pub const FIELD_MANAGER: &str = "gpu-cloud-agent";
+
+/// Arguments of `gpu-cloud agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// The node(s) this agent reports for (a DaemonSet passes its own node, from the
+    /// downward API). Several only make sense with --simulate.
+    #[arg(
+        long = "node",
+        env = "NODE_NAME",
+        value_delimiter = ',',
+        required_unless_present = "once"
+    )]
+    pub nodes: Vec<String>,
+    /// Invent figures instead of reading NVML (nodes without GPUs: tests, demos). Usage is
+    /// then marked `source: simulated`.
+    #[arg(long)]
+    pub simulate: bool,
+    /// How often to sample.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub sample_interval: Duration,
+    /// At most how often to write each instance's status (sampling goes on in between).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub write_interval: Duration,
+    /// Where to serve /metrics, /healthz and /readyz (9400 is dcgm-exporter's port).
+    #[arg(long, default_value = "0.0.0.0:9400")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Where the host's /proc is mounted (process → pod attribution).
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
+    /// Read the GPUs once, print the readings as JSON and exit (no cluster needed): a quick
+    /// check of NVML on a node.
+    #[arg(long, conflicts_with = "simulate")]
+    pub once: bool,
+    /// The kubelet's PodResources socket (device → pod attribution).
+    #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
+    pub pod_resources_socket: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    gpu_cloud_api::time::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No NVML and not told to simulate.
+    #[error(transparent)]
+    NoNvml(#[from] nvml::NoNvml),
+    /// No API client could be made.
+    #[error(transparent)]
+    Client(#[from] gpu_cloud_runtime::client::ClientError),
+    /// `--once` could not print its readings (a bug: please report it).
+    #[error("cannot render the readings as JSON: {0}")]
+    Render(#[source] serde_json::Error),
+    /// An API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// what we tried
+        action: &'static str,
+        /// the client error
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Where readings come from.
+enum Source {
+    Nvml(Box<NvmlSource>),
+    Simulated,
+}
+
+/// What the agent remembers between samples (rebuilt from status after a restart).
+struct Tracked {
+    usage: Usage,
+    written: Option<Instant>,
+}
+
+/// Runs the agent until SIGINT/SIGTERM. Without NVML (and without --simulate) it stops at
+/// once with an error saying so.
+pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    let mut source = if args.simulate {
+        Source::Simulated
+    } else {
+        Source::Nvml(Box::new(NvmlSource::open()?))
+    };
+    if let (true, Source::Nvml(nvml)) = (args.once, &mut source) {
+        let readings = nvml.read();
+        let json = serde_json::to_string_pretty(&readings).map_err(AgentError::Render)?;
+        println!("{json}");
+        return Ok(());
+    }
+    let client = gpu_cloud_runtime::client::plain().await?;
+    let metrics = Arc::new(metrics::AgentMetrics::default());
+    let server = tokio::spawn(gpu_cloud_runtime::metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+    ));
+    info!(nodes = ?args.nodes, simulate = args.simulate, "gpu-cloud agent starting");
+    let mut tracked: HashMap<String, Tracked> = HashMap::new();
+    let mut tick = tokio::time::interval(args.sample_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = gpu_cloud_runtime::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut shutdown => break,
+        }
+        match cycle(&client, &args, &mut source, &mut tracked, &metrics).await {
+            Ok(()) => metrics.mark_ready(),
+            Err(e) => warn!(error = %e, "sampling cycle failed; retrying"),
+        }
+    }
+    server.abort();
+    info!("gpu-cloud agent stopped");
+    Ok(())
+}
+
+/// One sampling cycle: read, attribute, accumulate, write what is due.
+async fn cycle(
+    client: &Client,
+    args: &AgentArgs,
+    source: &mut Source,
+    tracked: &mut HashMap<String, Tracked>,
+    metrics: &metrics::AgentMetrics,
+) -> Result<(), AgentError> {
+    let now = Timestamp::now();
+    // Only this node's instances (a selectable field of the CRD), not the whole cluster's.
+    let mut items = Vec::new();
+    for node in &args.nodes {
+        let lp = ListParams::default().fields(&format!("status.nodeName={node}"));
+        let list = Api::<GpuInstance>::all(client.clone())
+            .list(&lp)
+            .await
+            .map_err(|source| AgentError::Kube {
+                action: "list GpuInstances",
+                source,
+            })?;
+        items.extend(list.items);
+    }
+    let mine: Vec<&GpuInstance> = items
+        .iter()
+        .filter(|i| {
+            let s = i.status.as_ref();
+            s.and_then(|s| s.node_name.as_ref())
+                .is_some_and(|n| args.nodes.contains(n))
+                && s.is_some_and(|s| s.started_at.is_some())
+        })
+        .collect();
+
+    let (kind, shares) = match source {
+        Source::Simulated => (UsageSource::Simulated, None),
+        Source::Nvml(nvml) => {
+            let readings = nvml.read();
+            let pod_uid_of = pods_on_nodes(client, &args.nodes).await?;
+            let pid_pods = pid_pods(&args.proc_root, &readings);
+            let holders = gpu_holders(&args.pod_resources_socket).await;
+            let device_pods = holders
+                .iter()
+                .filter_map(|(gpu, h)| {
+                    Some((
+                        gpu.clone(),
+                        pod_uid_of
+                            .get(&(h.namespace.clone(), h.pod.clone()))?
+                            .clone(),
+                    ))
+                })
+                .collect();
+            let shares = attribution::attribute(&readings, &device_pods, &pid_pods);
+            metrics.devices(&readings, &args.nodes, &holders);
+            (UsageSource::Nvml, Some((shares, pod_uid_of)))
+        }
+    };
+
+    let mut seen = Vec::new();
+    for inst in &mine {
+        let uid = inst.uid().unwrap_or_default();
+        seen.push(uid.clone());
+        let status = inst.status.clone().unwrap_or_default();
+        let Some(started) = status.started_at else {
+            continue;
+        };
+        let stored = status.usage.clone();
+        let entry = tracked.entry(uid.clone()).or_insert_with(|| Tracked {
+            usage: stored.clone().unwrap_or(Usage {
+                sampled_at: started,
+                source: kind,
+                ..Default::default()
+            }),
+            written: None,
+        });
+        // Another writer (an earlier agent) may be ahead of what we remember.
+        if let Some(s) = stored
+            .as_ref()
+            .filter(|s| s.sampled_at > entry.usage.sampled_at)
+        {
+            entry.usage = s.clone();
+        }
+        if entry.usage.final_ {
+            continue;
+        }
+        let ended_at = status
+            .finished_at
+            .or(inst.metadata.deletion_timestamp.as_ref().map(|t| t.0))
+            .filter(|_| {
+                inst.metadata.deletion_timestamp.is_some()
+                    || status.phase.is_some_and(|p| p.is_finished())
+            });
+        let at = ended_at.map_or(now, |end| end.min(now));
+        let sample = match (&shares, ended_at) {
+            (None, _) => simulated::sample(inst, at),
+            // The pod is gone: carry the last readings to the end.
+            (Some(_), Some(_)) => Sample {
+                at,
+                gpus: inst.spec.gpu.count,
+                utilization: entry.usage.avg_utilization,
+                memory_bytes: 0,
+                power_watts: entry.usage.power_watts,
+                devices: vec![],
+            },
+            (Some((shares, pod_uid_of)), None) => {
+                let key = (inst.namespace().unwrap_or_default(), inst.name_any());
+                let share = pod_uid_of
+                    .get(&key)
+                    .and_then(|uid| shares.get(uid))
+                    .cloned()
+                    .unwrap_or_default();
+                let gpus = inst.spec.gpu.count.max(1);
+                Sample {
+                    at,
+                    gpus,
+                    utilization: share.utilization_sum / f64::from(gpus),
+                    memory_bytes: share.memory_bytes,
+                    power_watts: share.power_watts,
+                    devices: share.counters,
+                }
+            }
+        };
+        let mut usage = advance(Some(&entry.usage), started, &sample, kind);
+        usage.final_ = ended_at.is_some();
+        let due = entry
+            .written
+            .is_none_or(|w| w.elapsed() >= args.write_interval);
+        if due || usage.final_ {
+            write_usage(client, inst, &usage).await?;
+            entry.written = Some(Instant::now());
+        }
+        entry.usage = usage;
+        metrics.instance(inst, &entry.usage, &sample);
+    }
+    tracked.retain(|uid, _| seen.contains(uid));
+    metrics.forget_except(&mine);
+    Ok(())
+}
+
+async fn write_usage(client: &Client, inst: &GpuInstance, usage: &Usage) -> Result<(), AgentError> {
+    let api = Api::<GpuInstance>::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
+        "status": {"usage": usage},
+    });
+    api.patch_status(
+        &inst.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(|source| AgentError::Kube {
+        action: "write status.usage",
+        source,
+    })?;
+    Ok(())
+}
+
+/// (namespace, pod name) → pod UID for our pods on these nodes.
+async fn pods_on_nodes(
+    client: &Client,
+    nodes: &[String],
+) -> Result<BTreeMap<(String, String), String>, AgentError> {
+    let mut out = BTreeMap::new();
+    for node in nodes {
+        let lp = ListParams::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+        let pods = Api::<Pod>::all(client.clone())
+            .list(&lp)
+            .await
+            .map_err(|source| AgentError::Kube {
+                action: "list pods on the node",
+                source,
+            })?;
+        for p in pods.items {
+            out.insert(
+                (p.namespace().unwrap_or_default(), p.name_any()),
+                p.uid().unwrap_or_default(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// GPU UUID → the container the kubelet gave it to. Without the socket (or on error) the
+/// processes alone attribute use; that is logged, not fatal.
+async fn gpu_holders(socket: &std::path::Path) -> BTreeMap<String, podresources::Holder> {
+    match podresources::list(socket.to_path_buf()).await {
+        Ok(resp) => podresources::gpu_holders(&resp),
+        Err(e) => {
+            warn!(socket = %socket.display(), error = %e, "no PodResources; attributing by process only");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// Process id → pod UID for the processes on the GPUs.
+fn pid_pods(
+    proc_root: &std::path::Path,
+    readings: &[nvml::DeviceReading],
+) -> BTreeMap<u32, String> {
+    readings
+        .iter()
+        .flat_map(|r| r.processes.keys())
+        .filter_map(|pid| {
+            let text =
+                std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+            Some((*pid, cgroup::pod_uid(&text)?))
+        })
+        .collect()
+}

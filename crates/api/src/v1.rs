@@ -1,0 +1,685 @@
+//! `gpu-cloud.io/v1`: the current (and stored) schema of GpuUser and GpuInstance.
+
+use jiff::Timestamp;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A person (or team) of the GPU cloud: who they are, who may act as them, what they may
+/// book. The operator gives each user a namespace `gpu-<name>` to book in.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "gpu-cloud.io",
+    version = "v1",
+    kind = "GpuUser",
+    shortname = "gu",
+    category = "gpu",
+    status = "GpuUserStatus",
+    printcolumn = r#"{"name":"Display name","type":"string","jsonPath":".spec.displayName"}"#,
+    printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
+    printcolumn = r#"{"name":"GPUs","type":"integer","jsonPath":".status.gpusInUse"}"#,
+    printcolumn = r#"{"name":"Max GPUs","type":"integer","jsonPath":".spec.quota.maxGpus"}"#,
+    printcolumn = r#"{"name":"Instances","type":"integer","jsonPath":".status.instances"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspended"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("size(self.metadata.name) <= 59 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name: a GpuUser name must be a DNS label (lower-case letters, digits, '-') of at most 59 characters, because it names the user's namespace gpu-<name>")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuUserSpec {
+    /// Name shown to people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+    /// Contact address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 320))]
+    pub email: Option<String>,
+    /// The Kubernetes users, groups or service accounts who act as this user: they may
+    /// manage GpuInstances (and read their pods and logs) in the user's namespace only.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub subjects: Vec<UserSubject>,
+    /// What this user may book.
+    #[serde(default)]
+    pub quota: Quota,
+    /// No new instance of this user starts while set; running instances run to their end.
+    #[serde(default)]
+    pub suspended: bool,
+    /// Idle shutdown for this user's instances that do not set their own: stop an
+    /// instance whose GPUs stay under a utilization threshold for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleDefaults>,
+}
+
+/// A user's default idle shutdown (each GpuInstance may override every field).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IdleDefaults {
+    /// Stop an instance whose GPUs stay idle this long, e.g. `2h`; `0s` turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,6}[hms])+$')").message("spec.idle.timeout must look like 30m, 2h or 1h30m (units h, m, s)"))]
+    #[schemars(length(max = 32))]
+    pub timeout: Option<String>,
+    /// GPU utilization (percent) under which the GPUs count as idle (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub threshold_percent: Option<f64>,
+    /// Only warn (condition and Event), never stop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_only: Option<bool>,
+}
+
+/// An identity that acts as a GpuUser (an RBAC subject).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.kind != 'ServiceAccount' || has(self.__namespace__)")
+    .message("a ServiceAccount subject needs its namespace"))]
+#[serde(rename_all = "camelCase")]
+pub struct UserSubject {
+    /// `User`, `Group` or `ServiceAccount`.
+    pub kind: SubjectKind,
+    /// The user, group or service account name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of a ServiceAccount subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// Kinds of RBAC subject.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubjectKind {
+    /// An authenticated user name.
+    User,
+    /// A group of users.
+    Group,
+    /// A service account (give its namespace).
+    ServiceAccount,
+}
+
+/// Limits on what a user may hold at once. Absent limits do not limit.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    /// Most GPUs the user's placed instances may hold together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gpus: Option<u32>,
+    /// Most instances the user may have placed (Scheduled or Running) at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+    /// GPU models (`nvidia.com/gpu.product` values) the user may book; empty means any.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub allowed_models: Vec<String>,
+    /// A budget of GPU-hours per week or month, on top of the limits above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_hours: Option<GpuHourBudget>,
+}
+
+/// GPU-hours a user may use per period. A booking is refused when its planned GPU-hours
+/// (GPUs x duration) exceed what is left; when the budget runs out during a run,
+/// `onExhausted` applies.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuHourBudget {
+    /// GPU-hours per period.
+    #[schemars(range(min = 0.0))]
+    pub limit: f64,
+    /// `Month` (default) or `Week`, in UTC.
+    #[serde(default)]
+    pub period: BudgetPeriod,
+    /// Day of the month the budget renews, 1 to 28 (default 1). Monthly budgets only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 28))]
+    pub reset_day: Option<u8>,
+    /// Day of the week the budget renews (default Monday). Weekly budgets only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_weekday: Option<Weekday>,
+    /// When it runs out during a run: `FinishRunning` (default: running instances run to
+    /// their end, nothing new starts) or `Stop` (running instances are stopped too).
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
+}
+
+/// How a GPU-hour budget recurs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BudgetPeriod {
+    /// Seven days from `resetWeekday`, 00:00 UTC.
+    Week,
+    /// From `resetDay` of one month to the same day of the next, 00:00 UTC.
+    #[default]
+    Month,
+}
+
+/// A day of the week.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Weekday {
+    Monday,
+    Tuesday,
+    Wednesday,
+    Thursday,
+    Friday,
+    Saturday,
+    Sunday,
+}
+
+/// What happens when a GPU-hour budget runs out while instances run.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnExhausted {
+    /// Running instances run to their booked end; nothing new starts.
+    #[default]
+    FinishRunning,
+    /// Running instances are stopped (phase `Stopped`, reason `BudgetExhausted`).
+    Stop,
+}
+
+/// What the operator observed and did for a GpuUser.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuUserStatus {
+    /// kstatus conditions: Ready, Reconciling, Stalled.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The namespace the user books in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// GPUs held by the user's placed instances.
+    #[serde(default)]
+    pub gpus_in_use: u32,
+    /// The user's instances that are placed or waiting (not finished).
+    #[serde(default)]
+    pub instances: u32,
+    /// GPU use of all the user's instances, deleted ones included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UserUsage>,
+    /// The GPU-hour budget of the period in progress (with `spec.quota.gpuHours`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetView>,
+    /// What the user's use costs (with a GpuPriceList).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<UserCost>,
+}
+
+/// A GPU-hour budget as it stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetView {
+    /// GPU-hours per period.
+    pub limit_gpu_hours: f64,
+    /// GPU-hours held in this period so far (GPUs x time placed).
+    pub used_gpu_hours: f64,
+    /// What is left of this period's budget.
+    pub remaining_gpu_hours: f64,
+    /// The period's first instant.
+    pub period_start: Timestamp,
+    /// When the budget renews.
+    pub period_end: Timestamp,
+    /// Nothing is left: no new instance starts until `periodEnd`.
+    pub exhausted: bool,
+}
+
+/// A user's cost, from the cluster's GpuPriceList.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UserCost {
+    /// The calendar month (UTC) of `currentPeriod`, e.g. `2026-11`.
+    pub period: String,
+    /// The month so far.
+    pub current_period: f64,
+    /// Currency of both amounts.
+    pub currency: String,
+}
+
+/// A user's usage: lifetime and the current calendar month (UTC).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UserUsage {
+    /// Everything so far.
+    pub lifetime: UsageTotals,
+    /// The month in progress (`2026-11`), by when each instance was last sampled.
+    pub current_period: UsageTotals,
+    /// Which month `currentPeriod` is.
+    pub period: String,
+    /// Usage of deleted instances, folded in by their finalizer.
+    #[serde(default)]
+    pub retired: UsageTotals,
+    /// Of `retired`, the same by month (`2026-11`), for `currentPeriod`.
+    #[serde(default)]
+    pub retired_by_period: std::collections::BTreeMap<String, UsageTotals>,
+    /// Deleted instances already folded in (newest last; bounded).
+    #[serde(default)]
+    pub retired_uids: Vec<String>,
+    /// The figures of deleted instances, for budgets and cost reports by period (newest
+    /// last; those that ended more than 400 days ago, and beyond 2,000, are dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_instances: Vec<RetiredInstance>,
+}
+
+/// What a deleted instance held and used.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredInstance {
+    /// GPU model.
+    pub model: String,
+    /// GPUs held.
+    pub gpus: u32,
+    /// When it was placed.
+    pub started_at: Timestamp,
+    /// When it stopped holding its GPUs (or was last sampled).
+    pub ended_at: Timestamp,
+    /// Measured GPU-seconds (GPUs x seconds held when no agent measured it).
+    pub gpu_seconds: f64,
+    /// Measured energy, joules.
+    #[serde(default)]
+    pub energy_joules: f64,
+}
+
+/// Sums of usage.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageTotals {
+    /// GPU-hours.
+    pub gpu_hours: f64,
+    /// Energy, kWh.
+    pub energy_kwh: f64,
+    /// Instances counted.
+    pub instances: u32,
+}
+
+/// A booking of GPUs: which and how many, what to run on them, for how long.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gpu-cloud.io",
+    version = "v1",
+    kind = "GpuInstance",
+    namespaced,
+    shortname = "gi",
+    selectable = ".status.nodeName",
+    category = "gpu",
+    status = "GpuInstanceStatus",
+    printcolumn = r#"{"name":"User","type":"string","jsonPath":".status.user"}"#,
+    printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.gpu.model"}"#,
+    printcolumn = r#"{"name":"Count","type":"integer","jsonPath":".spec.gpu.count"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"GPU util","type":"number","format":"float","jsonPath":".status.usage.avgUtilization"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Waiting","type":"string","priority":1,"jsonPath":".status.message"}"#,
+    validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.nodeName) || (self.spec.gpu == oldSelf.spec.gpu && self.spec.image == oldSelf.spec.image && self.spec.command == oldSelf.spec.command && self.spec.args == oldSelf.spec.args && self.spec.env == oldSelf.spec.env && self.spec.resources == oldSelf.spec.resources)")
+        .message("spec.gpu, image, command, args, env and resources cannot change once the instance is placed on a node; delete it and book again")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuInstanceSpec {
+    /// The GPUs to book.
+    pub gpu: GpuRequest,
+    /// Container image to run on them.
+    #[x_kube(validation = Rule::new("size(self) > 0").message("spec.image must name a container image"))]
+    #[schemars(length(max = 512))]
+    pub image: String,
+    /// Entrypoint (replaces the image's ENTRYPOINT).
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
+    pub command: Vec<String>,
+    /// Arguments (replace the image's CMD).
+    #[serde(default)]
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
+    pub args: Vec<String>,
+    /// Environment variables of the container.
+    #[serde(default)]
+    #[schemars(length(max = 128))]
+    pub env: Vec<EnvVar>,
+    /// CPU and memory for the container (requested and limited alike).
+    #[serde(default)]
+    pub resources: ContainerResources,
+    /// How long the booking lasts from placement, e.g. `30m`, `8h`, `1h30m`
+    /// (between 10s and 720h). The instance is stopped when it runs out.
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,6}[hms])+$')").message("spec.duration must look like 30m, 8h or 1h30m (units h, m, s)"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,6}[hms])+$') || (duration(self) >= duration('10s') && duration(self) <= duration('720h'))").message("spec.duration must be between 10s and 720h"))]
+    #[schemars(length(max = 32))]
+    pub duration: String,
+    /// Higher goes first in the queue; equal priorities are served first come, first served.
+    #[serde(default)]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub priority: i32,
+    /// Book ahead: when the booking starts (RFC 3339, e.g. `2026-12-01T13:00:00Z`). Its GPUs
+    /// are held on one node for `[startTime, startTime + duration)`; absent or past: as soon
+    /// as GPUs are free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Timestamp>,
+    /// When the window at `startTime` is taken: `Exact` (default: refused, naming the next
+    /// free slot) or `EarliestAvailable` (booked at the next free slot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_policy: Option<StartPolicy>,
+    /// Stop the instance when its GPUs stay idle this long, e.g. `30m` (overrides the
+    /// user's `spec.idle.timeout`; `0s` turns idle shutdown off for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,6}[hms])+$')").message("spec.idleTimeout must look like 30m, 2h or 1h30m (units h, m, s)"))]
+    #[schemars(length(max = 32))]
+    pub idle_timeout: Option<String>,
+    /// GPU utilization (percent) under which the GPUs count as idle (default: the user's,
+    /// else 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub idle_threshold_percent: Option<f64>,
+    /// Idle shutdown only warns (condition and Event) and never stops (default: the
+    /// user's, else false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_warn_only: Option<bool>,
+}
+
+/// What to do when a requested window is taken.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StartPolicy {
+    /// Only the requested start: refused, naming the next free slot.
+    #[default]
+    Exact,
+    /// The earliest start at or after the requested one where the window fits.
+    EarliestAvailable,
+}
+
+/// Which GPUs and how many.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuRequest {
+    /// GPU model, as nodes label it in `nvidia.com/gpu.product` (e.g. `NVIDIA-H100-80GB-HBM3`).
+    #[x_kube(validation = Rule::new("size(self) > 0").message("spec.gpu.model must name a GPU model, e.g. NVIDIA-H100-80GB-HBM3"))]
+    #[schemars(length(max = 128))]
+    pub model: String,
+    /// Number of GPUs, all on one node.
+    #[schemars(range(min = 1, max = 64))]
+    pub count: u32,
+}
+
+/// One environment variable.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EnvVar {
+    /// Variable name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Value (empty if absent).
+    #[serde(default)]
+    #[schemars(length(max = 32768))]
+    pub value: String,
+}
+
+/// CPU and memory of the instance's container. The GPUs come from `spec.gpu`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ContainerResources {
+    /// CPU, as a Kubernetes quantity (`4`, `500m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.cpu must be a quantity such as 4 or 500m"))]
+    #[schemars(length(max = 32))]
+    pub cpu: Option<String>,
+    /// Memory, as a Kubernetes quantity (`16Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("spec.resources.memory must be a quantity such as 16Gi"))]
+    #[schemars(length(max = 32))]
+    pub memory: Option<String>,
+}
+
+/// Where a GpuInstance is in its life.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Seen, not yet considered by the scheduler.
+    Pending,
+    /// Waiting for GPUs or quota; `status.message` says why.
+    Queued,
+    /// Booked ahead: its GPUs are held on `status.reservedNode` from `status.startsAt`.
+    Reserved,
+    /// Placed on a node; its pod is starting.
+    Scheduled,
+    /// Its pod runs.
+    Running,
+    /// Its program exited successfully.
+    Succeeded,
+    /// Its program failed, or its pod was lost.
+    Failed,
+    /// The booking ran out (`spec.duration`) and the pod was stopped.
+    Expired,
+    /// Stopped by the operator for another reason (see the Ready condition).
+    Stopped,
+}
+
+impl Phase {
+    /// The name as written in `status.phase` (also used as a condition and event reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Queued => "Queued",
+            Phase::Reserved => "Reserved",
+            Phase::Scheduled => "Scheduled",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Expired => "Expired",
+            Phase::Stopped => "Stopped",
+        }
+    }
+
+    /// The instance has ended and holds no GPUs.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::Expired | Phase::Stopped
+        )
+    }
+}
+
+/// What the operator observed and did for a GpuInstance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuInstanceStatus {
+    /// Where the instance is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// kstatus conditions: Ready, Reconciling, Stalled.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The generation these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The GpuUser the instance belongs to (from its namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The node it was placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Its pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// When it was placed (its GPUs have been held since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When the booking runs out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// While queued: 1 for the next in line for its GPU model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    /// While waiting or stalled: why, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// GPU use measured by the node agent (field manager `gpu-cloud-agent`), cumulative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Booked ahead: the node holding its window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_node: Option<String>,
+    /// Booked ahead: when its window starts (it ends `spec.duration` later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<Timestamp>,
+    /// Idle shutdown: what the controller has seen of its GPUs' utilization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleState>,
+    /// What it costs (with a GpuPriceList).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<InstanceCost>,
+}
+
+/// Cumulative usage as the agent writes it in `status.usage`: what [`interval_sample`]
+/// turns into a [`Sample`]. Kept in [`IdleState`] between reconciles.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReading {
+    /// `sampledAt`.
+    pub at: Timestamp,
+    /// `gpuSeconds`.
+    pub gpu_seconds: f64,
+    /// `avgUtilization`: the mean over all GPU-seconds so far, percent.
+    pub avg_utilization: f64,
+}
+
+/// What the controller remembers between reconciles (in the instance's status).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdleState {
+    /// Since when every sample has been under the threshold; `None` while busy or
+    /// without data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Timestamp>,
+    /// The newest sample taken into account (to recognise a sample seen before, and gaps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sample_at: Option<Timestamp>,
+    /// The warning (or in `warn_only` mode the would-stop notice) for the current idle
+    /// stretch was given; it is not given again until the GPUs have been busy.
+    #[serde(default)]
+    pub warned: bool,
+    /// The last cumulative reading, for [`observe_usage`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reading: Option<UsageReading>,
+}
+
+/// An instance's cost.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceCost {
+    /// If it runs its whole booking (GPU-hours only: energy is not known ahead).
+    pub planned: f64,
+    /// From its measured use so far (`status.usage`), refreshed every few minutes while
+    /// it runs and once more when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual: Option<f64>,
+    /// The usage sample `actual` was worked out from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_sampled_at: Option<Timestamp>,
+    /// Currency of both.
+    pub currency: String,
+}
+
+/// What an instance really used, cumulative since placement.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// GPU-seconds held: GPUs × seconds since placement.
+    pub gpu_seconds: f64,
+    /// Time-weighted mean GPU utilization, percent.
+    pub avg_utilization: f64,
+    /// Largest GPU memory in use seen, bytes.
+    pub peak_memory_bytes: u64,
+    /// Energy used by its GPUs, joules.
+    pub energy_joules: f64,
+    /// When these figures were taken.
+    pub sampled_at: Timestamp,
+    /// `nvml` (measured) or `simulated` (a node without GPUs: invented figures).
+    pub source: UsageSource,
+    /// The last power reading, watts (all its GPUs together).
+    #[serde(default)]
+    pub power_watts: f64,
+    /// The GPUs (UUIDs) it ran on.
+    #[serde(default)]
+    pub devices: Vec<DeviceCounter>,
+    /// The agent wrote its last figures: the instance ended.
+    #[serde(default, rename = "final")]
+    pub final_: bool,
+}
+
+/// Where usage figures come from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSource {
+    /// Read from the NVIDIA driver (NVML).
+    #[default]
+    Nvml,
+    /// Invented by the agent for nodes without GPUs (tests, demos).
+    Simulated,
+}
+
+/// One GPU and its energy counter when last sampled, so that a restarted agent resumes
+/// from it without losing or double counting energy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceCounter {
+    /// GPU UUID.
+    pub uuid: String,
+    /// The device's total-energy counter, millijoules.
+    pub energy_millijoules: u64,
+}
+
+/// A condition in the shape of `metav1.Condition`, as kstatus, `kubectl wait`, Argo CD and
+/// Flux read them.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Reconciling` or `Stalled`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One CamelCase word.
+    pub reason: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+    /// The generation this condition describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When `status` last changed.
+    pub last_transition_time: Timestamp,
+}
+
+/// The cluster's GPU prices: one object, named `default`, that the controller prices every
+/// instance and user with and `gpu-cloud report` bills with. Without it nothing is priced.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "gpu-cloud.io",
+    version = "v1",
+    kind = "GpuPriceList",
+    shortname = "gpl",
+    category = "gpu",
+    printcolumn = r#"{"name":"Currency","type":"string","jsonPath":".spec.currency"}"#,
+    printcolumn = r#"{"name":"Per kWh","type":"number","jsonPath":".spec.perKwh"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("self.metadata.name == 'default'")
+        .message("metadata.name: the cluster has one GpuPriceList, named default")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuPriceListSpec {
+    /// Currency of every price, e.g. `EUR` (printed only; nothing is converted).
+    #[schemars(length(min = 1, max = 8))]
+    pub currency: String,
+    /// Price of one GPU-hour by GPU model (`nvidia.com/gpu.product` value).
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub per_gpu_hour: std::collections::BTreeMap<String, f64>,
+    /// Price of one GPU-hour of a model not listed; without it such a model has no price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub default_per_gpu_hour: Option<f64>,
+    /// Price of one kWh of measured GPU energy; without it energy costs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub per_kwh: Option<f64>,
+}
+
+/// Name of the one GpuPriceList the controller reads.
+pub const PRICE_LIST_NAME: &str = "default";

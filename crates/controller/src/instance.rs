@@ -1,0 +1,220 @@
+//! The GpuInstance reconciler: follows each placed instance's pod, ends bookings at expiry,
+//! and on deletion removes the pod before letting the instance go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use tracing::{field, info, instrument, warn};
+
+use super::enforce;
+use super::error::ignore_not_found;
+use super::lifecycle::{self, PodAction, PodView};
+use super::{Context, ReconcileError, write_instance_status};
+use gpu_cloud_api::v1::{GpuInstance, GpuUser, OnExhausted};
+
+/// Finalizer on every GpuInstance: its pod is removed (and, with the usage agent, its last
+/// usage folded into its user) before it disappears.
+pub const FINALIZER: &str = "gpu-cloud.io/instance";
+
+/// Runs the instance controller until shutdown, triggered by the instance and pod caches.
+pub async fn run(
+    ctx: Arc<Context>,
+    instances: super::cache::Feed<GpuInstance>,
+    pods: super::cache::Feed<super::cached_pod::CachedPod>,
+    users: super::cache::Feed<GpuUser>,
+) {
+    let store = ctx.caches.instances.clone();
+    let results = Controller::for_shared_stream(instances, ctx.caches.instances.clone())
+        .owns_shared_stream(pods)
+        // A user whose budget is used up under `onExhausted: Stop`: its running instances
+        // stop now, not at their next look. Any other user change concerns no instance.
+        .watches_shared_stream(users, move |user| {
+            let stop = user
+                .spec
+                .quota
+                .gpu_hours
+                .as_ref()
+                .is_some_and(|b| b.on_exhausted == OnExhausted::Stop)
+                && user
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.budget.as_ref())
+                    .is_some_and(|b| b.exhausted);
+            let ns = gpu_cloud_api::namespace_of(&user.name_any());
+            let refs: Vec<ObjectRef<GpuInstance>> = if stop {
+                store
+                    .state_filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+                    .iter()
+                    .map(|i| ObjectRef::from_obj(i.as_ref()))
+                    .collect()
+            } else {
+                vec![]
+            };
+            refs
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone());
+    super::report(results, ctx.metrics.clone(), "instance").await;
+}
+
+#[instrument(skip_all, fields(instance = %inst.namespace().unwrap_or_default(), name = %inst.name_any(), phase = field::Empty))]
+async fn reconcile(inst: Arc<GpuInstance>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let ns = inst
+        .namespace()
+        .ok_or(ReconcileError::Missing("metadata.namespace"))?;
+    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, inst, |event| async {
+        match event {
+            Event::Apply(inst) => apply(&inst, &ctx).await,
+            Event::Cleanup(inst) => cleanup(&inst, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| ReconcileError::Finalizer(Box::new(e)))
+}
+
+async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileError> {
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let uid = inst.uid().ok_or(ReconcileError::Missing("metadata.uid"))?;
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let pod = ctx.caches.pod(&ns, &name);
+    let view = pod.as_ref().and_then(|p| PodView::of(p, &uid));
+    let now = Timestamp::now();
+    let user = ctx
+        .caches
+        .user_of_namespace(&ns)
+        .and_then(|u| ctx.caches.users.get(&ObjectRef::new(&u)));
+    // Only a budget that stops running instances needs the user's other instances: at
+    // 10,000 instances a scan per reconcile would be the controller's main cost.
+    let stops_on_budget = user.as_ref().is_some_and(|u| {
+        u.spec
+            .quota
+            .gpu_hours
+            .as_ref()
+            .is_some_and(|b| b.on_exhausted == OnExhausted::Stop)
+    });
+    let all = if stops_on_budget {
+        ctx.caches.instances.state()
+    } else {
+        vec![]
+    };
+    let theirs: Vec<&GpuInstance> = all
+        .iter()
+        .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+        .map(|i| i.as_ref())
+        .collect();
+    let placed = view.as_ref().is_some_and(|p| !p.terminating);
+    let verdicts = enforce::before(inst, user.as_deref(), &theirs, placed, now);
+    if let Some(why) = &verdicts.invalid {
+        warn!(error = %why, "idle settings ignored");
+    }
+    let mut out = lifecycle::decide(inst, view.as_ref(), now, verdicts.stop.as_ref());
+    let prices = ctx.caches.price_list();
+    enforce::after(&mut out, inst, &verdicts, prices.as_ref(), placed, now);
+    tracing::Span::current().record("phase", field::debug(out.status.phase));
+
+    // No status and nothing to say yet is not a change: never write an empty status.
+    if inst.status.clone().unwrap_or_default() != out.status {
+        let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+        write_instance_status(&api, &name, inst.status.as_ref(), &out.status)
+            .await
+            .map_err(ReconcileError::kube("write instance status"))?;
+    }
+    if out.pod == PodAction::Delete {
+        info!("booking ended: deleting its pod");
+        ignore_not_found(pods.delete(&name, &DeleteParams::default()).await)
+            .map_err(ReconcileError::kube("delete pod"))?;
+    }
+    for note in out.events {
+        ctx.event(inst, note.type_, note.reason, note.message).await;
+    }
+    if out.wake_scheduler {
+        ctx.wake.notify_one();
+    }
+    Ok(match out.requeue_after {
+        // A little past the deadline, so the clock has moved beyond it when we look.
+        Some(after) => Action::requeue(after + Duration::from_millis(200)),
+        None => Action::await_change(),
+    })
+}
+
+async fn cleanup(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileError> {
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let uid = inst.uid().unwrap_or_default();
+    let ours = ctx.caches.pod(&ns, &name);
+    if ours
+        .as_deref()
+        .and_then(|p| PodView::of(p, &uid))
+        .is_some_and(|p| !p.terminating)
+    {
+        ignore_not_found(pods.delete(&name, &DeleteParams::default()).await)
+            .map_err(ReconcileError::kube("delete pod"))?;
+        ctx.event(
+            inst,
+            EventType::Normal,
+            "Stopped",
+            "instance deleted: its pod is being stopped".into(),
+        )
+        .await;
+    }
+    // Its GPUs count as free once the pod is gone; the placement loop sees that itself.
+    ctx.wake.notify_one();
+    // Its usage must reach its user before it goes.
+    if let Some(wait) = usage_not_folded(inst, ctx).await? {
+        return Err(ReconcileError::Waiting(wait));
+    }
+    Ok(Action::await_change())
+}
+
+/// Why the instance's usage is not yet part of its user's totals, or `None` when it is (or
+/// there is nothing to fold, or nobody to fold it into).
+async fn usage_not_folded(
+    inst: &GpuInstance,
+    ctx: &Context,
+) -> Result<Option<String>, ReconcileError> {
+    let status = inst.status.clone().unwrap_or_default();
+    if status.usage.is_none() && status.node_name.is_none() {
+        return Ok(None); // never ran
+    }
+    let ns = inst.namespace().unwrap_or_default();
+    let Some(user) = ctx.caches.user_of_namespace(&ns) else {
+        return Ok(None);
+    };
+    let user_obj = ctx
+        .caches
+        .users
+        .get(&kube::runtime::reflector::ObjectRef::new(&user));
+    let Some(user_obj) = user_obj.filter(|u| u.metadata.deletion_timestamp.is_none()) else {
+        return Ok(None); // the user goes too, and its records with it
+    };
+    let uid = inst.uid().unwrap_or_default();
+    let folded = user_obj
+        .status
+        .as_ref()
+        .and_then(|s| s.usage.as_ref())
+        .is_some_and(|u| u.retired_uids.contains(&uid));
+    Ok((!folded).then(|| {
+        format!(
+            "usage of {ns}/{} not yet folded into GpuUser {user}",
+            inst.name_any()
+        )
+    }))
+}
+
+fn error_policy(inst: Arc<GpuInstance>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {
+    if err.is_waiting() {
+        return Action::requeue(Duration::from_secs(1));
+    }
+    warn!(instance = %inst.object_ref(&()).name.unwrap_or_default(), error = %err, "retrying");
+    Action::requeue(Duration::from_secs(2))
+}

@@ -1,0 +1,416 @@
+//! `gpu-cloud controller`: the user and instance reconcilers and the placement loop.
+//!
+//! The I/O layer around the core's decisions: watch caches ([`cache`]), the pure
+//! per-object decisions that stay close to their reconciler ([`lifecycle`], [`enforce`],
+//! [`conditions`]), and the thin parts that write ([`placement`], [`instance`], [`user`],
+//! [`publish_calendar`]). Every rule it applies comes from `gpu-cloud-core`.
+//!
+//! Each reconciler reads the world, asks a pure function what should be ([`lifecycle`],
+//! [`gpu_cloud_core::scheduler`]), and writes the difference. Nothing is kept in memory that the
+//! cluster does not also hold: a restarted controller picks up where the last one stopped.
+
+pub mod cache;
+pub mod cached_pod;
+pub mod conditions;
+pub mod enforce;
+mod error;
+pub mod events;
+pub mod instance;
+pub mod lifecycle;
+pub mod metrics;
+pub mod placement;
+pub mod pod;
+pub mod publish_calendar;
+pub mod user;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::Reporter;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tracing::warn;
+
+pub use error::ReconcileError;
+
+use crate::metrics::ControllerMetrics;
+
+/// Field manager of every write the controller makes.
+pub const FIELD_MANAGER: &str = "gpu-cloud-controller";
+
+/// Settings of the controller.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// How often the placement loop runs even when nothing asked it to (catches node
+    /// changes such as a node becoming Ready).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// Reconciles in flight at once, per controller (each waits on one or two API writes,
+    /// so this bounds how many bookings a second a burst gets through).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u16,
+    /// Writes in flight at once within a placement pass (pod creations, queue statuses).
+    /// A pod create takes the apiserver about half a second under a burst, so this is
+    /// what bounds placements a second: 32 gave 56/s at 10,000 bookings, 128 gave 78/s,
+    /// 256 no more (README "Performance").
+    #[arg(long, default_value_t = 128)]
+    pub write_concurrency: usize,
+    /// Client-side rate limit of API requests.
+    #[command(flatten)]
+    pub api: gpu_cloud_runtime::client::ApiArgs,
+    /// How many Normal Events a second may be published.
+    #[command(flatten)]
+    pub events: events::EventArgs,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Run only while holding the Lease `gpu-cloud-controller` (several replicas, one
+    /// active). Without it, never run two controllers against one cluster: they would place
+    /// instances without seeing each other's decisions.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// The controller's own namespace: where the Lease and the published GPU calendar
+    /// (ConfigMap `gpu-cloud-calendar`) live (a Deployment passes its own, from the
+    /// downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "gpu-cloud")]
+    pub lease_namespace: String,
+    /// How long a Lease held by a vanished leader blocks the others, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub lease_duration: u64,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    gpu_cloud_api::time::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// What every reconciler shares.
+pub struct Context {
+    /// The client.
+    pub client: Client,
+    /// Publishes Kubernetes Events.
+    pub reporter: Reporter,
+    /// Drops Normal Events over `--event-qps`.
+    pub event_limit: events::Limiter,
+    /// Wakes the placement loop (GPUs freed, an instance waits, a quota changed).
+    pub wake: Notify,
+    /// Settings.
+    pub args: ControllerArgs,
+    /// Prometheus metrics.
+    pub metrics: Arc<ControllerMetrics>,
+    /// What the watches say of the cluster.
+    pub caches: cache::Caches,
+    /// Pods created that the pod cache may not show yet.
+    pub assumed: cache::Assumed,
+    /// Users whose namespace, RoleBinding and ResourceQuota are in place.
+    pub provisioned: user::Provisioned,
+    /// What was last published of the GPU calendar, and when ([`publish_calendar::publish`]).
+    pub calendar: publish_calendar::Publisher,
+}
+
+impl Context {
+    /// Publishes an event on `obj`; a failure is logged, never fatal. A Normal event over
+    /// the event rate is dropped and counted ([`events`]).
+    pub async fn event<K>(
+        &self,
+        obj: &K,
+        type_: kube::runtime::events::EventType,
+        reason: &str,
+        note: String,
+    ) where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        if !self.event_limit.admit(type_) {
+            self.metrics.events_dropped.inc();
+            tracing::debug!(reason, "event dropped: over --event-qps");
+            return;
+        }
+        let regarding = obj.object_ref(&());
+        let ev = events::new_event(
+            &self.reporter,
+            &regarding,
+            type_,
+            reason,
+            note,
+            Timestamp::now(),
+        );
+        let ns = regarding.namespace.as_deref().unwrap_or("default");
+        let api = Api::<K8sEvent>::namespaced(self.client.clone(), ns);
+        if let Err(e) = api.create(&PostParams::default(), &ev).await {
+            warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+}
+
+/// Writes `status` on `name` with server-side apply, as [`FIELD_MANAGER`]: fields the
+/// controller set before and leaves out now are removed, fields other managers own (the
+/// agent's usage) are left alone.
+pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Drains a controller's stream of outcomes: counts them, and logs failures (a deletion
+/// that only waits for something is not one).
+pub(crate) async fn report<K>(
+    results: impl futures::Stream<
+        Item = Result<
+            (
+                kube::runtime::reflector::ObjectRef<K>,
+                kube::runtime::controller::Action,
+            ),
+            kube::runtime::controller::Error<ReconcileError, kube::runtime::watcher::Error>,
+        >,
+    >,
+    metrics: Arc<ControllerMetrics>,
+    controller: &'static str,
+) where
+    K: kube::Resource,
+    K::DynamicType: std::fmt::Debug + Eq + std::hash::Hash + Clone,
+{
+    use futures::StreamExt;
+    results
+        .for_each(|res| {
+            metrics.reconciled(controller, res.is_ok());
+            match res {
+                Err(kube::runtime::controller::Error::ReconcilerFailed(e, _)) if e.is_waiting() => {
+                }
+                // A change of a child whose owner is already gone: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(controller, %obj, "owner gone");
+                }
+                Err(e) => warn!(controller, error = %e, "reconcile failed"),
+                Ok(_) => {}
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+/// Writes an instance's status as the controller: a JSON merge patch of what changed since
+/// `old` (what the cache holds), never touching `usage`, which the node agent owns and the
+/// controller must never write back stale.
+///
+/// A merge patch rather than server-side apply: the apiserver spends markedly less CPU on
+/// it, and this is the one write every booking needs. A field set since `old` was cached is
+/// not removed by this patch; the write's own watch event brings a newer `old`, and the
+/// next reconcile removes it.
+pub async fn write_instance_status(
+    api: &Api<gpu_cloud_api::v1::GpuInstance>,
+    name: &str,
+    old: Option<&gpu_cloud_api::v1::GpuInstanceStatus>,
+    new: &gpu_cloud_api::v1::GpuInstanceStatus,
+) -> Result<(), kube::Error> {
+    // A status that cannot be serialized fails the write (and the reconcile is retried):
+    // sending `null` instead would wipe the status, usage included.
+    let strip = |s: &gpu_cloud_api::v1::GpuInstanceStatus| {
+        let mut s = s.clone();
+        s.usage = None;
+        serde_json::to_value(s).map_err(kube::Error::SerdeError)
+    };
+    let before = match old {
+        Some(old) => strip(old)?,
+        None => serde_json::json!({}),
+    };
+    let patch = merge_patch(&before, &strip(new)?);
+    if patch.as_object().is_some_and(|o| o.is_empty()) {
+        return Ok(());
+    }
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(
+        name,
+        &params,
+        &Patch::Merge(serde_json::json!({ "status": patch })),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The RFC 7386 merge patch that turns `old` into `new` (pure): changed keys with their new
+/// value, removed keys as null, objects recursively, anything else replaced whole.
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut out = Map::new();
+            for (k, nv) in n {
+                match o.get(k) {
+                    Some(ov) if ov == nv => {}
+                    Some(ov @ Value::Object(_)) if nv.is_object() => {
+                        out.insert(k.clone(), merge_patch(ov, nv));
+                    }
+                    _ => {
+                        out.insert(k.clone(), nv.clone());
+                    }
+                }
+            }
+            for k in o.keys().filter(|k| !n.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            Value::Object(out)
+        }
+        _ => new.clone(),
+    }
+}
+
+/// Name of the Lease that elects the active controller.
+pub const LEASE_NAME: &str = "gpu-cloud-controller";
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The Lease could not be used.
+    #[error("leader election on Lease {LEASE_NAME}: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// Another replica took over; this one stops (its Deployment restarts it as a standby).
+    #[error("lost the Lease {LEASE_NAME} to another replica; stopping")]
+    LostLease,
+    /// The watch caches stopped before they were filled.
+    #[error("the watch caches stopped before they were filled: {0}")]
+    Caches(#[source] kube::runtime::reflector::store::WriterDropped),
+}
+
+/// Runs both controllers and the placement loop until SIGINT/SIGTERM; with
+/// `--leader-elect`, only once this replica holds the Lease, and it stops when it loses it.
+pub async fn run(
+    client: Client,
+    args: ControllerArgs,
+    metrics: Arc<ControllerMetrics>,
+) -> Result<(), ControllerError> {
+    if !args.leader_elect {
+        return run_active(client, args, metrics).await;
+    }
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(args.lease_namespace.clone())
+        .with_identity(identity.clone())
+        .with_duration(args.lease_duration)
+        .with_grace(2)
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await?;
+    let (mut leading, lease_task) = manager.watch().await;
+    tracing::info!(%identity, lease = LEASE_NAME, "waiting to lead");
+    while !*leading.borrow_and_update() {
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { return Err(ControllerError::LostLease); },
+            _ = gpu_cloud_runtime::shutdown_signal() => return Ok(()),
+        }
+    }
+    tracing::info!(%identity, "leading: starting the controllers");
+    let lost = async move {
+        loop {
+            if leading.changed().await.is_err() || !*leading.borrow_and_update() {
+                return;
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = run_active(client, args, metrics) => r,
+        _ = lost => Err(ControllerError::LostLease),
+    };
+    // The watch channel is closed now: the Lease task releases the Lease (so a standby
+    // takes over at once on a clean stop) and ends.
+    let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
+    result
+}
+
+async fn run_active(
+    client: Client,
+    args: ControllerArgs,
+    metrics: Arc<ControllerMetrics>,
+) -> Result<(), ControllerError> {
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let server = tokio::spawn(gpu_cloud_runtime::metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+    ));
+    let (caches, feeds, watches) = cache::Caches::start(&client);
+    tracing::info!("gpu-cloud controller starting: filling the watch caches");
+    tokio::select! {
+        r = caches.ready() => r.map_err(ControllerError::Caches)?,
+        _ = gpu_cloud_runtime::shutdown_signal() => return Ok(()),
+    }
+    let ctx = Arc::new(Context {
+        event_limit: events::Limiter::new(&args.events),
+        reporter,
+        client,
+        wake: Notify::new(),
+        args,
+        metrics,
+        caches,
+        assumed: cache::Assumed::default(),
+        provisioned: user::Provisioned::default(),
+        calendar: publish_calendar::Publisher::default(),
+    });
+    tracing::info!("gpu-cloud controller started");
+    let placement = tokio::spawn(placement::run(ctx.clone()));
+    ctx.metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::join!(
+        user::run(
+            ctx.clone(),
+            feeds.users,
+            feeds.user_instances,
+            feeds.namespaces
+        ),
+        instance::run(
+            ctx.clone(),
+            feeds.instances,
+            feeds.pods,
+            feeds.instance_users
+        )
+    );
+    placement.abort();
+    server.abort();
+    drop(watches);
+    tracing::info!("gpu-cloud controller stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn a_merge_patch_carries_changes_and_removals_only() {
+        let old = json!({"phase": "Queued", "queuePosition": 3, "message": "wait",
+                         "conditions": [{"type": "Ready"}], "nested": {"a": 1, "b": 2}});
+        let new = json!({"phase": "Running", "message": "wait", "nodeName": "n1",
+                         "conditions": [{"type": "Ready"}], "nested": {"a": 1}});
+        assert_eq!(
+            merge_patch(&old, &new),
+            json!({"phase": "Running", "nodeName": "n1", "queuePosition": null,
+                   "nested": {"b": null}})
+        );
+        assert_eq!(merge_patch(&new, &new), json!({}));
+    }
+}

@@ -1,0 +1,180 @@
+//! Prometheus metrics of the controller (served by `gpu_cloud_runtime::metrics::serve`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a reconcile outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `user` or `instance`.
+    pub controller: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+/// Labels of a watch cache.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `nodes`, `pods`, `namespaces`, `gpuusers` or `gpuinstances`.
+    pub resource: &'static str,
+}
+
+/// Labels of a per-user figure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserLabels {
+    /// The GpuUser.
+    pub user: String,
+}
+
+/// Labels of a per-user amount of money.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserCostLabels {
+    /// The GpuUser.
+    pub user: String,
+    /// The price list's currency.
+    pub currency: String,
+}
+
+/// A gauge holding a float.
+pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// What the controller counts.
+pub struct ControllerMetrics {
+    /// Reconciles by controller and outcome.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Placement passes and how long each took.
+    pub pass_seconds: Histogram,
+    /// Instances placed on a node.
+    pub placed: Counter,
+    /// Normal Events not published because they were over `--event-qps`.
+    pub events_dropped: Counter,
+    /// Instances waiting after the last pass.
+    pub waiting: Gauge,
+    /// Of those, the ones that cannot run until a person acts (Stalled).
+    pub stalled: Gauge,
+    /// API requests sent, by verb and resource (the client counts them).
+    pub api_requests: gpu_cloud_runtime::client::RequestCounts,
+    /// Objects in each watch cache.
+    pub cached: Family<CacheLabels, Gauge>,
+    /// GPU-hours of each user in the current calendar month (UTC).
+    pub user_gpu_hours: Family<UserLabels, FloatGauge>,
+    /// Cost of each user in the current calendar month.
+    pub user_cost: Family<UserCostLabels, FloatGauge>,
+    /// GPU-hours left of each budgeted user's budget period.
+    pub user_budget_remaining: Family<UserLabels, FloatGauge>,
+    /// The process is up and its watches are running.
+    pub ready: AtomicBool,
+    registry: Registry,
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ControllerMetrics {
+    /// Creates the metrics, registered under `gpu_cloud_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let mut m = ControllerMetrics {
+            reconciles: Family::default(),
+            pass_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            placed: Counter::default(),
+            events_dropped: Counter::default(),
+            waiting: Gauge::default(),
+            stalled: Gauge::default(),
+            api_requests: Family::default(),
+            cached: Family::default(),
+            user_gpu_hours: Family::default(),
+            user_cost: Family::default(),
+            user_budget_remaining: Family::default(),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        let r = registry.sub_registry_with_prefix("gpu_cloud");
+        r.register(
+            "reconciles",
+            "Reconciles by controller and result",
+            m.reconciles.clone(),
+        );
+        r.register(
+            "placement_pass_seconds",
+            "Duration of a placement pass",
+            m.pass_seconds.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Normal Events not published because they were over --event-qps",
+            m.events_dropped.clone(),
+        );
+        r.register(
+            "instances_placed",
+            "Instances placed on a node",
+            m.placed.clone(),
+        );
+        r.register(
+            "instances_waiting",
+            "Instances waiting after the last placement pass",
+            m.waiting.clone(),
+        );
+        r.register(
+            "instances_stalled",
+            "Waiting instances that cannot run until a person acts",
+            m.stalled.clone(),
+        );
+        r.register(
+            "api_requests",
+            "API requests sent, by verb and resource",
+            m.api_requests.clone(),
+        );
+        r.register(
+            "cached_objects",
+            "Objects held in each watch cache after the last placement pass",
+            m.cached.clone(),
+        );
+        r.register(
+            "user_gpu_hours",
+            "GPU-hours of each user in the current calendar month (UTC)",
+            m.user_gpu_hours.clone(),
+        );
+        r.register(
+            "user_cost",
+            "Cost of each user in the current calendar month (UTC), from the GpuPriceList",
+            m.user_cost.clone(),
+        );
+        r.register(
+            "user_budget_remaining_gpu_hours",
+            "GPU-hours left in each budgeted user's current budget period",
+            m.user_budget_remaining.clone(),
+        );
+        m.registry = registry;
+        m
+    }
+
+    /// Counts one reconcile outcome.
+    pub fn reconciled(&self, controller: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels { controller, result })
+            .inc();
+    }
+}
+
+impl gpu_cloud_runtime::metrics::Exporter for ControllerMetrics {
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
+        Ok(body)
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,619 @@
+//! The placement loop: one pass at a time, it reads the whole cluster (nodes, pods, users,
+//! instances) from the watch caches, asks [`gpu_cloud_core::scheduler::plan`] what to place, creates
+//! the pods, and writes each waiting instance's queue position and reason when it changed.
+//!
+//! Passes never overlap. The caches may lag the apiserver by a moment: pods this process
+//! created count as placed until the pod cache shows them ([`super::cache::Assumed`]), and
+//! a restarted controller starts from fresh lists. A placement is committed by creating a
+//! pod whose name is the instance's: a second attempt (after a crash, or by a second
+//! controller) collides with `AlreadyExists` instead of booking the GPUs twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, PartialObjectMeta, PostParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, instrument, warn};
+
+use super::cached_pod::CachedPod;
+use super::conditions::{Health, with_health};
+use super::error::ignore_not_found;
+use super::lifecycle::PodView;
+use super::{Context, ReconcileError, pod, write_instance_status};
+use crate::metrics::CacheLabels;
+use gpu_cloud_api::USER_LABEL;
+use gpu_cloud_api::time;
+use gpu_cloud_api::v1::{GpuInstance, GpuInstanceStatus, GpuUser, Phase, StartPolicy};
+use gpu_cloud_core::policy::cost::PriceList;
+use gpu_cloud_core::policy::objects;
+use gpu_cloud_core::scheduler::{
+    self, Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, Waiting,
+};
+
+/// Runs passes until the task is aborted: on every wake-up, and every `resync` anyway.
+pub async fn run(ctx: Arc<Context>) {
+    let mut next = ctx.args.resync;
+    loop {
+        tokio::select! {
+            _ = ctx.wake.notified() => {}
+            _ = tokio::time::sleep(next) => {}
+        }
+        // Let a burst of changes (a batch of bookings applied at once) land in one pass.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let result = pass(&ctx).await;
+        ctx.metrics
+            .pass_seconds
+            .observe(started.elapsed().as_secs_f64());
+        next = ctx.args.resync;
+        if let Ok(Some(window)) = result {
+            // A window opens before the next resync: be there when it does.
+            let until = Timestamp::now().duration_until(window);
+            let until = Duration::try_from(until).unwrap_or(Duration::ZERO);
+            next = next.min(until + Duration::from_millis(100));
+        }
+        if let Err(e) = result {
+            warn!(error = %e, "placement pass failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ctx.wake.notify_one();
+        }
+    }
+}
+
+/// Everything one pass reads.
+struct World {
+    nodes: Vec<Arc<Node>>,
+    pods: Vec<Arc<CachedPod>>,
+    namespaces: Vec<Arc<PartialObjectMeta<Namespace>>>,
+    users: Vec<Arc<GpuUser>>,
+    instances: Vec<Arc<GpuInstance>>,
+}
+
+/// One pass; returns when the next granted window opens, if any does.
+#[instrument(skip_all, fields(placed, waiting, reserved))]
+async fn pass(ctx: &Context) -> Result<Option<Timestamp>, ReconcileError> {
+    let now = Timestamp::now();
+    let world = read_world(ctx);
+    let mut snapshot = snapshot(&world, now);
+    let (gates, planned) = budget_inputs(&world, now);
+    let refused = objects::budget_gate(&mut snapshot, &gates, &planned);
+    let mut plan = scheduler::plan(&snapshot);
+    plan.waiting.extend(refused);
+    tracing::Span::current().record("reserved", plan.reservations.len());
+    let next_window = snapshot
+        .bookings
+        .iter()
+        .filter(|b| b.reserved_on.is_some() && b.placed_on.is_none())
+        .filter_map(|b| b.start)
+        .chain(plan.reservations.iter().map(|(_, _, t)| *t))
+        .filter(|t| *t > now)
+        .min();
+    let prices = ctx.caches.price_list();
+    tracing::Span::current().record("placed", plan.placements.len());
+    tracing::Span::current().record("waiting", plan.waiting.len());
+    let stalled = plan.waiting.iter().filter(|w| w.wait.stalled()).count();
+    ctx.metrics
+        .waiting
+        .set(i64::try_from(plan.waiting.len()).unwrap_or(i64::MAX));
+    ctx.metrics
+        .stalled
+        .set(i64::try_from(stalled).unwrap_or(i64::MAX));
+
+    let by_key: BTreeMap<InstanceKey, &Arc<GpuInstance>> =
+        world.instances.iter().map(|i| (key_of(i), i)).collect();
+    let user_of: BTreeMap<&InstanceKey, Option<&str>> = snapshot
+        .bookings
+        .iter()
+        .map(|b| (&b.key, b.user.as_deref()))
+        .collect();
+
+    // Owned inputs: the futures below must not borrow from a closure's argument.
+    let to_place: Vec<(Arc<GpuInstance>, String, String)> = plan
+        .placements
+        .iter()
+        .filter_map(|(key, node)| {
+            let user = user_of.get(key).copied().flatten()?;
+            Some(((*by_key.get(key)?).clone(), user.to_owned(), node.clone()))
+        })
+        .collect();
+    let placed = to_place.len();
+    let writes = ctx.args.write_concurrency.max(1);
+    // Every create runs to its end even when one fails: a create dropped in flight could
+    // still land, and a pod this process does not know of is a double booking.
+    let results: Vec<Result<(), ReconcileError>> = stream::iter(to_place)
+        .map(|(inst, user, node)| async move {
+            bounded("create pod", place(ctx, &inst, &user, &node)).await
+        })
+        .buffer_unordered(writes)
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, ReconcileError>>()?;
+    if placed > 0 {
+        info!(count = placed, "placed instances");
+    }
+
+    let to_reserve: Vec<(Arc<GpuInstance>, Option<String>, String, Timestamp)> = plan
+        .reservations
+        .iter()
+        .filter_map(|(key, node, start)| {
+            let user = user_of.get(key).copied().flatten().map(str::to_owned);
+            Some(((*by_key.get(key)?).clone(), user, node.clone(), *start))
+        })
+        .collect();
+    let prices = &prices;
+    stream::iter(to_reserve)
+        .map(|(inst, user, node, start)| async move {
+            bounded(
+                "write reservation",
+                mark_reserved(
+                    ctx,
+                    &inst,
+                    user.as_deref(),
+                    &node,
+                    start,
+                    prices.as_ref(),
+                    now,
+                ),
+            )
+            .await
+        })
+        .buffer_unordered(writes)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let to_mark: Vec<(Arc<GpuInstance>, Option<String>, Waiting)> = plan
+        .waiting
+        .into_iter()
+        .filter_map(|w| {
+            let user = user_of.get(&w.key).copied().flatten().map(str::to_owned);
+            Some(((*by_key.get(&w.key)?).clone(), user, w))
+        })
+        .collect();
+    stream::iter(to_mark)
+        .map(|(inst, user, w)| async move {
+            bounded(
+                "write queue status",
+                mark_waiting(ctx, &inst, user.as_deref(), &w, prices.as_ref(), now),
+            )
+            .await
+        })
+        .buffer_unordered(writes)
+        .try_collect::<Vec<()>>()
+        .await?;
+    super::publish_calendar::publish(ctx, &snapshot).await;
+    Ok(next_window)
+}
+
+/// Each budgeted user's gates (the current period, and each later period a booking ahead
+/// falls in) and the planned GPU-hours of their bookings with the period they fall in.
+type BudgetInputs = (
+    BTreeMap<objects::GateKey, objects::Gate>,
+    BTreeMap<InstanceKey, (f64, Timestamp)>,
+);
+
+fn budget_inputs(world: &World, now: Timestamp) -> BudgetInputs {
+    let mut gates = BTreeMap::new();
+    let mut planned = BTreeMap::new();
+    let budgeted: Vec<&Arc<GpuUser>> = world
+        .users
+        .iter()
+        .filter(|u| u.spec.quota.gpu_hours.is_some())
+        .collect();
+    if budgeted.is_empty() {
+        return (gates, planned);
+    }
+    let mut by_ns: BTreeMap<String, Vec<&GpuInstance>> = BTreeMap::new();
+    for inst in &world.instances {
+        by_ns
+            .entry(inst.namespace().unwrap_or_default())
+            .or_default()
+            .push(inst);
+    }
+    for user in budgeted {
+        let Some(spec) = user.spec.quota.gpu_hours.as_ref() else {
+            continue;
+        };
+        let name = user.name_any();
+        let ns = gpu_cloud_api::namespace_of(&name);
+        let theirs = by_ns.get(&ns).cloned().unwrap_or_default();
+        let Some(Ok(status)) = objects::budget_status(user, &theirs, now) else {
+            continue;
+        };
+        let period = objects::budget(spec).period;
+        for inst in &theirs {
+            let start = inst.spec.start_time.filter(|t| *t > now).unwrap_or(now);
+            let bounds = if status.period.contains(start) {
+                status.period
+            } else {
+                match gpu_cloud_core::policy::budget::period_bounds(period, start) {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                }
+            };
+            let key = (name.clone(), bounds.start);
+            if let std::collections::btree_map::Entry::Vacant(slot) = gates.entry(key) {
+                // A later period: nothing used yet, what windows there commit counts.
+                let in_period = if bounds == status.period {
+                    status
+                } else {
+                    gpu_cloud_core::policy::budget::BudgetStatus {
+                        used: 0.0,
+                        remaining: status.limit,
+                        period: bounds,
+                        ..status
+                    }
+                };
+                let committed = objects::committed_gpu_hours(&theirs, &in_period, now);
+                slot.insert(objects::Gate {
+                    status: in_period,
+                    committed,
+                });
+            }
+            planned.insert(
+                key_of(inst),
+                (objects::planned_gpu_hours(inst), bounds.start),
+            );
+        }
+    }
+    (gates, planned)
+}
+
+/// Longest a single write of a pass may take. A pass waits for all its writes, so one
+/// request that hangs (the client's own read timeout is minutes long, for the sake of
+/// watches) would stop every placement behind it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `write`, or an error once it took longer than [`WRITE_TIMEOUT`]. A create cut off this way
+/// may still land: `place` records the pod as assumed before it is sent.
+async fn bounded(
+    what: &'static str,
+    write: impl std::future::Future<Output = Result<(), ReconcileError>>,
+) -> Result<(), ReconcileError> {
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(ReconcileError::Timeout(what, WRITE_TIMEOUT)))
+}
+
+/// Reads the caches, adding the pods created that the pod cache does not show yet.
+fn read_world(ctx: &Context) -> World {
+    let c = &ctx.caches;
+    let mut pods = c.pods.state();
+    let instances = c.instances.state();
+    pods.extend(ctx.assumed.pending(&pods, &instances));
+    let world = World {
+        nodes: c.nodes.state(),
+        pods,
+        namespaces: c.namespaces.state(),
+        users: c.users.state(),
+        instances,
+    };
+    for (resource, n) in [
+        ("nodes", world.nodes.len()),
+        ("pods", world.pods.len()),
+        ("namespaces", world.namespaces.len()),
+        ("gpuusers", world.users.len()),
+        ("gpuinstances", world.instances.len()),
+    ] {
+        ctx.metrics
+            .cached
+            .get_or_create(&CacheLabels { resource })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    world
+}
+
+fn key_of(inst: &GpuInstance) -> InstanceKey {
+    InstanceKey {
+        namespace: inst.namespace().unwrap_or_default(),
+        name: inst.name_any(),
+    }
+}
+
+/// The pure scheduler's view of the world.
+fn snapshot(world: &World, now: Timestamp) -> Snapshot {
+    let nodes = world.nodes.iter().map(|n| NodeGpus::from_node(n)).collect();
+    let used = scheduler::gpus_in_use(world.pods.iter().map(|p| p.as_ref()));
+    let ns_user: BTreeMap<String, String> = world
+        .namespaces
+        .iter()
+        .filter_map(|ns| Some((ns.name_any(), ns.labels().get(USER_LABEL)?.clone())))
+        .collect();
+    let users = world
+        .users
+        .iter()
+        .map(|u| {
+            let q = &u.spec.quota;
+            let policy = UserPolicy {
+                max_gpus: q.max_gpus,
+                max_instances: q.max_instances,
+                allowed_models: q.allowed_models.clone(),
+                suspended: u.spec.suspended,
+            };
+            (u.name_any(), policy)
+        })
+        .collect();
+    let pod_of: BTreeMap<(String, String), &CachedPod> = world
+        .pods
+        .iter()
+        .map(|p| {
+            (
+                (p.namespace().unwrap_or_default(), p.name_any()),
+                p.as_ref(),
+            )
+        })
+        .collect();
+    let bookings = world
+        .instances
+        .iter()
+        .filter_map(|inst| {
+            let status = inst.status.clone().unwrap_or_default();
+            if inst.meta().deletion_timestamp.is_some()
+                || status.phase.is_some_and(Phase::is_finished)
+            {
+                return None;
+            }
+            let key = key_of(inst);
+            let uid = inst.uid().unwrap_or_default();
+            let pod = pod_of
+                .get(&(key.namespace.clone(), key.name.clone()))
+                .and_then(|p| PodView::of(p, &uid));
+            let pod_created = pod.as_ref().and_then(|p| p.created);
+            let placed_on = match (pod, &status.node_name) {
+                (Some(p), _) => Some(p.node.unwrap_or_default()),
+                // Placed once, pod gone: the instance reconciler ends it; never re-place.
+                (None, Some(_)) => return None,
+                (None, None) => None,
+            };
+            // A granted window holds while the spec it was granted for stands, also while
+            // it waits for its node after it opened (phase Queued, WaitingForHeldNode);
+            // an edited booking (a new startTime, say) asks again, its old window freed.
+            let reserved = status.reserved_node.is_some()
+                && status.starts_at.is_some()
+                && placed_on.is_none()
+                && status.observed_generation == inst.metadata.generation;
+            Some(Booking {
+                user: ns_user.get(&key.namespace).cloned(),
+                model: inst.spec.gpu.model.clone(),
+                count: inst.spec.gpu.count,
+                priority: inst.spec.priority,
+                created: inst
+                    .meta()
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+                started: placed_on
+                    .is_some()
+                    .then(|| {
+                        let held = pod_created.or(status.started_at)?;
+                        Some(gpu_cloud_core::policy::figures::booking_start(
+                            &status, held,
+                        ))
+                    })
+                    .flatten(),
+                placed_on,
+                key,
+                duration: time::parse_duration(&inst.spec.duration).ok(),
+                start: if reserved {
+                    status.starts_at
+                } else {
+                    inst.spec.start_time
+                },
+                start_policy: match inst.spec.start_policy.unwrap_or_default() {
+                    StartPolicy::Exact => scheduler::StartPolicy::Exact,
+                    StartPolicy::EarliestAvailable => scheduler::StartPolicy::EarliestAvailable,
+                },
+                reserved_on: if reserved {
+                    status.reserved_node.clone()
+                } else {
+                    None
+                },
+            })
+        })
+        .collect();
+    Snapshot {
+        nodes,
+        used,
+        users,
+        bookings,
+        now,
+    }
+}
+
+/// Creates the pod: the commit point. The instance reconciler reports the placement in the
+/// instance's status once the pod runs (one write instead of two).
+async fn place(
+    ctx: &Context,
+    inst: &GpuInstance,
+    user: &str,
+    node: &str,
+) -> Result<(), ReconcileError> {
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let pod = pod::build(inst, user, node).map_err(|e| ReconcileError::Build("pod", e))?;
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    // Assumed before it is sent: a create cut off by a timeout may still land.
+    ctx.assumed.insert_unsure(&pod);
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(created) => {
+            ctx.assumed.insert(&created);
+            ctx.metrics.placed.inc();
+            debug!(instance = %name, %node, "placed");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            // A pod of that name exists: ours from an earlier attempt (the next pass sees
+            // it as placed), or a leftover still terminating. Either way, not twice.
+            debug!(instance = %name, "pod already exists");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            ctx.assumed.forget(&ns, &name);
+            // The namespace's ResourceQuota refused it: our view of the quota was stale.
+            warn!(instance = %name, reason = %e.message, "pod refused");
+            ctx.event(inst, EventType::Warning, "PodRefused", e.message.clone())
+                .await;
+            Ok(())
+        }
+        // Its namespace is going away, or the instance with it.
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            ctx.assumed.forget(&ns, &name);
+            Ok(())
+        }
+        // Refused: nothing was created.
+        Err(e @ kube::Error::Api(_)) => {
+            ctx.assumed.forget(&ns, &name);
+            Err(ReconcileError::kube("create pod")(e))
+        }
+        // Lost in transit: it may have been created; it stays assumed for a while.
+        Err(e) => Err(ReconcileError::kube("create pod")(e)),
+    }
+}
+
+/// Writes a waiting instance's queue status, if it changed.
+async fn mark_waiting(
+    ctx: &Context,
+    inst: &GpuInstance,
+    user: Option<&str>,
+    w: &Waiting,
+    prices: Option<&PriceList>,
+    now: Timestamp,
+) -> Result<(), ReconcileError> {
+    let old = inst.status.clone().unwrap_or_default();
+    let mut status = queued_status(inst, user, w, now);
+    status.cost = prices.and_then(|p| objects::instance_cost(inst, p));
+    if status == old {
+        return Ok(());
+    }
+    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &w.key.namespace);
+    // Deleted since this pass read it: nothing to say about it.
+    if ignore_not_found(
+        write_instance_status(&api, &w.key.name, inst.status.as_ref(), &status).await,
+    )
+    .map_err(ReconcileError::kube("write queue status"))?
+    .is_none()
+    {
+        return Ok(());
+    }
+    let reason_changed = old.conditions.iter().all(|c| c.reason != w.wait.reason());
+    if old.phase != Some(Phase::Queued) || reason_changed {
+        let type_ = if w.wait.stalled() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(inst, type_, w.wait.reason(), w.message.clone())
+            .await;
+    }
+    Ok(())
+}
+
+/// Records a granted window: phase `Reserved`, its node and start.
+async fn mark_reserved(
+    ctx: &Context,
+    inst: &GpuInstance,
+    user: Option<&str>,
+    node: &str,
+    start: Timestamp,
+    prices: Option<&PriceList>,
+    now: Timestamp,
+) -> Result<(), ReconcileError> {
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let mut status = reserved_status(inst, user, node, start, now);
+    status.cost = prices.and_then(|p| objects::instance_cost(inst, p));
+    if inst.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+    if ignore_not_found(write_instance_status(&api, &name, inst.status.as_ref(), &status).await)
+        .map_err(ReconcileError::kube("write reservation"))?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let message = status.message.clone().unwrap_or_default();
+    ctx.event(inst, EventType::Normal, "Reserved", message)
+        .await;
+    Ok(())
+}
+
+/// The status of an instance whose window was granted (pure).
+pub fn reserved_status(
+    inst: &GpuInstance,
+    user: Option<&str>,
+    node: &str,
+    start: Timestamp,
+    now: Timestamp,
+) -> GpuInstanceStatus {
+    let old = inst.status.clone().unwrap_or_default();
+    let generation = inst.metadata.generation;
+    let end = time::parse_duration(&inst.spec.duration)
+        .ok()
+        .and_then(|d| start.checked_add(d).ok());
+    let message = format!(
+        "{} x {} reserved on {node} from {}{}",
+        inst.spec.gpu.count,
+        inst.spec.gpu.model,
+        gpu_cloud_api::time::short_utc(start),
+        end.map(|e| format!(" to {}", gpu_cloud_api::time::short_utc(e)))
+            .unwrap_or_default()
+    );
+    GpuInstanceStatus {
+        phase: Some(Phase::Reserved),
+        conditions: with_health(
+            &old.conditions,
+            Health::Progressing {
+                reason: "Reserved",
+                message: &message,
+            },
+            generation,
+            now,
+        ),
+        observed_generation: generation,
+        user: user.map(str::to_owned),
+        queue_position: None,
+        reserved_node: Some(node.to_owned()),
+        starts_at: Some(start),
+        message: Some(message),
+        ..old
+    }
+}
+
+/// The status of an instance that waits (pure).
+pub fn queued_status(
+    inst: &GpuInstance,
+    user: Option<&str>,
+    w: &Waiting,
+    now: Timestamp,
+) -> GpuInstanceStatus {
+    let old = inst.status.clone().unwrap_or_default();
+    let generation = inst.metadata.generation;
+    let (reason, message) = (w.wait.reason(), w.message.as_str());
+    let keeps_window = matches!(
+        w.wait,
+        scheduler::Wait::HeldNode { .. } | scheduler::Wait::WindowMissed { .. }
+    );
+    let health = if w.wait.stalled() {
+        Health::Stalled { reason, message }
+    } else {
+        Health::Progressing { reason, message }
+    };
+    GpuInstanceStatus {
+        phase: Some(Phase::Queued),
+        conditions: with_health(&old.conditions, health, generation, now),
+        observed_generation: generation,
+        user: user.map(str::to_owned),
+        queue_position: Some(w.position),
+        message: Some(w.message.clone()),
+        // Still its window's while it waits for its node or once it was missed; any
+        // other wait means it holds none (it was never granted one, or was edited).
+        reserved_node: old.reserved_node.clone().filter(|_| keeps_window),
+        starts_at: old.starts_at.filter(|_| keeps_window),
+        ..old
+    }
+}

@@ -1,0 +1,255 @@
+//! The command line of `kubectl gpu`, and what each command does with it.
+
+use std::io::Write;
+
+use clap::{Parser, Subcommand};
+use gpu_cloud_api::time::show_time;
+use gpu_cloud_api::v1::{GpuInstance, StartPolicy};
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+
+use crate::PluginError;
+use crate::actions::{self, Booking};
+use crate::tables::{instance_table, slots_text};
+
+/// Book and watch GPUs of the gpu-cloud operator.
+#[derive(Debug, Parser)]
+#[command(name = "kubectl gpu", version, about)]
+pub struct PluginCli {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    /// Act as this user, as `kubectl --as` does (impersonation).
+    #[arg(long = "as", global = true)]
+    as_user: Option<String>,
+    /// Act as a member of this group too, as `kubectl --as-group` does (repeatable).
+    #[arg(long = "as-group", global = true)]
+    as_group: Vec<String>,
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Book GPUs: `kubectl gpu book NVIDIA-L4 --count 1 --for 4h`; ahead of time with
+    /// `--at 2026-12-01T13:00:00Z` or `--at +2h`.
+    Book {
+        /// GPU model (as nodes label it in nvidia.com/gpu.product).
+        model: String,
+        /// How many GPUs (all on one node).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Booking length (`30m`, `4h`, `1h30m`).
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+        /// Book ahead: when it starts, RFC 3339 (`2026-12-01T13:00:00Z`) or from now
+        /// (`+2h`, `+1h30m`). Its GPUs are held for it from then (phase Reserved).
+        #[arg(long)]
+        at: Option<String>,
+        /// If the window at `--at` is taken, book the earliest free one after it
+        /// (startPolicy EarliestAvailable) instead of being refused.
+        #[arg(long, requires = "at")]
+        earliest: bool,
+        /// Container image to run.
+        #[arg(long, default_value = "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04")]
+        image: String,
+        /// Name of the instance (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+        /// Command to run, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List instances with their usage; bookings ahead with their start.
+    Ls {
+        /// In every namespace you may read.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// GPU-hours, energy and cost per user (lifetime and this month), the GPU-hour budget,
+    /// and the cost of each instance.
+    Usage {
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// The next free windows for a booking: `kubectl gpu slots NVIDIA-H100-80GB-HBM3
+    /// --count 4 --for 8h`. Read from the calendar the controller publishes, which names
+    /// no one's bookings.
+    Slots {
+        /// GPU model.
+        model: String,
+        /// How many GPUs (all on one node).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Window length (`30m`, `4h`, `1h30m`).
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+        /// Not before this time: RFC 3339 or from now (`+2h`). Default: now.
+        #[arg(long)]
+        from: Option<String>,
+        /// How many windows to show.
+        #[arg(long, default_value_t = 5)]
+        show: usize,
+        /// Namespace of the gpu-cloud controller, where it publishes the calendar.
+        #[arg(long, env = "GPU_CLOUD_NAMESPACE", default_value = "gpu-cloud")]
+        calendar_namespace: String,
+    },
+}
+
+/// What `kubectl gpu` can fail with, besides the API.
+
+/// `text` as a time: RFC 3339, or `+<duration>` from `now`; to the second.
+pub fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, PluginError> {
+    let bad = || PluginError::InvalidTime(text.to_owned());
+    let t = match text.strip_prefix('+') {
+        Some(rel) => {
+            let d = gpu_cloud_api::time::parse_duration(rel).map_err(|_| bad())?;
+            let d = jiff::SignedDuration::try_from(d).map_err(|_| bad())?;
+            now.checked_add(d).map_err(|_| bad())?
+        }
+        None => text.parse::<Timestamp>().map_err(|_| bad())?,
+    };
+    Timestamp::from_second(t.as_second()).map_err(|_| bad())
+}
+
+/// `now` rounded up to the second.
+fn next_second(now: Timestamp) -> Timestamp {
+    let s = now.as_second();
+    let s = if now.subsec_nanosecond() > 0 {
+        s + 1
+    } else {
+        s
+    };
+    Timestamp::from_second(s).unwrap_or(now)
+}
+
+impl PluginCli {
+    /// Runs the chosen command.
+    pub async fn run(self) -> Result<(), PluginError> {
+        let client = actions::client(self.as_user.clone(), self.as_group.clone()).await?;
+        let ns = self
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let mut out = std::io::stdout().lock();
+        match self.command {
+            PluginCommand::Book {
+                model,
+                count,
+                duration,
+                at,
+                earliest,
+                image,
+                name,
+                command,
+            } => {
+                gpu_cloud_api::time::parse_duration(&duration)?;
+                let now = Timestamp::now();
+                let start = at.as_deref().map(|a| parse_time(a, now)).transpose()?;
+                if let (Some(t), Some(text)) = (start, at.as_deref())
+                    && t <= now
+                {
+                    return Err(PluginError::PastStart(text.to_owned()));
+                }
+                let ahead = start.map(|t| {
+                    (
+                        t,
+                        if earliest {
+                            StartPolicy::EarliestAvailable
+                        } else {
+                            StartPolicy::Exact
+                        },
+                    )
+                });
+                let booking = Booking {
+                    model: &model,
+                    count,
+                    duration: &duration,
+                    image: &image,
+                    ahead,
+                };
+                let inst = actions::book(&client, &ns, &booking, name, command).await?;
+                match start {
+                    None => writeln!(
+                        out,
+                        "booked {ns}/{}: {count} x {model} for {duration}",
+                        inst.name_any()
+                    )?,
+                    Some(t) => writeln!(
+                        out,
+                        "booked {ns}/{}: {count} x {model} for {duration} from {}{}",
+                        inst.name_any(),
+                        show_time(t),
+                        if earliest {
+                            " (or the earliest free window after it)"
+                        } else {
+                            ""
+                        }
+                    )?,
+                }
+                writeln!(
+                    out,
+                    "watch it: kubectl get gi -n {ns} {} -w",
+                    inst.name_any()
+                )?;
+            }
+            PluginCommand::Ls { all_namespaces } => {
+                let api = if all_namespaces {
+                    Api::<GpuInstance>::all(client)
+                } else {
+                    Api::<GpuInstance>::namespaced(client, &ns)
+                };
+                let list = api
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(PluginError::kube("list GpuInstances"))?;
+                write!(out, "{}", instance_table(&list.items))?;
+            }
+            PluginCommand::Usage { user } => {
+                actions::usage(&client, &ns, self.namespace.is_some(), user, &mut out).await?;
+            }
+            PluginCommand::Slots {
+                model,
+                count,
+                duration,
+                from,
+                show,
+                calendar_namespace,
+            } => {
+                let length = gpu_cloud_api::time::parse_duration(&duration)?;
+                let now = next_second(Timestamp::now());
+                let from = from.as_deref().map(|f| parse_time(f, now)).transpose()?;
+                let cal = actions::read_calendar(&client, &calendar_namespace).await?;
+                let text = slots_text(&cal, &model, count, length, from.unwrap_or(now), show, now);
+                write!(out, "{text}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc_3339_or_from_now() {
+        let now: Timestamp = "2026-11-25T12:00:00.5Z".parse().unwrap();
+        assert_eq!(
+            parse_time("+2h", now).unwrap(),
+            "2026-11-25T14:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        assert_eq!(
+            parse_time("2026-12-01T14:00:00+01:00", now).unwrap(),
+            "2026-12-01T13:00:00Z".parse::<Timestamp>().unwrap()
+        );
+        for bad in ["tomorrow", "+2d", "2026-12-01", "+"] {
+            assert!(
+                matches!(parse_time(bad, now), Err(PluginError::InvalidTime(_))),
+                "{bad}"
+            );
+        }
+    }
+}

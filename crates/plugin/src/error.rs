@@ -1,0 +1,61 @@
+//! What `kubectl gpu` can fail with; each says what went wrong and what to do about it.
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// A time that is neither RFC 3339 nor `+<duration>`.
+    #[error(
+        "invalid time {0:?}: write it as RFC 3339 (2026-12-01T13:00:00Z, 2026-12-01T14:00:00+01:00) or from now (+2h, +1h30m)"
+    )]
+    InvalidTime(String),
+    /// A start in the past.
+    #[error("--at {0} is in the past: leave --at out to start as soon as GPUs are free")]
+    PastStart(String),
+    /// A length that does not parse.
+    #[error(transparent)]
+    InvalidDuration(#[from] gpu_cloud_api::time::InvalidDuration),
+    /// The controller has not published its calendar (or not in that namespace).
+    #[error(
+        "no GPU calendar in namespace {0:?} (ConfigMap gpu-cloud-calendar): is the gpu-cloud controller running there? \
+         Name its namespace with --calendar-namespace or GPU_CLOUD_NAMESPACE"
+    )]
+    NoCalendar(String),
+    /// The identity may not read the calendar.
+    #[error(
+        "you may not read the GPU calendar (ConfigMap gpu-cloud-calendar in {0:?}): the gpu-cloud chart's \
+         Role gpu-cloud-calendar-reader lets every authenticated identity get it; is it installed?"
+    )]
+    CalendarForbidden(String),
+    /// The calendar is not what this version of the plugin reads.
+    #[error("the GPU calendar cannot be read: {0} (is the plugin as new as the controller?)")]
+    BadCalendar(#[source] serde_json::Error),
+    /// No usable kubeconfig or in-cluster credentials were found.
+    #[error(
+        "cannot reach a Kubernetes cluster: {0} (set KUBECONFIG, or run `kubectl config use-context`)"
+    )]
+    Credentials(#[from] kube::config::InferConfigError),
+    /// The kubeconfig was found but no client could be built from it.
+    #[error("cannot build a Kubernetes client from the kubeconfig: {0}")]
+    Client(#[source] kube::Error),
+    /// A call to the Kubernetes API failed.
+    #[error("Kubernetes API call `{action}` failed: {source}")]
+    Kube {
+        /// What we were doing, in words (e.g. "list GpuInstances").
+        action: &'static str,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Building the object to send failed (a bug: please report it).
+    #[error("cannot build the GpuInstance: {0}")]
+    Render(#[source] serde_json::Error),
+    /// Writing the output failed (e.g. a closed pipe).
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl PluginError {
+    /// Wraps a client error with the action that failed, for use with `map_err`.
+    pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> PluginError {
+        move |source| PluginError::Kube { action, source }
+    }
+}

@@ -1,0 +1,31 @@
+//! `kubectl gpu`: the GPU cloud in a person's words — book (now or ahead), list, usage and
+//! cost, free windows. Installed as the `kubectl-gpu` binary on the PATH, so kubectl finds
+//! it as a plugin.
+//!
+//! - [`commands`]: the command line and what each command does;
+//! - [`actions`]: what it asks of the API (as the person running it, or `--as` someone);
+//! - [`tables`]: what it prints (pure, tested without a cluster);
+//! - [`table`]: the one table renderer, shared with `gpu-cloud nodes` and `gpu-cloud report`.
+//!
+//! A client of the API only: it depends on the api and core crates, never on the
+//! controller or the agent.
+
+pub mod actions;
+pub mod commands;
+mod error;
+pub mod table;
+pub mod tables;
+
+pub use commands::PluginCli;
+pub use error::PluginError;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings only, so that the plugin's
+/// output is what the person asked for). Calling it twice is harmless.
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
