@@ -19,7 +19,6 @@
 //! invariants, so CI keeps it working; its timings then mean nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -32,11 +31,16 @@ use gpu_cloud_api::{GPU_PRODUCT_LABEL, GPU_RESOURCE};
 use gpu_cloud_core::scheduler::pod_gpu_request;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ResourceQuota};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Config, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
+
+// The control plane, install, ports and waits of the integration tests; the benchmark uses
+// only a part of it.
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 type R<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -206,11 +210,11 @@ async fn run(args: Args) -> R<()> {
         )
         .into());
     }
-    let cp = ControlPlane::start()?;
-    let client = cp.client().await?;
+    let cp = support::PrivateControlPlane::start("bench");
+    let client = cp.client().await;
     let t = Instant::now();
     make_nodes(&client, &args).await?;
-    install(&cp.kubeconfig)?;
+    support::install(&cp.kubeconfig)?;
     eprintln!(
         "{} nodes ready, CRDs installed in {:.1}s",
         args.nodes,
@@ -392,7 +396,7 @@ async fn gpu_cloud_run(
     kubeconfig: &Path,
     args: &Args,
 ) -> R<(RunFigures, ControllerFigures)> {
-    let port = free_port();
+    let port = support::free_port();
     let controller = Controller::start(kubeconfig, port, &args.controller_args)?;
     let users: Vec<String> = (0..args.users).map(|u| format!("bench{u:03}")).collect();
     let user_api = Api::<GpuUser>::all(client.clone());
@@ -927,76 +931,7 @@ async fn cleanup(client: &Client, prefix: &str) -> R<()> {
     .await
 }
 
-/// `hack/install`: the CRDs, the user ClusterRole and the finalizer policy, waited for.
-fn install(kubeconfig: &Path) -> R<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("hack/controlplane-build"))
-        .arg("--print")
-        .output()?;
-    let kubectl = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl");
-    let ok = Command::new(root.join("hack/install"))
-        .env("KUBECONFIG", kubeconfig)
-        .env("KUBECTL", kubectl)
-        .status()?
-        .success();
-    if ok {
-        Ok(())
-    } else {
-        Err("hack/install failed".into())
-    }
-}
-
 // ---- processes ----------------------------------------------------------------------
-
-/// `hack/cluster up --attach` on a directory of its own; torn down when dropped.
-struct ControlPlane {
-    kubeconfig: PathBuf,
-    child: Option<Child>,
-}
-
-impl ControlPlane {
-    fn start() -> R<Self> {
-        let dir = std::env::temp_dir().join(format!("gpu-cloud-bench-{}", std::process::id()));
-        let mut child = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/cluster"))
-            .args(["up", "--attach", "--nodes", "0", "--dir"])
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let ready = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.trim() == "ready");
-        if !ready {
-            return Err(format!(
-                "the control plane did not start; logs in {}",
-                dir.join("logs").display()
-            )
-            .into());
-        }
-        Ok(ControlPlane {
-            kubeconfig: dir.join("admin.kubeconfig"),
-            child: Some(child),
-        })
-    }
-
-    async fn client(&self) -> R<Client> {
-        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-        Ok(Client::try_from(config)?)
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take()); // EOF: the script tears the cluster down
-            let _ = child.wait();
-        }
-    }
-}
 
 /// The gpu-cloud controller under test, as its own process (so its RSS and CPU are its own).
 struct Controller {
@@ -1047,7 +982,9 @@ impl Controller {
     async fn scrape(&self) -> R<Scrape> {
         let port = self.port;
         let body = wait_until_async(30, "controller metrics", || async move {
-            http_get(port, "/metrics").ok()
+            support::http_get(port, "/metrics")
+                .ok()
+                .map(|(_, body)| body)
         })
         .await?;
         let get = |name: &str| {
@@ -1114,23 +1051,6 @@ fn parse_requests(body: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn http_get(port: u16, path: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
-}
-
-fn free_port() -> u16 {
-    let base = 5000 + (std::process::id() % 2000) as u16 * 2 + 1000;
-    (base..base + 500)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .unwrap_or(base)
-}
-
 // ---- helpers ------------------------------------------------------------------------
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1176,21 +1096,19 @@ async fn wait_until(secs: u64, what: &str, mut done: impl FnMut() -> bool) -> R<
     Ok(())
 }
 
+/// [`support::poll`] for probes that answer `None` until done (a timeout panics there,
+/// failing the benchmark loudly).
 async fn wait_until_async<T, F, Fut>(secs: u64, what: &str, mut probe: F) -> R<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let limit = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = probe().await {
-            return Ok(v);
-        }
-        if Instant::now() > limit {
-            return Err(format!("timed out after {secs}s waiting until {what}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let limit = Duration::from_secs(secs);
+    Ok(support::poll(limit, what, || {
+        let next = probe();
+        async move { next.await.ok_or_else(|| "not yet".to_owned()) }
+    })
+    .await)
 }
 
 fn machine() -> BTreeMap<&'static str, String> {

@@ -1,0 +1,226 @@
+//! The scheduler's data: what it is given (a [`Snapshot`] of nodes, GPUs in use, users'
+//! limits and bookings) and what it answers (a [`Plan`]: placements, granted windows, and
+//! why each other booking waits).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use super::NodeGpus;
+
+/// Identifies a GpuInstance.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for InstanceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a user may hold, from `GpuUser.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserPolicy {
+    /// Most GPUs held at once.
+    pub max_gpus: Option<u32>,
+    /// Most placed instances at once.
+    pub max_instances: Option<u32>,
+    /// Allowed models; empty allows all.
+    pub allowed_models: Vec<String>,
+    /// No new placements.
+    pub suspended: bool,
+}
+
+/// What to do when a booking's requested window is taken (`spec.startPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPolicy {
+    /// Only the requested start will do: refuse, naming the next free slot, so that the
+    /// person decides.
+    #[default]
+    Exact,
+    /// Book the earliest start at or after the requested one where the window fits.
+    EarliestAvailable,
+}
+
+/// A booking that has not finished: placed (its pod exists), holding a window, or waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booking {
+    /// Which instance.
+    pub key: InstanceKey,
+    /// Its GpuUser, if its namespace belongs to one.
+    pub user: Option<String>,
+    /// GPU model.
+    pub model: String,
+    /// GPUs wanted, all on one node.
+    pub count: u32,
+    /// Queue priority (higher first).
+    pub priority: i32,
+    /// Creation time: first come, first served within a priority, and for windows.
+    pub created: Timestamp,
+    /// The node its pod is on, once placed.
+    pub placed_on: Option<String>,
+    /// Booked length (`spec.duration`); `None` is treated as running for good, so that
+    /// such a booking never overlaps a window.
+    pub duration: Option<Duration>,
+    /// Window start: the granted one while it holds a window (`reserved_on`), else the
+    /// requested `spec.startTime`. `None` or a time not after `now`: as soon as possible.
+    pub start: Option<Timestamp>,
+    /// What to do when the requested window is taken.
+    pub start_policy: StartPolicy,
+    /// The node holding its granted window (from status), until it is placed.
+    pub reserved_on: Option<String>,
+    /// When its hold began, once placed: it ends at `started + duration`. `None` while
+    /// placed means its end is unknown (held for good).
+    pub started: Option<Timestamp>,
+}
+
+impl Booking {
+    /// A waiting booking of priority 0, as soon as possible and for good, not placed: the
+    /// usual start from which tests and the published calendar set what differs.
+    pub fn new(
+        key: InstanceKey,
+        user: Option<String>,
+        model: &str,
+        count: u32,
+        created: Timestamp,
+    ) -> Booking {
+        Booking {
+            key,
+            user,
+            model: model.to_owned(),
+            count,
+            priority: 0,
+            created,
+            placed_on: None,
+            duration: None,
+            start: None,
+            start_policy: StartPolicy::default(),
+            reserved_on: None,
+            started: None,
+        }
+    }
+}
+
+/// Everything the decision looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every node (GPU or not).
+    pub nodes: Vec<NodeGpus>,
+    /// GPUs held on each node by pods that have not finished (ours or anyone's).
+    pub used: BTreeMap<String, u32>,
+    /// Users by name.
+    pub users: BTreeMap<String, UserPolicy>,
+    /// Unfinished bookings.
+    pub bookings: Vec<Booking>,
+    /// The clock: an input, so that decisions over time are reproducible in tests.
+    pub now: Timestamp,
+}
+
+/// Why a booking is not placed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// Its namespace belongs to no GpuUser.
+    NoUser,
+    /// Its user is suspended.
+    UserSuspended,
+    /// Its user may not book this model.
+    ModelNotAllowed,
+    /// It wants more GPUs than its user may ever hold.
+    OverQuotaLimit { max: u32 },
+    /// Its user holds (or has booked) too many GPUs for the time it would run.
+    GpuQuota { in_use: u32, max: u32 },
+    /// Its user has too many instances placed (or booked) for the time it would run.
+    InstanceQuota { placed: u32, max: u32 },
+    /// No node has this model.
+    UnknownModel,
+    /// No node of this model has that many GPUs.
+    TooLarge { largest: u32 },
+    /// Not enough free GPUs of the model on any one node for its whole duration, or
+    /// earlier bookings wait for them.
+    Capacity { largest_free: u32 },
+    /// Its requested window is taken on every node; `next_free` is the earliest start
+    /// where it would fit (`None`: none while GPUs are held for good).
+    WindowTaken { next_free: Option<Timestamp> },
+    /// Its window ended before it could start (the controller or the node was away): it
+    /// will not run; book again.
+    WindowMissed { end: Timestamp },
+    /// Its window has opened but its node cannot take it yet (a pod overruns, or the node
+    /// is not ready).
+    HeldNode { node: String, free: u32 },
+    /// Its user's GPU-hour budget has not enough left for it (decided in front of the
+    /// scheduler, by `policy::objects::budget_gate`); `never`: not even a whole period's.
+    Budget { never: bool },
+}
+
+impl Wait {
+    /// Waiting will not help: a person must change something (kstatus `Stalled`).
+    pub fn stalled(&self) -> bool {
+        matches!(
+            self,
+            Wait::NoUser
+                | Wait::ModelNotAllowed
+                | Wait::OverQuotaLimit { .. }
+                | Wait::UnknownModel
+                | Wait::TooLarge { .. }
+                | Wait::WindowTaken { .. }
+                | Wait::WindowMissed { .. }
+                | Wait::Budget { never: true }
+        )
+    }
+
+    /// One CamelCase word for conditions and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Wait::NoUser => "NoGpuUser",
+            Wait::UserSuspended => "UserSuspended",
+            Wait::ModelNotAllowed => "ModelNotAllowed",
+            Wait::OverQuotaLimit { .. } => "QuotaExceeded",
+            Wait::GpuQuota { .. } | Wait::InstanceQuota { .. } => "WaitingForQuota",
+            Wait::UnknownModel => "UnknownModel",
+            Wait::TooLarge { .. } => "TooLarge",
+            Wait::Capacity { .. } => "WaitingForGpus",
+            Wait::WindowTaken { .. } => "WindowTaken",
+            Wait::WindowMissed { .. } => "WindowMissed",
+            Wait::HeldNode { .. } => "WaitingForHeldNode",
+            Wait::Budget { .. } => "BudgetExceeded",
+        }
+    }
+}
+
+/// A booking that waits, where it stands and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// Which instance.
+    pub key: InstanceKey,
+    /// 1 for the first waiting booking of its model.
+    pub position: u32,
+    /// Why it waits.
+    pub wait: Wait,
+    /// What a person reads.
+    pub message: String,
+}
+
+/// The outcome of one scheduling pass.
+///
+/// A booking that already holds a future window (`reserved_on`) and is not due appears in
+/// no list: it keeps its window and its `Reserved` status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Bookings to place now, and their node, in queue order (opened windows first).
+    pub placements: Vec<(InstanceKey, String)>,
+    /// Bookings that wait, in queue order.
+    pub waiting: Vec<Waiting>,
+    /// Windows granted in this pass: booking, node, start. The controller records them
+    /// (phase `Reserved`), so that the next pass sees them in `reserved_on`/`start`.
+    pub reservations: Vec<(InstanceKey, String, Timestamp)>,
+    /// Of `placements`, those whose window opened, with the window start: record it as
+    /// their start, so that they end when their window ends and not later.
+    pub due: Vec<(InstanceKey, Timestamp)>,
+}

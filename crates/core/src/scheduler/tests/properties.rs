@@ -1,0 +1,529 @@
+//! Random histories of bookings, deletions and foreign pods against capacity, quota and
+//! order; and over time, against windows.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::scheduler::timeline::end_of;
+
+const MODELS: [&str; 3] = [H100, L4, "NVIDIA-A100-SXM4-80GB"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    Book {
+        user: u8,
+        model: u8,
+        count: u32,
+        priority: i32,
+    },
+    Delete(usize),
+    /// Someone else's pod takes GPUs on a node.
+    Foreign {
+        node: usize,
+        count: u32,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..3, 0u8..3, 1u32..9, -1i32..2)
+            .prop_map(|(user, model, count, priority)| Op::Book { user, model, count, priority }),
+        2 => any::<usize>().prop_map(Op::Delete),
+        1 => (any::<usize>(), 1u32..4).prop_map(|(node, count)| Op::Foreign { node, count }),
+    ]
+}
+
+fn nodes() -> impl Strategy<Value = Vec<NodeGpus>> {
+    prop::collection::vec((0usize..3, 0u32..9, any::<bool>()), 1..6).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (m, gpus, ok))| {
+                let mut n = node(&format!("n{i}"), MODELS[m], gpus);
+                n.ready = ok || i % 2 == 0;
+                n
+            })
+            .collect()
+    })
+}
+
+/// The cluster as objects: nodes, foreign pods, bookings (with `placed_on` standing
+/// for their pods). A pass sees only this, as a freshly restarted controller would,
+/// so each step below is also a restart.
+#[derive(Debug, Clone)]
+struct World {
+    nodes: Vec<NodeGpus>,
+    foreign: BTreeMap<String, u32>,
+    bookings: Vec<Booking>,
+    users: BTreeMap<String, UserPolicy>,
+    clock: i64,
+}
+
+impl World {
+    fn snapshot(&self) -> Snapshot {
+        let mut used = self.foreign.clone();
+        for b in &self.bookings {
+            if let Some(n) = &b.placed_on {
+                *used.entry(n.clone()).or_default() += b.count;
+            }
+        }
+        Snapshot {
+            nodes: self.nodes.clone(),
+            used,
+            users: self.users.clone(),
+            bookings: self.bookings.clone(),
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
+    fn apply(&mut self, plan: &Plan) {
+        for (key, node) in &plan.placements {
+            let b = self
+                .bookings
+                .iter_mut()
+                .find(|b| &b.key == key)
+                .expect("placed booking exists");
+            assert!(b.placed_on.is_none(), "{key} placed twice");
+            b.placed_on = Some(node.clone());
+        }
+    }
+}
+
+fn check_invariants(world: &World, before: &Snapshot, plan: &Plan) -> Result<(), TestCaseError> {
+    // Capacity: a pass never takes more than was free on a node.
+    for n in &world.nodes {
+        let was_used = before.used.get(&n.name).copied().unwrap_or(0);
+        let added: u32 = plan
+            .placements
+            .iter()
+            .filter(|(_, node)| node == &n.name)
+            .map(|(k, _)| {
+                before
+                    .bookings
+                    .iter()
+                    .find(|b| &b.key == k)
+                    .map_or(0, |b| b.count)
+            })
+            .sum();
+        if added > 0 {
+            prop_assert!(n.eligible(), "placed on ineligible node {}", n.name);
+            prop_assert!(
+                was_used + added <= n.allocatable,
+                "node {} over capacity",
+                n.name
+            );
+        }
+    }
+    // Model match, quota.
+    let mut gpus: BTreeMap<&str, u32> = BTreeMap::new();
+    for b in world.bookings.iter().filter(|b| b.placed_on.is_some()) {
+        let n = world
+            .nodes
+            .iter()
+            .find(|n| Some(&n.name) == b.placed_on.as_ref())
+            .unwrap();
+        prop_assert_eq!(n.model.as_deref(), Some(b.model.as_str()));
+        *gpus.entry(b.user.as_deref().unwrap()).or_default() += b.count;
+    }
+    for (user, used) in gpus {
+        if let Some(max) = world.users[user].max_gpus {
+            prop_assert!(used <= max, "user {} holds {} > {}", user, used, max);
+        }
+    }
+    // No overtaking: after a booking waits for GPUs of its model, no later booking
+    // of that model is placed in the same pass.
+    let order = |k: &InstanceKey| {
+        let b = before.bookings.iter().find(|b| &b.key == k).unwrap();
+        (-b.priority, b.created, b.key.clone(), b.model.clone())
+    };
+    for w in plan
+        .waiting
+        .iter()
+        .filter(|w| matches!(w.wait, Wait::Capacity { .. }))
+    {
+        let (p, c, k, model) = order(&w.key);
+        for (placed, _) in &plan.placements {
+            let (p2, c2, k2, model2) = order(placed);
+            if model2 == model {
+                prop_assert!(
+                    (p2, c2, k2) < (p, c, k.clone()),
+                    "{} overtook {}",
+                    placed,
+                    w.key
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Users u0, u1, ... with these GPU quotas.
+fn users_with_gpu_quotas(quotas: &[Option<u32>]) -> BTreeMap<String, UserPolicy> {
+    quotas
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let policy = UserPolicy {
+                max_gpus: *q,
+                ..Default::default()
+            };
+            (format!("u{i}"), policy)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn random_histories_keep_capacity_quota_and_order(
+        nodes in nodes(),
+        quotas in prop::collection::vec(prop::option::of(1u32..12), 3),
+        ops in prop::collection::vec(op(), 1..60),
+    ) {
+        let users = users_with_gpu_quotas(&quotas);
+        let mut world = World { nodes, foreign: BTreeMap::new(), bookings: vec![], users, clock: 0 };
+        for (i, op) in ops.into_iter().enumerate() {
+            world.clock += 1;
+            match op {
+                Op::Book { user, model, count, priority } => {
+                    let mut b = booking(&format!("b{i}"), &format!("u{user}"), MODELS[model as usize], count, world.clock);
+                    b.priority = priority;
+                    world.bookings.push(b);
+                }
+                Op::Delete(i) if !world.bookings.is_empty() => {
+                    let i = i % world.bookings.len();
+                    world.bookings.remove(i);
+                }
+                Op::Foreign { node, count } => {
+                    // Only where it fits: the kubelet would refuse it otherwise.
+                    let snap = world.snapshot();
+                    let n = &world.nodes[node % world.nodes.len()];
+                    let used = snap.used.get(&n.name).copied().unwrap_or(0);
+                    if used + count <= n.allocatable {
+                        *world.foreign.entry(n.name.clone()).or_default() += count;
+                    }
+                }
+                Op::Delete(_) => {}
+            }
+            let before = world.snapshot();
+            let p = plan(&before);
+            world.apply(&p);
+            check_invariants(&world, &before, &p)?;
+            // Deciding again on the resulting world places nothing more: a pass after
+            // a crash or restart, seeing only the cluster, cannot double-book.
+            let again = plan(&world.snapshot());
+            prop_assert!(again.placements.is_empty(), "second pass placed {:?}", again.placements);
+        }
+    }
+}
+
+// ---- properties over time ----------------------------------------------------
+
+/// Times in the timed properties are whole half hours after this, so that windows and
+/// placements often touch and boundaries are exercised.
+const UNIT: i64 = 1800;
+
+fn t0() -> Timestamp {
+    at("2026-12-01T00:00Z")
+}
+
+fn units(n: i64) -> Timestamp {
+    Timestamp::from_second(t0().as_second() + n * UNIT).expect("test time")
+}
+
+#[derive(Debug, Clone)]
+enum TimedOp {
+    Book {
+        user: u8,
+        model: u8,
+        count: u32,
+        priority: i32,
+        /// Half hours; `None`: no end.
+        length: Option<u32>,
+        /// Half hours from now; `None`: now.
+        ahead: Option<u32>,
+        earliest: bool,
+    },
+    Delete(usize),
+    /// Half hours.
+    Advance(u32),
+}
+
+fn timed_op() -> impl Strategy<Value = TimedOp> {
+    prop_oneof![
+        6 => (
+            0u8..3,
+            0u8..3,
+            1u32..9,
+            -1i32..2,
+            prop::option::weighted(0.8, 1u32..12),
+            prop::option::weighted(0.5, 1u32..24),
+            any::<bool>(),
+        )
+            .prop_map(|(user, model, count, priority, length, ahead, earliest)| {
+                TimedOp::Book { user, model, count, priority, length, ahead, earliest }
+            }),
+        1 => any::<usize>().prop_map(TimedOp::Delete),
+        3 => (0u32..8).prop_map(TimedOp::Advance),
+    ]
+}
+
+/// The cluster over time: bookings with what the controller records (placement and its
+/// start, granted windows), the clock. Bookings end when their time is up.
+#[derive(Debug, Clone)]
+struct TimedWorld {
+    nodes: Vec<NodeGpus>,
+    bookings: Vec<Booking>,
+    users: BTreeMap<String, UserPolicy>,
+    now: Timestamp,
+    serial: i64,
+}
+
+impl TimedWorld {
+    fn snapshot(&self) -> Snapshot {
+        let mut used = BTreeMap::new();
+        for b in &self.bookings {
+            if let Some(n) = &b.placed_on {
+                *used.entry(n.clone()).or_default() += b.count;
+            }
+        }
+        Snapshot {
+            nodes: self.nodes.clone(),
+            used,
+            users: self.users.clone(),
+            bookings: self.bookings.clone(),
+            now: self.now,
+        }
+    }
+
+    /// What the controller does with a plan.
+    fn apply(&mut self, plan: &Plan) {
+        let due: BTreeMap<_, _> = plan.due.iter().cloned().collect();
+        for (key, node) in &plan.placements {
+            let b = self
+                .bookings
+                .iter_mut()
+                .find(|b| &b.key == key)
+                .expect("exists");
+            assert!(b.placed_on.is_none(), "{key} placed twice");
+            b.placed_on = Some(node.clone());
+            b.started = Some(due.get(key).copied().unwrap_or(self.now));
+        }
+        for (key, node, start) in &plan.reservations {
+            let b = self
+                .bookings
+                .iter_mut()
+                .find(|b| &b.key == key)
+                .expect("exists");
+            assert!(b.reserved_on.is_none(), "{key} reserved twice");
+            b.reserved_on = Some(node.clone());
+            b.start = Some(*start);
+        }
+    }
+
+    /// The controller ends bookings whose time is up.
+    fn expire(&mut self) {
+        let now = self.now;
+        self.bookings
+            .retain(|b| match (b.placed_on.as_ref(), b.started) {
+                (Some(_), Some(s)) => end_of(s, b.duration) > now,
+                _ => true,
+            });
+    }
+}
+
+/// GPUs held on every node at every instant from `now` on (checked at every boundary)
+/// never exceed what the node has: placements for their time, windows for theirs.
+fn check_over_time(world: &TimedWorld) -> Result<(), TestCaseError> {
+    for n in &world.nodes {
+        let mut holds: Vec<(Timestamp, Timestamp, u32)> = vec![];
+        for b in &world.bookings {
+            if b.placed_on.as_ref() == Some(&n.name) {
+                let s = b.started.expect("placed bookings have a start");
+                holds.push((s, end_of(s, b.duration), b.count));
+            } else if b.placed_on.is_none() && b.reserved_on.as_ref() == Some(&n.name) {
+                let s = b.start.expect("windows have a start");
+                holds.push((s, end_of(s, b.duration), b.count));
+            }
+        }
+        let points = std::iter::once(world.now)
+            .chain(holds.iter().map(|h| h.0))
+            .filter(|&t| t >= world.now);
+        for t in points {
+            let held: u32 = holds
+                .iter()
+                .filter(|&&(s, e, _)| s <= t && t < e)
+                .map(|h| h.2)
+                .sum();
+            prop_assert!(
+                held <= n.allocatable,
+                "node {} holds {} > {} at {}",
+                n.name,
+                held,
+                n.allocatable,
+                t
+            );
+        }
+    }
+    Ok(())
+}
+
+fn timed_booking(world: &mut TimedWorld, op: &TimedOp) -> Option<Booking> {
+    let TimedOp::Book {
+        user,
+        model,
+        count,
+        priority,
+        length,
+        ahead,
+        earliest,
+    } = *op
+    else {
+        return None;
+    };
+    world.serial += 1;
+    let mut b = booking(
+        &format!("b{}", world.serial),
+        &format!("u{user}"),
+        MODELS[model as usize],
+        count,
+        world.now.as_second() + world.serial,
+    );
+    b.priority = priority;
+    b.duration = length.map(|l| Duration::from_secs(u64::from(l) * UNIT as u64));
+    b.start = ahead.map(|a| {
+        Timestamp::from_second(world.now.as_second() + i64::from(a) * UNIT).expect("time")
+    });
+    b.start_policy = if earliest {
+        StartPolicy::EarliestAvailable
+    } else {
+        StartPolicy::Exact
+    };
+    Some(b)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn windows_never_overlap_beyond_capacity_and_are_never_moved(
+        nodes in nodes(),
+        quotas in prop::collection::vec(prop::option::of(1u32..16), 3),
+        ops in prop::collection::vec(timed_op(), 1..50),
+        later in prop::collection::vec(timed_op(), 1..6),
+    ) {
+        let users = users_with_gpu_quotas(&quotas);
+        let mut world = TimedWorld { nodes, bookings: vec![], users, now: units(0), serial: 0 };
+        // Every window granted so far: it keeps its node and start until it opens there.
+        let mut granted: BTreeMap<InstanceKey, (String, Timestamp)> = BTreeMap::new();
+        for op in &ops {
+            match op {
+                TimedOp::Book { .. } => {
+                    let b = timed_booking(&mut world, op).expect("a booking");
+                    world.bookings.push(b);
+                }
+                TimedOp::Delete(i) if !world.bookings.is_empty() => {
+                    let i = i % world.bookings.len();
+                    granted.remove(&world.bookings[i].key);
+                    world.bookings.remove(i);
+                }
+                TimedOp::Delete(_) => {}
+                TimedOp::Advance(n) => {
+                    world.now = units((world.now.as_second() - t0().as_second()) / UNIT + i64::from(*n));
+                    world.expire();
+                }
+            }
+            let before = world.snapshot();
+            let p = plan(&before);
+
+            // Later bookings (created after all of these) change no window granted
+            // now, and no window due now.
+            let mut extended = world.clone();
+            for op in &later {
+                if let Some(b) = timed_booking(&mut extended, op) {
+                    extended.bookings.push(b);
+                }
+            }
+            let p2 = plan(&extended.snapshot());
+            for r in &p.reservations {
+                prop_assert!(p2.reservations.contains(r), "{:?} moved by later bookings", r);
+            }
+            for d in &p.due {
+                prop_assert!(p2.due.contains(d), "{:?} delayed by later bookings", d);
+            }
+
+            world.apply(&p);
+            check_over_time(&world)?;
+
+            // A granted window opens on its node at its start, unless it was missed
+            // altogether (the clock jumped past its end).
+            for (key, node, start) in &p.reservations {
+                prop_assert!(*start > world.now);
+                granted.insert(key.clone(), (node.clone(), *start));
+            }
+            for (key, node) in &p.placements {
+                if let Some((n, s)) = granted.remove(key) {
+                    prop_assert_eq!(&n, node);
+                    let due = p.due.iter().find(|(k, _)| k == key).map(|d| d.1);
+                    prop_assert_eq!(due, Some(s));
+                }
+            }
+            for w in &p.waiting {
+                if granted.contains_key(&w.key) {
+                    prop_assert!(
+                        matches!(w.wait, Wait::WindowMissed { .. }),
+                        "a granted window waits: {:?}", w
+                    );
+                }
+            }
+
+            // Complete: nothing more to place or grant at the same instant.
+            let again = plan(&world.snapshot());
+            prop_assert!(again.placements.is_empty(), "second pass placed {:?}", again.placements);
+            prop_assert!(again.reservations.is_empty(), "second pass granted {:?}", again.reservations);
+        }
+    }
+
+    #[test]
+    fn the_first_slot_offered_is_the_one_earliest_available_books(
+        nodes in nodes(),
+        ops in prop::collection::vec(timed_op(), 1..30),
+        count in 1u32..9,
+        length in 1u32..12,
+        model in 0usize..3,
+    ) {
+        let users = (0..3).map(|i| (format!("u{i}"), UserPolicy::default())).collect();
+        let mut world = TimedWorld { nodes, bookings: vec![], users, now: units(0), serial: 0 };
+        for op in &ops {
+            match op {
+                TimedOp::Book { .. } => {
+                    let b = timed_booking(&mut world, op).expect("a booking");
+                    world.bookings.push(b);
+                }
+                TimedOp::Advance(n) => {
+                    world.now = units((world.now.as_second() - t0().as_second()) / UNIT + i64::from(*n));
+                    world.expire();
+                }
+                TimedOp::Delete(_) => {}
+            }
+            let p = plan(&world.snapshot());
+            world.apply(&p);
+        }
+        // Whatever the queue says, a new window request for the first slot gets it.
+        let s = world.snapshot();
+        let duration = Some(Duration::from_secs(u64::from(length) * UNIT as u64));
+        let from = Timestamp::from_second(s.now.as_second() + UNIT).expect("time");
+        let slots = next_free_slots(&s, MODELS[model], count, duration, from, 3);
+        prop_assert!(slots.windows(2).all(|w| w[0].0 < w[1].0));
+        if let Some((first, _)) = slots.first() {
+            let mut b = booking("probe", "u0", MODELS[model], count, s.now.as_second() + 1_000_000);
+            b.duration = duration;
+            b.start = Some(from);
+            b.start_policy = StartPolicy::EarliestAvailable;
+            let mut s2 = s.clone();
+            s2.bookings.retain(|b| b.placed_on.is_some() || b.reserved_on.is_some());
+            s2.bookings.push(b);
+            let p = plan(&s2);
+            let got = p.reservations.iter().find(|r| r.0.name == "probe").map(|r| r.2);
+            prop_assert_eq!(got, Some(*first));
+        }
+    }
+}
