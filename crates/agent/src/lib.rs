@@ -49,10 +49,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub simulate: bool,
     /// How often to sample.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = gpu_cloud_api::time::parse_duration)]
     pub sample_interval: Duration,
     /// At most how often to write each instance's status (sampling goes on in between).
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = gpu_cloud_api::time::parse_duration)]
     pub write_interval: Duration,
     /// Where to serve /metrics, /healthz and /readyz (9400 is dcgm-exporter's port).
     #[arg(long, default_value = "0.0.0.0:9400")]
@@ -67,10 +67,6 @@ pub struct AgentArgs {
     /// The kubelet's PodResources socket (device → pod attribution).
     #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
     pub pod_resources_socket: PathBuf,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    gpu_cloud_api::time::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Why the agent stopped.

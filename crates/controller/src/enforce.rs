@@ -185,3 +185,60 @@ fn set_condition(
     conditions.retain(|c| c.type_ != IDLE_CONDITION);
     conditions.push(c);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// A running instance with a 10-minute idle rule whose agent wrote `usage`, and whose
+    /// last status remembered `last_reading`.
+    fn running(usage: serde_json::Value, last_reading: serde_json::Value) -> GpuInstance {
+        serde_json::from_value(json!({
+            "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
+            "metadata": {"name": "a", "namespace": "gpu-u", "uid": "u1", "generation": 1},
+            "spec": {"gpu": {"model": "NVIDIA-L4", "count": 2}, "image": "x", "duration": "4h",
+                     "idleTimeout": "10m"},
+            "status": {"phase": "Running", "nodeName": "n", "startedAt": "2026-12-01T10:00:00Z",
+                       "usage": usage, "idle": {"lastReading": last_reading}}
+        }))
+        .unwrap()
+    }
+
+    fn usage(at: &str, gpu_seconds: f64, avg: f64) -> serde_json::Value {
+        json!({"gpuSeconds": gpu_seconds, "avgUtilization": avg, "peakMemoryBytes": 0,
+               "energyJoules": 0.0, "sampledAt": at, "source": "simulated"})
+    }
+
+    /// The agent's counters start again from zero (a counter reset): the reconcile takes
+    /// the new reading as its baseline, so the next write is judged as an interval of its
+    /// own instead of being swallowed by the old, larger baseline.
+    #[test]
+    fn a_counter_reset_seen_by_the_reconcile_becomes_the_next_baseline() {
+        let before =
+            json!({"at": "2026-12-01T10:30:00Z", "gpuSeconds": 3600.0, "avgUtilization": 90.0});
+        let reset = running(usage("2026-12-01T10:30:15Z", 30.0, 0.0), before);
+        let v = before_at(&reset, "2026-12-01T10:30:15Z");
+        let (_, state, verdict) = v.idle.expect("an idle rule applies");
+        assert_eq!(verdict, IdleVerdict::NoData);
+        let baseline = state.last_reading.expect("the reset reading is kept");
+        assert_eq!(baseline.gpu_seconds, 30.0);
+
+        // The next write (idle GPUs) after the reset: a sample, the idle clock starts.
+        let next = running(
+            usage("2026-12-01T10:30:30Z", 60.0, 0.0),
+            serde_json::to_value(baseline).unwrap(),
+        );
+        let (_, state, verdict) = before_at(&next, "2026-12-01T10:30:30Z").idle.unwrap();
+        assert!(matches!(verdict, IdleVerdict::Idle { .. }), "{verdict:?}");
+        assert_eq!(state.idle_since, Some(ts("2026-12-01T10:30:30Z")));
+    }
+
+    fn before_at(inst: &GpuInstance, now: &str) -> Verdicts {
+        before(inst, None, &[inst], true, ts(now))
+    }
+}

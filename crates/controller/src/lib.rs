@@ -47,16 +47,15 @@ pub const FIELD_MANAGER: &str = "gpu-cloud-controller";
 pub struct ControllerArgs {
     /// How often the placement loop runs even when nothing asked it to (catches node
     /// changes such as a node becoming Ready).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = gpu_cloud_api::time::parse_duration)]
     pub resync: Duration,
     /// Reconciles in flight at once, per controller (each waits on one or two API writes,
     /// so this bounds how many bookings a second a burst gets through).
     #[arg(long, default_value_t = 64)]
     pub concurrency: u16,
     /// Writes in flight at once within a placement pass (pod creations, queue statuses).
-    /// A pod create takes the apiserver about half a second under a burst, so this is
-    /// what bounds placements a second: 32 gave 56/s at 10,000 bookings, 128 gave 78/s,
-    /// 256 no more (README "Performance").
+    /// A pod create takes a busy apiserver about half a second, so this bounds placements
+    /// a second under a burst (README "Performance" has the measurements).
     #[arg(long, default_value_t = 128)]
     pub write_concurrency: usize,
     /// Client-side rate limit of API requests.
@@ -81,10 +80,6 @@ pub struct ControllerArgs {
     /// How long a Lease held by a vanished leader blocks the others, seconds.
     #[arg(long, default_value_t = 10)]
     pub lease_duration: u64,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    gpu_cloud_api::time::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// What every reconciler shares.
