@@ -98,8 +98,6 @@ enum PluginCommand {
     },
 }
 
-/// What `kubectl gpu` can fail with, besides the API.
-
 /// `text` as a time: RFC 3339, or `+<duration>` from `now`; to the second.
 pub fn parse_time(text: &str, now: Timestamp) -> Result<Timestamp, PluginError> {
     let bad = || PluginError::InvalidTime(text.to_owned());

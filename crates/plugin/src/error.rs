@@ -1,5 +1,6 @@
 //! What `kubectl gpu` can fail with; each says what went wrong and what to do about it.
 
+/// What `kubectl gpu` can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// A time that is neither RFC 3339 nor `+<duration>`.
