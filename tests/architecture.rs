@@ -76,6 +76,16 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// What the pure crates (api, core) never declare.
+const PURE: &[&str] = &[
+    "tokio",
+    "axum",
+    "nvml-wrapper",
+    "tonic",
+    "kube-runtime",
+    "kube-client",
+];
+
 /// kube features that bring a client or the runtime (controllers, watchers).
 const KUBE_IO_FEATURES: &[&str] = &[
     "client",

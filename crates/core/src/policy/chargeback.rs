@@ -220,20 +220,10 @@ mod tests {
     use crate::policy::cost::actual_cost;
     use proptest::prelude::*;
 
-    const H100: &str = "NVIDIA-H100-80GB-HBM3";
-    const L4: &str = "NVIDIA-L4";
+    use crate::policy::cost::tests::{H100, L4, prices};
 
     fn ts(s: &str) -> Timestamp {
         s.parse().unwrap()
-    }
-
-    fn prices() -> PriceList {
-        PriceList {
-            currency: "EUR".into(),
-            per_gpu_hour: [(H100.to_owned(), 2.5), (L4.to_owned(), 0.5)].into(),
-            default_per_gpu_hour: None,
-            per_kwh: Some(0.3),
-        }
     }
 
     #[test]

@@ -211,13 +211,14 @@ impl From<&GpuPriceListSpec> for PriceList {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const H100: &str = "NVIDIA-H100-80GB-HBM3";
-    const L4: &str = "NVIDIA-L4";
+    pub(crate) const H100: &str = "NVIDIA-H100-80GB-HBM3";
+    pub(crate) const L4: &str = "NVIDIA-L4";
 
-    fn prices() -> PriceList {
+    /// The price list of the pricing and chargeback tests.
+    pub(crate) fn prices() -> PriceList {
         PriceList {
             currency: "EUR".into(),
             per_gpu_hour: [(H100.to_owned(), 2.5), (L4.to_owned(), 0.5)].into(),
