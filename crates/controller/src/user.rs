@@ -26,7 +26,7 @@ use crate::metrics::{UserCostLabels, UserLabels};
 use gpu_cloud_api::GPU_RESOURCE;
 use gpu_cloud_api::USER_LABEL;
 use gpu_cloud_api::v1::{GpuInstance, GpuUser, GpuUserStatus, Phase, SubjectKind};
-use gpu_cloud_api::{MANAGED_BY, NAMESPACE_PREFIX, namespace_of};
+use gpu_cloud_api::{MANAGED_BY, namespace_of, user_of_namespace};
 use gpu_cloud_core::policy::chargeback;
 use gpu_cloud_core::policy::cost::CostError;
 use gpu_cloud_core::policy::rollup;
@@ -102,7 +102,7 @@ pub async fn run(
         // Instances change what a user holds: refresh the user's status.
         .watches_shared_stream(instances, |inst| {
             inst.namespace()
-                .and_then(|ns| ns.strip_prefix(NAMESPACE_PREFIX).map(str::to_owned))
+                .and_then(|ns| user_of_namespace(&ns).map(str::to_owned))
                 .map(|user| ObjectRef::<GpuUser>::new(&user))
         })
         .with_config(config)
