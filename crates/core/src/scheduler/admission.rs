@@ -12,6 +12,7 @@ use gpu_cloud_api::time::{show_length, show_time};
 
 use super::ledger::{Held, Ledger, ModelNodes};
 use super::model::{Booking, InstanceKey, Plan, Snapshot, StartPolicy, Wait, Waiting};
+use super::share::{first_come, queue_order};
 use super::timeline::{NEVER, UserHolds, Want, end_of, release_time};
 
 /// Decides where waiting bookings go now and which windows are granted. See the module
@@ -20,7 +21,8 @@ use super::timeline::{NEVER, UserHolds, Want, end_of, release_time};
 /// The plan is complete: deciding again on the world it leaves places and grants nothing
 /// more. (One sweep down the queue is not always enough: a higher-priority booking placed
 /// late in a sweep can put an earlier one of the same user over quota, which then no
-/// longer holds up its model's queue; so sweeps repeat until one changes nothing.)
+/// longer holds up its model's queue, and placements change the users' shares and so the
+/// order between users; so sweeps repeat until one changes nothing.)
 pub fn plan(snapshot: &Snapshot) -> Plan {
     let mut out = Plan::default();
     let mut world = std::borrow::Cow::Borrowed(snapshot);
@@ -116,11 +118,11 @@ fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
             None => queue.push(b),
         }
     }
-    let first_come =
-        |a: &Booking, b: &Booking| a.created.cmp(&b.created).then_with(|| a.key.cmp(&b.key));
     opened.sort_by(|(a, ha), (b, hb)| ha.start.cmp(&hb.start).then_with(|| first_come(a, b)));
     requests.sort_by(|a, b| first_come(a, b));
-    queue.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| first_come(a, b)));
+    // Fair share is taken from what is held at the sweep's start: a sweep after
+    // placements may order users differently, as the next pass would.
+    let queue = queue_order(snapshot, queue);
 
     let mut plan = Plan::default();
     let mut waiting_per_model: BTreeMap<&str, u32> = BTreeMap::new();

@@ -5,12 +5,14 @@
 //!
 //! Split by concern: [`model`] (the snapshot and the plan), [`capacity`] (what a node
 //! offers and pods hold), [`timeline`] (time on one node and for one user), [`ledger`]
-//! (free GPUs during one sweep), [`admission`] (the decision), [`published`] (the
-//! anonymized calendar `kubectl gpu slots` reads).
+//! (free GPUs during one sweep), [`share`] (the order of the queue between users),
+//! [`admission`] (the decision), [`published`] (the anonymized calendar `kubectl gpu
+//! slots` reads).
 //!
 //! Policy:
-//! - Order: higher `priority` first; equal priorities first come, first served (creation
-//!   time, then namespace/name so that the order is total).
+//! - Order: higher `priority` first; within a priority, fair share between users (the
+//!   lowest projected share of its guarantee first, see [`share`]); one user's own
+//!   bookings first come, first served (creation time, then namespace/name).
 //! - Each GPU model is its own queue. When a booking waits for free GPUs of its model,
 //!   every later booking of that model waits behind it, even one that would fit now
 //!   (no overtaking: a large booking is never starved by a stream of small ones).
@@ -37,6 +39,7 @@ pub mod capacity;
 mod ledger;
 pub mod model;
 pub mod published;
+pub mod share;
 pub mod timeline;
 
 #[cfg(test)]

@@ -40,11 +40,12 @@ fn fifo_within_priority_and_higher_priority_first() {
 
 #[test]
 fn a_small_booking_does_not_overtake_a_blocked_larger_one_of_its_model() {
+    // One user's queue (between users, fair share orders: see share.rs).
     let mut s = snapshot(
         vec![node("a", H100, 8), node("l", L4, 1)],
         vec![
             booking("big", "u", H100, 8, 1),
-            booking("small", "v", H100, 1, 2),
+            booking("small", "u", H100, 1, 2),
             booking("other-model", "v", L4, 1, 3),
         ],
     );
@@ -116,23 +117,25 @@ fn impossible_bookings_are_stalled_with_their_reason() {
     );
     let p = plan(&s);
     assert!(p.placements.is_empty());
-    let got: Vec<_> = p
+    let mut got: Vec<_> = p
         .waiting
         .iter()
-        .map(|w| (w.wait.clone(), w.wait.stalled()))
+        .map(|w| (w.key.name.as_str(), w.wait.clone(), w.wait.stalled()))
         .collect();
+    got.sort_by(|a, b| a.0.cmp(b.0));
     assert_eq!(
         got,
         vec![
-            (Wait::UnknownModel, true),
-            (Wait::TooLarge { largest: 1 }, true),
-            (Wait::NoUser, true),
-            (Wait::ModelNotAllowed, true),
-            (Wait::OverQuotaLimit { max: 2 }, true),
+            ("b200", Wait::UnknownModel, true),
+            ("l4x2", Wait::TooLarge { largest: 1 }, true),
+            ("notallowed", Wait::ModelNotAllowed, true),
+            ("nouser", Wait::NoUser, true),
+            ("toomany", Wait::OverQuotaLimit { max: 2 }, true),
         ]
     );
+    let l4x2 = p.waiting.iter().find(|w| w.key.name == "l4x2").unwrap();
     assert_eq!(
-        p.waiting[1].message,
+        l4x2.message,
         format!("no {L4} node has 2 GPUs (the largest has 1)")
     );
 }

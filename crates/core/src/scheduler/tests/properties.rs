@@ -129,21 +129,29 @@ fn check_invariants(world: &World, before: &Snapshot, plan: &Plan) -> Result<(),
             prop_assert!(used <= max, "user {} holds {} > {}", user, used, max);
         }
     }
-    // No overtaking: after a booking waits for GPUs of its model, no later booking
-    // of that model is placed in the same pass.
+    // No overtaking within a user's queue: after a booking waits for GPUs of its model,
+    // no later booking of that user and model is placed in the same pass. (Between users
+    // the order is fair share, which placements change from one sweep to the next: see
+    // share.rs and its tests.)
     let order = |k: &InstanceKey| {
         let b = before.bookings.iter().find(|b| &b.key == k).unwrap();
-        (-b.priority, b.created, b.key.clone(), b.model.clone())
+        (
+            -b.priority,
+            b.created,
+            b.key.clone(),
+            b.model.clone(),
+            b.user.clone(),
+        )
     };
     for w in plan
         .waiting
         .iter()
         .filter(|w| matches!(w.wait, Wait::Capacity { .. }))
     {
-        let (p, c, k, model) = order(&w.key);
+        let (p, c, k, model, user) = order(&w.key);
         for (placed, _) in &plan.placements {
-            let (p2, c2, k2, model2) = order(placed);
-            if model2 == model {
+            let (p2, c2, k2, model2, user2) = order(placed);
+            if model2 == model && user2 == user {
                 prop_assert!(
                     (p2, c2, k2) < (p, c, k.clone()),
                     "{} overtook {}",
