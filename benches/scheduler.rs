@@ -98,6 +98,10 @@ fn snapshot(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
             start_policy: StartPolicy::Exact,
             reserved_on: None,
             started: None,
+            preemptible: false,
+            terminating: false,
+            nominated_on: None,
+            preempted_by: vec![],
         })
         .collect();
     Snapshot {
@@ -106,6 +110,7 @@ fn snapshot(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
         users,
         bookings,
         now: Timestamp::UNIX_EPOCH,
+        preemption: false,
     }
 }
 
@@ -139,6 +144,10 @@ fn with_windows(mut s: Snapshot, windows: usize, granted: bool) -> Snapshot {
             start_policy: StartPolicy::EarliestAvailable,
             reserved_on: granted.then(|| node.name.clone()),
             started: None,
+            preemptible: false,
+            terminating: false,
+            nominated_on: None,
+            preempted_by: vec![],
         });
     }
     s

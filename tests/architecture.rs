@@ -41,28 +41,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
 /// not declare them: the pure ones have no async runtime, no HTTP server and no NVML; the
 /// plugin (a kubectl plugin on people's laptops) no server, TLS acceptor or NVML either.
 const FORBIDDEN: &[(&str, &[&str])] = &[
-    (
-        "gpu-cloud-api",
-        &[
-            "tokio",
-            "axum",
-            "nvml-wrapper",
-            "tonic",
-            "kube-runtime",
-            "kube-client",
-        ],
-    ),
-    (
-        "gpu-cloud-core",
-        &[
-            "tokio",
-            "axum",
-            "nvml-wrapper",
-            "tonic",
-            "kube-runtime",
-            "kube-client",
-        ],
-    ),
+    ("gpu-cloud-api", PURE),
+    ("gpu-cloud-core", PURE),
     (
         "gpu-cloud-plugin",
         &[

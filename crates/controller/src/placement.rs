@@ -335,6 +335,7 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                 max_instances: q.max_instances,
                 allowed_models: q.allowed_models.clone(),
                 suspended: u.spec.suspended,
+                ..UserPolicy::default()
             };
             (u.name_any(), policy)
         })
@@ -414,6 +415,10 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                 } else {
                     None
                 },
+                preemptible: false,
+                terminating: false,
+                nominated_on: None,
+                preempted_by: vec![],
             })
         })
         .collect();
@@ -423,6 +428,8 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
         users,
         bookings,
         now,
+        // Not yet: the instances' API has no spot, borrowing or grace period to act on.
+        preemption: false,
     }
 }
 

@@ -11,7 +11,8 @@ use jiff::Timestamp;
 use gpu_cloud_api::time::{show_length, show_time};
 
 use super::ledger::{Held, Ledger, ModelNodes};
-use super::model::{Booking, InstanceKey, Plan, Snapshot, StartPolicy, Wait, Waiting};
+use super::model::{Booking, InstanceKey, Plan, Snapshot, StartPolicy, UserPolicy, Wait, Waiting};
+use super::preemption::{self, Candidate, Preemption, Reason};
 use super::share::{first_come, queue_order};
 use super::timeline::{NEVER, UserHolds, Want, end_of, release_time};
 
@@ -26,9 +27,15 @@ use super::timeline::{NEVER, UserHolds, Want, end_of, release_time};
 pub fn plan(snapshot: &Snapshot) -> Plan {
     let mut out = Plan::default();
     let mut world = std::borrow::Cow::Borrowed(snapshot);
+    // Placed in this pass: never preempted in it (a placement is never undone at once).
+    let mut fresh: BTreeSet<InstanceKey> = BTreeSet::new();
     loop {
-        let swept = sweep(&world);
+        let swept = sweep(&world, &fresh);
+        // Preemptions alone do not call for another sweep: their victims still hold their
+        // GPUs, so nothing more would fit; the next pass goes on from there. (Sweeping
+        // again for them would cost a sweep of the whole queue per few preemptions.)
         if swept.placements.is_empty() && swept.reservations.is_empty() {
+            out.preemptions.extend(swept.preemptions);
             out.waiting = swept.waiting;
             return out;
         }
@@ -44,7 +51,16 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             .iter()
             .map(|(k, n, t)| (k, (n, *t)))
             .collect();
+        let victims: BTreeSet<&InstanceKey> = swept.preemptions.iter().map(|p| &p.victim).collect();
+        let nominated: BTreeMap<&InstanceKey, &String> =
+            swept.preemptions.iter().map(|p| (&p.by, &p.node)).collect();
         for b in w.bookings.iter_mut() {
+            if victims.contains(&b.key) {
+                b.terminating = true;
+            }
+            if let Some(node) = nominated.get(&b.key) {
+                b.nominated_on = Some((*node).clone());
+            }
             if let Some(node) = placed.get(&b.key) {
                 b.placed_on = Some((*node).clone());
                 b.started = Some(due.get(&b.key).copied().unwrap_or(now));
@@ -54,9 +70,11 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 b.start = Some(*start);
             }
         }
+        fresh.extend(swept.placements.iter().map(|(k, _)| k.clone()));
         out.placements.extend(swept.placements);
         out.reservations.extend(swept.reservations);
         out.due.extend(swept.due);
+        out.preemptions.extend(swept.preemptions);
     }
 }
 
@@ -85,10 +103,12 @@ pub fn next_free_slots(
 }
 
 /// One sweep down the queue: opened windows, then window requests, then the queue.
-fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
+fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
     let now = snapshot.now;
     let mut ledger = Ledger::new(snapshot);
-    let mut holds: BTreeMap<&str, UserHolds> = BTreeMap::new();
+    // What each user holds over time, spot bookings apart (they count against
+    // `max_spot_gpus`, not the guarantee).
+    let mut holds: BTreeMap<(&str, bool), UserHolds> = BTreeMap::new();
     for b in &snapshot.bookings {
         let Some(user) = b.user.as_deref() else {
             continue;
@@ -96,12 +116,12 @@ fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
         if b.placed_on.is_some() {
             let end = b.started.map_or(NEVER, |s| end_of(s, b.duration));
             holds
-                .entry(user)
+                .entry((user, b.preemptible))
                 .or_default()
                 .add_placed(release_time(end, now), b.count);
         } else if let Some(h) = ledger.held(b) {
             holds
-                .entry(user)
+                .entry((user, b.preemptible))
                 .or_default()
                 .add_window(h.start, h.end, b.count);
         }
@@ -159,7 +179,7 @@ fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
             Ok(()) => {
                 let node = ledger.open(h, b.count, now);
                 if let Some(u) = b.user.as_deref() {
-                    let u = holds.entry(u).or_default();
+                    let u = holds.entry((u, b.preemptible)).or_default();
                     u.remove_window(h.start, h.end, b.count);
                     u.add_placed(release_time(h.end, now), b.count);
                 }
@@ -177,7 +197,10 @@ fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
                 let end = end_of(start, b.duration);
                 let node = ledger.reserve(index, start, end, b.count);
                 if let Some(u) = b.user.as_deref() {
-                    holds.entry(u).or_default().add_window(start, end, b.count);
+                    holds
+                        .entry((u, b.preemptible))
+                        .or_default()
+                        .add_window(start, end, b.count);
                 }
                 plan.reservations
                     .push((b.key.clone(), node.to_owned(), start));
@@ -186,8 +209,58 @@ fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
         }
     }
 
+    // Preemption's view of the sweep's start: who runs where, who is borrowed.
+    let preempting = Preempting::new(snapshot, &ledger, fresh);
+
+    // Bookings nominated on a node by their own earlier preemption: placed there as soon
+    // as their victims are gone, and until then the GPUs freed there are kept for them.
+    // One whose victims are gone and which still does not fit asks again, in the queue.
+    let mut queue: Vec<&Booking> = queue;
+    if snapshot.preemption {
+        let (nominated, rest): (Vec<&Booking>, Vec<&Booking>) = queue
+            .into_iter()
+            .partition(|b| preempting.nominated_node(b).is_some());
+        queue = rest;
+        for b in nominated {
+            let Some(i) = preempting.nominated_node(b) else {
+                continue;
+            };
+            let end = end_of(now, b.duration);
+            let checked =
+                admit(b, snapshot, &ledger).and_then(|_| quota(b, snapshot, &holds, now, end));
+            if let Err(w) = checked {
+                wait(&mut plan, b, w, false);
+                continue;
+            }
+            let fits = ledger.nodes[i].eligible() && ledger.min_free(i, now, end) >= b.count;
+            let victims = preempting.terminating_on(i);
+            if fits {
+                let node = ledger.take(i, b.count, end, now);
+                if let Some(u) = b.user.as_deref() {
+                    holds
+                        .entry((u, b.preemptible))
+                        .or_default()
+                        .add_placed(release_time(end, now), b.count);
+                }
+                plan.placements.push((b.key.clone(), node.to_owned()));
+            } else if victims > 0 {
+                let keep = ledger.free[i].min(b.count);
+                if keep > 0 {
+                    ledger.take(i, keep, end, now);
+                }
+                let node = ledger.nodes[i].name.clone();
+                wait(&mut plan, b, Wait::Preempting { node, victims }, false);
+            } else {
+                queue.push(b);
+            }
+        }
+        queue = queue_order(snapshot, queue);
+    }
+
     // The queue, now.
     let mut blocked_models: BTreeSet<&str> = BTreeSet::new();
+    let mut attempts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut taken: BTreeSet<&InstanceKey> = BTreeSet::new();
     for b in queue {
         let blocked = blocked_models.contains(b.model.as_str());
         match decide(b, snapshot, &ledger, &holds, blocked) {
@@ -195,7 +268,7 @@ fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
                 let node = ledger.take(index, b.count, end_of(now, b.duration), now);
                 if let Some(u) = b.user.as_deref() {
                     holds
-                        .entry(u)
+                        .entry((u, b.preemptible))
                         .or_default()
                         .add_placed(release_time(end_of(now, b.duration), now), b.count);
                 }
@@ -204,6 +277,30 @@ fn sweep<'s>(snapshot: &'s Snapshot) -> Plan {
             Err(w) => {
                 if matches!(w, Wait::Capacity { .. }) {
                     blocked_models.insert(&b.model);
+                    let tries = attempts.entry(b.model.as_str()).or_default();
+                    if snapshot.preemption && !b.preemptible && *tries < PREEMPTION_ATTEMPTS {
+                        *tries += 1;
+                        if let Some((i, victims)) = preempting.choose(b, &ledger, &taken, now) {
+                            let node = ledger.nodes[i].name.clone();
+                            for (v, reason) in &victims {
+                                taken.insert(&v.key);
+                                plan.preemptions.push(Preemption {
+                                    victim: v.key.clone(),
+                                    by: b.key.clone(),
+                                    node: node.clone(),
+                                    reason: *reason,
+                                });
+                            }
+                            // What is free there now is kept for it too.
+                            let keep = ledger.free[i].min(b.count);
+                            if keep > 0 {
+                                ledger.take(i, keep, end_of(now, b.duration), now);
+                            }
+                            let n = u32::try_from(victims.len()).unwrap_or(u32::MAX);
+                            wait(&mut plan, b, Wait::Preempting { node, victims: n }, blocked);
+                            continue;
+                        }
+                    }
                 }
                 wait(&mut plan, b, w, blocked);
             }
@@ -227,7 +324,10 @@ fn admit<'l>(
     if !policy.allowed_models.is_empty() && !policy.allowed_models.contains(&b.model) {
         return Err(Wait::ModelNotAllowed);
     }
-    if let Some(max) = policy.max_gpus.filter(|&max| b.count > max) {
+    if b.preemptible && policy.max_spot_gpus == 0 {
+        return Err(Wait::SpotNotAllowed);
+    }
+    if let Some(max) = gpu_limit(b, policy).filter(|&max| b.count > max) {
         return Err(Wait::OverQuotaLimit { max });
     }
     let model = ledger
@@ -247,7 +347,7 @@ fn admit<'l>(
 fn quota(
     b: &Booking,
     snapshot: &Snapshot,
-    holds: &BTreeMap<&str, UserHolds>,
+    holds: &BTreeMap<(&str, bool), UserHolds>,
     a: Timestamp,
     end: Timestamp,
 ) -> Result<(), Wait> {
@@ -258,17 +358,32 @@ fn quota(
     else {
         return Err(Wait::NoUser);
     };
-    if policy.max_gpus.is_none() && policy.max_instances.is_none() {
+    let limit = gpu_limit(b, policy);
+    if limit.is_none() && policy.max_instances.is_none() {
         return Ok(());
     }
-    let (in_use, placed) = holds.get(user).map_or((0, 0), |h| h.peak(a, end));
-    if let Some(max) = policy.max_gpus.filter(|&max| in_use + b.count > max) {
+    let peak = |spot: bool| holds.get(&(user, spot)).map_or((0, 0), |h| h.peak(a, end));
+    let (in_use, _) = peak(b.preemptible);
+    if let Some(max) = limit.filter(|&max| in_use + b.count > max) {
         return Err(Wait::GpuQuota { in_use, max });
     }
+    let placed = peak(false).1.saturating_add(peak(true).1);
     if let Some(max) = policy.max_instances.filter(|&max| placed >= max) {
         return Err(Wait::InstanceQuota { placed, max });
     }
     Ok(())
+}
+
+/// The most GPUs of `b`'s kind (spot or not) its user may hold: the spot allowance, or the
+/// guarantee plus what may be borrowed; `None` when unlimited.
+fn gpu_limit(b: &Booking, policy: &UserPolicy) -> Option<u32> {
+    if b.preemptible {
+        Some(policy.max_spot_gpus)
+    } else {
+        policy
+            .max_gpus
+            .map(|g| g.saturating_add(policy.borrow_gpus))
+    }
 }
 
 /// A window request: the node and start it gets, or why not.
@@ -276,7 +391,7 @@ fn request(
     b: &Booking,
     snapshot: &Snapshot,
     ledger: &Ledger<'_>,
-    holds: &BTreeMap<&str, UserHolds>,
+    holds: &BTreeMap<(&str, bool), UserHolds>,
 ) -> Result<(usize, Timestamp), Wait> {
     let model = admit(b, snapshot, ledger)?;
     let asked = b.start.unwrap_or(snapshot.now).max(snapshot.now);
@@ -314,7 +429,7 @@ fn decide(
     b: &Booking,
     snapshot: &Snapshot,
     ledger: &Ledger<'_>,
-    holds: &BTreeMap<&str, UserHolds>,
+    holds: &BTreeMap<(&str, bool), UserHolds>,
     blocked: bool,
 ) -> Result<usize, Wait> {
     let model = admit(b, snapshot, ledger)?;
@@ -387,5 +502,129 @@ fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
         Wait::HeldNode { node, free } => {
             format!("window opened: waiting for {want} on its node {node} ({free} free)")
         }
+        Wait::SpotNotAllowed => {
+            format!("user {user} may hold no spot GPUs (quota.maxSpotGpus)")
+        }
+        Wait::Preempting { node, victims } => format!(
+            "preempting on {node}: waiting for {victims} preempted instance(s) to stop, then {want} start there"
+        ),
+    }
+}
+
+/// Bookings of one model that may try to preempt in one sweep: enough for the head of the
+/// queue and a few with a right the head lacks, without a search of every node for every
+/// waiting booking of a long queue.
+const PREEMPTION_ATTEMPTS: usize = 8;
+
+/// Bookings to preempt, each with why.
+type Victims<'s> = Vec<(&'s Booking, Reason)>;
+
+/// What preemption needs of a sweep's start: node indexes, who runs where, who is borrowed.
+struct Preempting<'s> {
+    snapshot: &'s Snapshot,
+    index_of: BTreeMap<&'s str, usize>,
+    /// Placed bookings per node index that are not already being preempted.
+    running: BTreeMap<usize, Vec<&'s Booking>>,
+    /// Placed bookings being preempted, per node index.
+    terminating: BTreeMap<usize, u32>,
+    borrowed: BTreeSet<InstanceKey>,
+}
+
+impl<'s> Preempting<'s> {
+    fn new(snapshot: &'s Snapshot, ledger: &Ledger<'s>, fresh: &BTreeSet<InstanceKey>) -> Self {
+        let mut p = Preempting {
+            snapshot,
+            index_of: BTreeMap::new(),
+            running: BTreeMap::new(),
+            terminating: BTreeMap::new(),
+            borrowed: BTreeSet::new(),
+        };
+        if !snapshot.preemption {
+            return p;
+        }
+        p.index_of = ledger
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_str(), i))
+            .collect();
+        for b in &snapshot.bookings {
+            let Some(&i) = b.placed_on.as_deref().and_then(|n| p.index_of.get(n)) else {
+                continue;
+            };
+            if b.terminating {
+                *p.terminating.entry(i).or_default() += 1;
+            } else if !fresh.contains(&b.key) {
+                p.running.entry(i).or_default().push(b);
+            }
+        }
+        p.borrowed = preemption::borrowed(snapshot);
+        p
+    }
+
+    /// The node `b` is nominated on, if it is one of its model.
+    fn nominated_node(&self, b: &Booking) -> Option<usize> {
+        let &i = self.index_of.get(b.nominated_on.as_deref()?)?;
+        (self.snapshot.nodes[i].model.as_deref() == Some(b.model.as_str())).then_some(i)
+    }
+
+    /// Bookings on node `i` still being preempted.
+    fn terminating_on(&self, i: usize) -> u32 {
+        self.terminating.get(&i).copied().unwrap_or(0)
+    }
+
+    /// The node and the cheapest set of bookings there whose preemption makes `b` fit
+    /// now, of those `b` may preempt and not already `taken` in this sweep; `None` when
+    /// no node would do. Only nodes where no window shortens `b`'s time are looked at, so
+    /// that what the victims free is free for all of it.
+    fn choose(
+        &self,
+        b: &Booking,
+        ledger: &Ledger<'_>,
+        taken: &BTreeSet<&InstanceKey>,
+        now: Timestamp,
+    ) -> Option<(usize, Victims<'s>)> {
+        let model = ledger.models.get(b.model.as_str())?;
+        let end = end_of(now, b.duration);
+        let reclaiming = preemption::within_guarantee(self.snapshot, b);
+        let mut best: Option<(preemption::Cost, &str, usize, Victims<'s>)> = None;
+        for &i in &model.eligible {
+            let free = ledger.free[i];
+            if free >= b.count || ledger.min_free(i, now, end) != free {
+                continue;
+            }
+            let allowed: Victims<'s> = self
+                .running
+                .get(&i)
+                .into_iter()
+                .flatten()
+                .filter(|v| !taken.contains(&v.key))
+                .filter_map(|v| {
+                    let r =
+                        preemption::may_preempt(b, v, reclaiming, self.borrowed.contains(&v.key))?;
+                    Some((*v, r))
+                })
+                .collect();
+            let candidates: Vec<Candidate> = allowed
+                .iter()
+                .map(|(v, _)| Candidate {
+                    gpus: v.count,
+                    spot: v.preemptible,
+                    started: v.started.unwrap_or(Timestamp::MIN),
+                })
+                .collect();
+            let Some((set, cost)) = preemption::cheapest_set(b.count - free, &candidates) else {
+                continue;
+            };
+            let name = ledger.nodes[i].name.as_str();
+            if best
+                .as_ref()
+                .is_none_or(|(c, n, _, _)| (cost, name) < (*c, *n))
+            {
+                let victims = set.into_iter().map(|k| allowed[k]).collect();
+                best = Some((cost, name, i, victims));
+            }
+        }
+        best.map(|(_, _, i, v)| (i, v))
     }
 }

@@ -6,6 +6,7 @@
 //! Split by concern: [`model`] (the snapshot and the plan), [`capacity`] (what a node
 //! offers and pods hold), [`timeline`] (time on one node and for one user), [`ledger`]
 //! (free GPUs during one sweep), [`share`] (the order of the queue between users),
+//! [`preemption`] (who may displace whom, and the smallest set),
 //! [`admission`] (the decision), [`published`] (the anonymized calendar `kubectl gpu
 //! slots` reads).
 //!
@@ -38,6 +39,7 @@ pub mod admission;
 pub mod capacity;
 mod ledger;
 pub mod model;
+pub mod preemption;
 pub mod published;
 pub mod share;
 pub mod timeline;

@@ -36,6 +36,11 @@ pub struct UserPolicy {
     pub allowed_models: Vec<String>,
     /// No new placements.
     pub suspended: bool,
+    /// GPUs that may be held beyond `max_gpus` while they are idle: borrowed, and taken
+    /// back by preemption when their owners need them (see [`super::preemption`]).
+    pub borrow_gpus: u32,
+    /// GPUs that may be held in spot (preemptible) bookings, apart from `max_gpus`.
+    pub max_spot_gpus: u32,
 }
 
 /// What to do when a booking's requested window is taken (`spec.startPolicy`).
@@ -79,6 +84,16 @@ pub struct Booking {
     /// When its hold began, once placed: it ends at `started + duration`. `None` while
     /// placed means its end is unknown (held for good).
     pub started: Option<Timestamp>,
+    /// A spot booking: idle GPUs apart from its user's guarantee, the first to be preempted.
+    pub preemptible: bool,
+    /// Placed, and its pod is being deleted (preempted): its GPUs are still held, and it
+    /// is preempted no further.
+    pub terminating: bool,
+    /// Waiting for the bookings it preempted on this node to go (from its status).
+    pub nominated_on: Option<String>,
+    /// The bookings that preempted it (most recent last): it never preempts one of them
+    /// back, so that no two bookings take turns.
+    pub preempted_by: Vec<InstanceKey>,
 }
 
 impl Booking {
@@ -104,6 +119,10 @@ impl Booking {
             start_policy: StartPolicy::default(),
             reserved_on: None,
             started: None,
+            preemptible: false,
+            terminating: false,
+            nominated_on: None,
+            preempted_by: vec![],
         }
     }
 }
@@ -121,6 +140,9 @@ pub struct Snapshot {
     pub bookings: Vec<Booking>,
     /// The clock: an input, so that decisions over time are reproducible in tests.
     pub now: Timestamp,
+    /// Waiting bookings may preempt (see [`super::preemption`]); off, nothing is preempted
+    /// and bookings with a nomination wait on as any other.
+    pub preemption: bool,
 }
 
 /// Why a booking is not placed now.
@@ -157,6 +179,11 @@ pub enum Wait {
     /// Its user's GPU-hour budget has not enough left for it (decided in front of the
     /// scheduler, by `policy::objects::budget_gate`); `never`: not even a whole period's.
     Budget { never: bool },
+    /// A spot booking of a user who may hold no spot GPUs.
+    SpotNotAllowed,
+    /// It preempted bookings on `node` and waits for their pods to go (`victims` still
+    /// there); the GPUs freed there are kept for it.
+    Preempting { node: String, victims: u32 },
 }
 
 impl Wait {
@@ -172,6 +199,7 @@ impl Wait {
                 | Wait::WindowTaken { .. }
                 | Wait::WindowMissed { .. }
                 | Wait::Budget { never: true }
+                | Wait::SpotNotAllowed
         )
     }
 
@@ -190,6 +218,8 @@ impl Wait {
             Wait::WindowMissed { .. } => "WindowMissed",
             Wait::HeldNode { .. } => "WaitingForHeldNode",
             Wait::Budget { .. } => "BudgetExceeded",
+            Wait::SpotNotAllowed => "SpotNotAllowed",
+            Wait::Preempting { .. } => "Preempting",
         }
     }
 }
@@ -223,4 +253,7 @@ pub struct Plan {
     /// Of `placements`, those whose window opened, with the window start: record it as
     /// their start, so that they end when their window ends and not later.
     pub due: Vec<(InstanceKey, Timestamp)>,
+    /// Bookings to preempt in this pass (their pods deleted, with a grace period), each
+    /// with the booking that gets its GPUs; that one waits with [`Wait::Preempting`].
+    pub preemptions: Vec<super::preemption::Preemption>,
 }

@@ -228,6 +228,7 @@ mod tests {
             users: BTreeMap::new(),
             bookings: vec![placed, twin, forever, window, queued],
             now: t(0),
+            preemption: false,
         }
     }
 
@@ -383,6 +384,7 @@ mod tests {
                 users: BTreeMap::new(),
                 bookings,
                 now: t(0),
+                preemption: false,
             }
         })
     }

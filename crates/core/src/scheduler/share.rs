@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 use super::model::{Booking, Snapshot};
 
 /// The queue in the order the scheduler serves it: higher priority first; within a
-/// priority, the lowest projected share first; then first come, first served.
+/// priority, spot (preemptible) bookings after the others (they would be the first to be
+/// preempted again), then the lowest projected share first; then first come, first served.
 pub fn queue_order<'s>(snapshot: &Snapshot, mut queue: Vec<&'s Booking>) -> Vec<&'s Booking> {
     queue.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| first_come(a, b)));
     let cluster: u32 = snapshot
@@ -60,6 +61,7 @@ pub fn queue_order<'s>(snapshot: &Snapshot, mut queue: Vec<&'s Booking>) -> Vec<
     keyed.sort_by(|(sa, a), (sb, b)| {
         b.priority
             .cmp(&a.priority)
+            .then_with(|| a.preemptible.cmp(&b.preemptible))
             .then_with(|| sa.partial_cmp(sb).unwrap_or(Ordering::Equal))
             .then_with(|| first_come(a, b))
     });

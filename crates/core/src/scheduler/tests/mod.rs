@@ -1,9 +1,10 @@
-//! The scheduler's tests, by concern: [`placement`] (placing now: order, quota, fit),
+//! The scheduler's tests, by concern: [`placement`] (placing now: order, quota, fit), [`preempting`] (preemption in the plan),
 //! [`ahead`] (booking ahead: windows), [`properties`] (random histories against the
 //! invariants). Shared builders are here.
 
 mod ahead;
 mod placement;
+mod preempting;
 mod properties;
 
 use std::collections::BTreeMap;
@@ -48,6 +49,7 @@ pub fn snapshot(nodes: Vec<NodeGpus>, bookings: Vec<Booking>) -> Snapshot {
         users,
         bookings,
         now: Timestamp::UNIX_EPOCH,
+        preemption: false,
     }
 }
 

@@ -72,6 +72,7 @@ impl World {
             users: self.users.clone(),
             bookings: self.bookings.clone(),
             now: Timestamp::UNIX_EPOCH,
+            preemption: false,
         }
     }
 
@@ -300,6 +301,7 @@ impl TimedWorld {
             users: self.users.clone(),
             bookings: self.bookings.clone(),
             now: self.now,
+            preemption: false,
         }
     }
 
