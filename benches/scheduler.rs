@@ -212,6 +212,67 @@ fn time_windows(c: &mut Criterion) {
     g.finish();
 }
 
+/// Preemption (issue #15): 1,000 full nodes, each running a spot booking of 2 GPUs and a
+/// borrowed one of 6 (a user without a guarantee who borrows), 10,000 queued; with
+/// preemption the pass picks victims for the heads of the queues, without it (today's
+/// controller) it only finds that nothing fits.
+fn preempting(nodes: usize, queued: usize, on: bool) -> Snapshot {
+    let mut s = snapshot(nodes, queued, Fill::Full);
+    s.preemption = on;
+    s.users.insert(
+        "lender".into(),
+        UserPolicy {
+            max_gpus: Some(0),
+            borrow_gpus: u32::MAX / 2,
+            ..UserPolicy::default()
+        },
+    );
+    s.users.insert(
+        "spot".into(),
+        UserPolicy {
+            max_spot_gpus: u32::MAX / 2,
+            ..UserPolicy::default()
+        },
+    );
+    let started = Timestamp::from_second(1_600_000_000).expect("time");
+    for (i, n) in s.nodes.clone().iter().enumerate() {
+        for (user, count, spot) in [("spot", 2, true), ("lender", 6, false)] {
+            let key = InstanceKey {
+                namespace: format!("gpu-{user}"),
+                name: format!("{user}-{i:05}"),
+            };
+            let mut b = Booking::new(
+                key,
+                Some(user.into()),
+                n.model.as_deref().unwrap_or_default(),
+                count,
+                started,
+            );
+            b.placed_on = Some(n.name.clone());
+            b.started = Some(started);
+            b.preemptible = spot;
+            s.bookings.push(b);
+        }
+    }
+    let p = plan(&s);
+    assert_eq!(
+        p.preemptions.is_empty(),
+        !on,
+        "preemption {on}: {} preempted",
+        p.preemptions.len()
+    );
+    s
+}
+
+fn preemption(c: &mut Criterion) {
+    let mut g = group(c, "preemption (1k full nodes, 10k queued)");
+    for (on, name) in [(false, "without (today)"), (true, "with preemption")] {
+        let s = preempting(1_000, 10_000, on);
+        g.bench_function(name, |b| b.iter(|| plan(black_box(&s))));
+    }
+    g.finish();
+}
+
 const SIZES: [usize; 4] = [1_000, 2_000, 5_000, 10_000];
 
 fn growth_by_queue(c: &mut Criterion) {
@@ -267,6 +328,6 @@ fn group<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTime> {
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_decision, drained_after_deletion, growth_by_queue, growth_by_nodes, time_windows
+    targets = one_decision, drained_after_deletion, growth_by_queue, growth_by_nodes, time_windows, preemption
 }
 criterion_main!(benches);
