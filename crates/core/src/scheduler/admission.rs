@@ -403,26 +403,58 @@ fn request(
         // Every node of the model is held for good beyond what it would leave.
         return Err(Wait::WindowTaken { next_free: None });
     }
-    let start = match ledger.best_fit(model, b.count, asked, end_of(asked, b.duration), false) {
-        Some(_) => asked,
-        None => {
+    let fits =
+        |start: Timestamp| ledger.best_fit(model, b.count, start, end_of(start, b.duration), false);
+    let within_quota =
+        |start: Timestamp| quota(b, snapshot, holds, start, end_of(start, b.duration));
+    match (fits(asked), b.start_policy) {
+        (Some(i), policy) => match within_quota(asked) {
+            Ok(()) => return Ok((i, asked)),
+            Err(w) if policy == StartPolicy::Exact => return Err(w),
+            Err(_) => {}
+        },
+        (None, StartPolicy::Exact) => {
             let next_free = ledger
                 .slots(&b.model, want, asked, 1)
                 .first()
                 .map(|&(t, _)| t);
-            match (b.start_policy, next_free) {
-                (StartPolicy::EarliestAvailable, Some(t)) => t,
-                _ => return Err(Wait::WindowTaken { next_free }),
-            }
+            return Err(Wait::WindowTaken { next_free });
         }
-    };
-    let end = end_of(start, b.duration);
-    quota(b, snapshot, holds, start, end)?;
-    ledger
-        .best_fit(model, b.count, start, end, false)
-        .map(|i| (i, start))
-        .ok_or(Wait::WindowTaken { next_free: None })
+        (None, StartPolicy::EarliestAvailable) => {}
+    }
+    // The earliest start where both the GPUs and the user's quota allow it: among the
+    // starts where GPUs of the model come free and the ends of what the user holds. (The
+    // earliest free GPUs alone may be over quota, and a later start within it would then
+    // be left to a later sweep, where later bookings could have taken it.)
+    let mut starts: Vec<Timestamp> = ledger
+        .slots(&b.model, want, asked, EARLIEST_SEARCH)
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    if let Some(h) = b
+        .user
+        .as_deref()
+        .and_then(|u| holds.get(&(u, b.preemptible)))
+    {
+        starts.extend(h.ends().filter(|&t| t > asked && t < NEVER));
+    }
+    starts.sort();
+    starts.dedup();
+    let mut refused = None;
+    for start in starts {
+        let Some(i) = fits(start) else {
+            continue;
+        };
+        match within_quota(start) {
+            Ok(()) => return Ok((i, start)),
+            Err(w) => refused = refused.or(Some(w)),
+        }
+    }
+    Err(refused.unwrap_or(Wait::WindowTaken { next_free: None }))
 }
+
+/// How many starts where GPUs come free an `EarliestAvailable` request looks at.
+const EARLIEST_SEARCH: usize = 16;
 
 /// A booking of the queue: the node it goes to now, or why it waits.
 fn decide(

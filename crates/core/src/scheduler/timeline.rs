@@ -201,6 +201,14 @@ impl UserHolds {
         }
     }
 
+    /// When what is held comes back: placed instances' releases and windows' ends.
+    pub fn ends(&self) -> impl Iterator<Item = Timestamp> + '_ {
+        self.placed
+            .iter()
+            .map(|&(r, _)| r)
+            .chain(self.windows.iter().map(|&(_, e, _)| e))
+    }
+
     /// The most GPUs and the most instances held at once during `[a, b)`, `a` being at or
     /// after the pass's `now`. Holdings only grow when a window opens, so only `a` and the
     /// window starts inside are looked at.

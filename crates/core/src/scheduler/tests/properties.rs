@@ -537,3 +537,56 @@ proptest! {
         }
     }
 }
+
+/// The shrunk case of `windows_never_overlap_beyond_capacity_and_are_never_moved` that
+/// failed (seed 4af06c9a…): a later booking moved a window granted without it.
+#[test]
+fn a_later_booking_does_not_move_a_granted_window() {
+    let nodes = vec![
+        node("n0", MODELS[2], 3),
+        node("n1", H100, 2),
+        node("n2", MODELS[2], 7),
+    ];
+    let users = users_with_gpu_quotas(&[Some(7), None, None]);
+    let mut world = TimedWorld {
+        nodes,
+        bookings: vec![],
+        users,
+        now: units(0),
+        serial: 0,
+    };
+    let book = |model: u8, count: u32, length: Option<u32>, ahead: Option<u32>, earliest: bool| {
+        TimedOp::Book {
+            user: 0,
+            model,
+            count,
+            priority: 0,
+            length,
+            ahead,
+            earliest,
+        }
+    };
+    for op in [
+        book(0, 1, Some(9), Some(7), false),
+        book(2, 7, None, Some(1), true),
+        book(2, 4, Some(9), Some(7), false),
+    ] {
+        let b = timed_booking(&mut world, &op).unwrap();
+        world.bookings.push(b);
+        let p = plan(&world.snapshot());
+        let mut extended = world.clone();
+        let later = timed_booking(&mut extended, &book(0, 1, None, None, false)).unwrap();
+        extended.bookings.push(later);
+        let p2 = plan(&extended.snapshot());
+        for r in &p.reservations {
+            assert!(
+                p2.reservations.contains(r),
+                "{r:?} moved: {:?} vs {:?}\n{:#?}",
+                p.reservations,
+                p2.reservations,
+                p2.waiting
+            );
+        }
+        world.apply(&p);
+    }
+}
