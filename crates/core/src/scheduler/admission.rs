@@ -277,9 +277,9 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
             Err(w) => {
                 if matches!(w, Wait::Capacity { .. }) {
                     blocked_models.insert(&b.model);
-                    let tries = attempts.entry(b.model.as_str()).or_default();
-                    if snapshot.preemption && !b.preemptible && *tries < PREEMPTION_ATTEMPTS {
-                        *tries += 1;
+                    let tries = || attempts.get(b.model.as_str()).copied().unwrap_or(0);
+                    if snapshot.preemption && !b.preemptible && tries() < PREEMPTION_ATTEMPTS {
+                        *attempts.entry(b.model.as_str()).or_default() += 1;
                         if let Some((i, victims)) = preempting.choose(b, &ledger, &taken, now) {
                             let node = ledger.nodes[i].name.clone();
                             for (v, reason) in &victims {

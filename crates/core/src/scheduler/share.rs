@@ -22,7 +22,7 @@
 //! leave, as the next pass would see it.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use super::model::{Booking, Snapshot};
 
@@ -36,29 +36,29 @@ pub fn queue_order<'s>(snapshot: &Snapshot, mut queue: Vec<&'s Booking>) -> Vec<
         .iter()
         .filter(|n| n.model.is_some())
         .fold(0u32, |s, n| s.saturating_add(n.allocatable));
-    let mut held: BTreeMap<&str, u64> = BTreeMap::new();
+    // Per user: GPUs held (then projected), and the guarantee.
+    let mut users: HashMap<&str, (u64, u32)> = snapshot
+        .users
+        .iter()
+        .map(|(u, p)| (u.as_str(), (0, p.max_gpus.unwrap_or(cluster.max(1)))))
+        .collect();
     for b in snapshot.bookings.iter().filter(|b| b.placed_on.is_some()) {
-        if let Some(u) = b.user.as_deref() {
-            *held.entry(u).or_default() += u64::from(b.count);
+        if let Some((held, _)) = b.user.as_deref().and_then(|u| users.get_mut(u)) {
+            *held += u64::from(b.count);
         }
     }
     let mut keyed: Vec<(f64, &'s Booking)> = queue
         .into_iter()
-        .map(|b| {
-            let Some(user) = b.user.as_deref() else {
-                return (0.0, b);
-            };
-            let h = held.entry(user).or_default();
-            *h += u64::from(b.count);
-            let guarantee = snapshot
-                .users
-                .get(user)
-                .and_then(|p| p.max_gpus)
-                .unwrap_or(cluster.max(1));
-            (share(*h, guarantee), b)
+        .map(|b| match b.user.as_deref().and_then(|u| users.get_mut(u)) {
+            Some((held, guarantee)) => {
+                *held += u64::from(b.count);
+                (share(*held, *guarantee), b)
+            }
+            // Not a user's (it waits with NoUser anyway).
+            None => (0.0, b),
         })
         .collect();
-    keyed.sort_by(|(sa, a), (sb, b)| {
+    keyed.sort_unstable_by(|(sa, a), (sb, b)| {
         b.priority
             .cmp(&a.priority)
             .then_with(|| a.preemptible.cmp(&b.preemptible))
