@@ -16,8 +16,8 @@ pub use error::Error;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    gpu_cloud_runtime::telemetry::init();
     let cli = cli::Cli::parse();
+    gpu_cloud_runtime::telemetry::init(cli.log_format);
     match cli.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use gpu_cloud_controller::metrics::ControllerMetrics;
 use gpu_cloud_runtime::client;
+use gpu_cloud_runtime::telemetry::LogFormat;
 
 use crate::Error;
 
@@ -14,6 +15,15 @@ use crate::Error;
 #[derive(Debug, Parser)]
 #[command(name = "gpu-cloud", version, about)]
 pub struct Cli {
+    /// How log lines are written: `text` (coloured only on a terminal) or `json`.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "GPU_CLOUD_LOG_FORMAT",
+        default_value_t
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }

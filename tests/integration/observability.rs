@@ -55,3 +55,45 @@ async fn the_controller_serves_metrics_health_and_readiness() {
     )
     .await;
 }
+
+/// Logs written to a pipe (a container's log, a file) carry no terminal colour codes;
+/// `--log-format json` writes one JSON object per event.
+#[test]
+fn logs_in_a_pipe_are_plain_text_or_json() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let kubeconfig = &harness::control_plane().kubeconfig;
+    for format in ["text", "json"] {
+        let port = harness::free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"))
+            .args(["webhook", "--no-inject", "--log-format", format])
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gpu-cloud webhook");
+        let stderr = child.stderr.take().expect("stderr pipe");
+        let line = BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("conversion webhook serving"));
+        let _ = child.kill();
+        let _ = child.wait();
+        let line = line.unwrap_or_else(|| panic!("{format}: no 'serving' line"));
+        assert!(
+            !line.contains('\u{1b}'),
+            "{format}: colour codes in a pipe: {line:?}"
+        );
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+            assert_eq!(v["level"], "INFO", "{line}");
+            assert_eq!(
+                v["fields"]["message"], "conversion webhook serving",
+                "{line}"
+            );
+        }
+    }
+}
