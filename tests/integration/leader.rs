@@ -139,6 +139,29 @@ async fn the_standby_takes_over_when_the_leader_is_killed() {
     println!(
         "leader {first} SIGKILLed during a burst of {INSTANCES} bookings: {second} took over after {failover:?}"
     );
+
+    // A Lease deleted by hand comes back, and someone leads again: two replicas running,
+    // none started again (a replica's start creates a missing Lease; the ones running must
+    // put it back themselves).
+    controllers.insert(first.clone(), controller(&cp.kubeconfig, &first));
+    // Let it build its manager (which creates a missing Lease) before the Lease goes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leases = Api::<Lease>::namespaced(client.clone(), "default");
+    leases
+        .delete("gpu-cloud-controller", &Default::default())
+        .await
+        .expect("delete the Lease");
+    let deleted_at = Instant::now();
+    let mut again = None;
+    while again.is_none() && deleted_at.elapsed() < Duration::from_secs(60) {
+        again = holder(&client).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let again = again.expect("a leader within 60 s of the Lease's deletion");
+    println!(
+        "the Lease was deleted: {again} leads again after {:?}",
+        deleted_at.elapsed()
+    );
     assert!(
         failover < Duration::from_secs(30),
         "failover took {failover:?}"

@@ -308,6 +308,14 @@ pub async fn run(
         .build()
         .await?;
     let (mut leading, lease_task) = manager.watch().await;
+    // kube-lease-manager never recreates a Lease deleted by hand (it creates it only when
+    // built), and then nobody could lead again: put an empty one back, which the
+    // replicas then take as usual.
+    let keeper = tokio::spawn(keep_lease(
+        client.clone(),
+        args.lease_namespace.clone(),
+        Duration::from_secs(args.lease_duration.max(1)),
+    ));
     tracing::info!(%identity, lease = LEASE_NAME, "waiting to lead");
     while !*leading.borrow_and_update() {
         tokio::select! {
@@ -329,8 +337,42 @@ pub async fn run(
     };
     // The watch channel is closed now: the Lease task releases the Lease (so a standby
     // takes over at once on a clean stop) and ends.
+    keeper.abort();
     let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
     result
+}
+
+/// Every `every`, puts the Lease back (empty, no holder) if it is gone.
+async fn keep_lease(client: Client, namespace: String, every: Duration) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api = Api::<Lease>::namespaced(client, &namespace);
+    loop {
+        tokio::time::sleep(every).await;
+        match api.get_opt(LEASE_NAME).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                let lease = Lease {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(LEASE_NAME.into()),
+                        namespace: Some(namespace.clone()),
+                        ..Default::default()
+                    },
+                    spec: Some(Default::default()),
+                };
+                match api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => {
+                        warn!(lease = LEASE_NAME, %namespace, "the Lease was deleted: created it again")
+                    }
+                    // Another replica was quicker.
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => {
+                        warn!(lease = LEASE_NAME, error = %e, "cannot create the Lease again")
+                    }
+                }
+            }
+            Err(e) => warn!(lease = LEASE_NAME, error = %e, "cannot read the Lease"),
+        }
+    }
 }
 
 async fn run_active(
