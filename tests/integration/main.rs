@@ -12,6 +12,7 @@ mod examples;
 mod harness;
 mod instances;
 mod isolation;
+mod kstatus;
 mod leader;
 mod migration;
 mod observability;

@@ -168,11 +168,16 @@ pub const CONTROLLER_NAMESPACE: &str = "gpu-cloud";
 
 /// kubectl from the control-plane binaries.
 pub fn kubectl() -> PathBuf {
+    controlplane_bin("kubectl")
+}
+
+/// A binary that `hack/controlplane-build` built (kubectl, helm, kstatus, ...).
+pub fn controlplane_bin(name: &str) -> PathBuf {
     let out = Command::new(repo_root().join("hack/controlplane-build"))
         .arg("--print")
         .output()
         .expect("hack/controlplane-build --print");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl")
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(name)
 }
 
 fn start_controller() -> Result<(), String> {

@@ -15,7 +15,10 @@ pub enum Health<'a> {
     Progressing { reason: &'a str, message: &'a str },
     /// Stuck until a person changes something (`Stalled=True`, `Ready=False`).
     Stalled { reason: &'a str, message: &'a str },
-    /// Finished; nothing more will happen (`Ready=False`, the others `False`).
+    /// Finished as booked; nothing more will happen (`Ready=True` with the phase as its
+    /// reason, the others `False`). kstatus reads a `Ready=False` without `Reconciling`
+    /// or `Stalled` as InProgress, so a finished booking must not say `Ready=False`, or a
+    /// GitOps sync holding it (Flux, kpt) would never settle.
     Done { reason: &'a str, message: &'a str },
 }
 
@@ -30,7 +33,7 @@ pub fn with_health(
         Health::Ready { reason, message } => (true, false, false, reason, message),
         Health::Progressing { reason, message } => (false, true, false, reason, message),
         Health::Stalled { reason, message } => (false, false, true, reason, message),
-        Health::Done { reason, message } => (false, false, false, reason, message),
+        Health::Done { reason, message } => (true, false, false, reason, message),
     };
     let mut out = conditions.to_vec();
     set(&mut out, "Ready", ready, reason, message, generation, now);

@@ -125,6 +125,20 @@ pub fn decide(
         if matches!(p, Phase::Expired | Phase::Stopped) && pod.is_some_and(|p| !p.terminating) {
             out.pod = PodAction::Delete;
         }
+        // A spec edited afterwards (a GitOps sync) is seen: the finished status stands for
+        // the new generation too, or kstatus would read it as InProgress for ever.
+        if old.observed_generation != generation {
+            status.conditions = old
+                .conditions
+                .iter()
+                .cloned()
+                .map(|mut c| {
+                    c.observed_generation = generation;
+                    c
+                })
+                .collect();
+            out.status = status;
+        }
         return out;
     }
 
@@ -137,7 +151,7 @@ pub fn decide(
             status.message = Some(msg.into());
             status.conditions = with_health(
                 &old.conditions,
-                Health::Done {
+                Health::Stalled {
                     reason: "PodLost",
                     message: msg,
                 },
@@ -264,6 +278,12 @@ pub fn decide(
             reason,
             message: &message,
         },
+        // Ended and will not run again: for kstatus (Flux, kpt) Failed, with the reason.
+        Phase::Failed | Phase::Stopped => Health::Stalled {
+            reason,
+            message: &message,
+        },
+        // Ended as booked: Current.
         _ => Health::Done {
             reason,
             message: &message,
