@@ -287,8 +287,8 @@ mod tests {
     use serde_json::json;
     use std::collections::BTreeMap;
 
-    fn meta(annotations: Option<BTreeMap<String, String>>) -> kube::api::ObjectMeta {
-        kube::api::ObjectMeta {
+    fn meta(annotations: Option<BTreeMap<String, String>>) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some("train".into()),
             namespace: Some("gpu-alice".into()),
             // Kubernetes does not tell an empty annotation map from none.
