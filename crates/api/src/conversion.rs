@@ -287,7 +287,9 @@ mod tests {
     use serde_json::json;
     use std::collections::BTreeMap;
 
-    fn meta(annotations: Option<BTreeMap<String, String>>) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    fn meta(
+        annotations: Option<BTreeMap<String, String>>,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some("train".into()),
             namespace: Some("gpu-alice".into()),
