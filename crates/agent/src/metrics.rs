@@ -226,10 +226,8 @@ impl AgentMetrics {
 }
 
 impl gpu_cloud_runtime::metrics::Exporter for AgentMetrics {
-    fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
-        Ok(body)
+    fn registry(&self) -> &prometheus_client::registry::Registry {
+        &self.registry
     }
 
     /// Ready after the first good sampling cycle.

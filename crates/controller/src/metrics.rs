@@ -168,10 +168,8 @@ impl ControllerMetrics {
 }
 
 impl gpu_cloud_runtime::metrics::Exporter for ControllerMetrics {
-    fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &self.registry)?;
-        Ok(body)
+    fn registry(&self) -> &prometheus_client::registry::Registry {
+        &self.registry
     }
 
     fn ready(&self) -> bool {

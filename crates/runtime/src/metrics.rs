@@ -9,12 +9,18 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tracing::{info, warn};
 
-/// What a metrics endpoint serves: the metrics as text, and whether the process is ready.
+/// What a metrics endpoint serves: a registry of metrics, and whether the process is ready.
 pub trait Exporter: Send + Sync + 'static {
-    /// The metrics in the Prometheus text format.
-    fn encode(&self) -> Result<String, std::fmt::Error>;
+    /// The metrics.
+    fn registry(&self) -> &prometheus_client::registry::Registry;
     /// `/readyz` answers 200.
     fn ready(&self) -> bool;
+    /// The metrics in the Prometheus text format.
+    fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, self.registry())?;
+        Ok(body)
+    }
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is dropped.
