@@ -98,10 +98,7 @@ fn snapshot(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
             start_policy: StartPolicy::Exact,
             reserved_on: None,
             started: None,
-            preemptible: false,
-            terminating: false,
-            nominated_on: None,
-            preempted_by: vec![],
+            ..Booking::default()
         })
         .collect();
     Snapshot {
@@ -144,10 +141,7 @@ fn with_windows(mut s: Snapshot, windows: usize, granted: bool) -> Snapshot {
             start_policy: StartPolicy::EarliestAvailable,
             reserved_on: granted.then(|| node.name.clone()),
             started: None,
-            preemptible: false,
-            terminating: false,
-            nominated_on: None,
-            preempted_by: vec![],
+            ..Booking::default()
         });
     }
     s

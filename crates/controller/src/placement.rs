@@ -415,10 +415,7 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                 } else {
                     None
                 },
-                preemptible: false,
-                terminating: false,
-                nominated_on: None,
-                preempted_by: vec![],
+                ..Booking::default()
             })
         })
         .collect();

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use super::NodeGpus;
 
 /// Identifies a GpuInstance.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct InstanceKey {
     /// Namespace.
     pub namespace: String,
@@ -55,7 +55,7 @@ pub enum StartPolicy {
 }
 
 /// A booking that has not finished: placed (its pod exists), holding a window, or waiting.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Booking {
     /// Which instance.
     pub key: InstanceKey,
@@ -111,18 +111,8 @@ impl Booking {
             user,
             model: model.to_owned(),
             count,
-            priority: 0,
             created,
-            placed_on: None,
-            duration: None,
-            start: None,
-            start_policy: StartPolicy::default(),
-            reserved_on: None,
-            started: None,
-            preemptible: false,
-            terminating: false,
-            nominated_on: None,
-            preempted_by: vec![],
+            ..Booking::default()
         }
     }
 }
