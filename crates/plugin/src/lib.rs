@@ -19,11 +19,10 @@ pub mod tables;
 pub use commands::PluginCli;
 pub use error::PluginError;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: warnings only, so that the plugin's
-/// output is what the person asked for). Calling it twice is harmless.
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Calling it twice is harmless.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
