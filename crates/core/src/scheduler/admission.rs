@@ -1,5 +1,5 @@
 //! Admission: the placement decision itself. [`plan`] sweeps the queue (opened windows,
-//! then window requests, then the queue in order) against the [`Ledger`]; the per-booking
+//! then window requests, then the queue in order) against the ledger; the per-booking
 //! checks (who asks, for what, within which quota) and the waiting messages are here too.
 //! The policy is in the [module docs](super).
 
@@ -607,8 +607,8 @@ impl<'s> Preempting<'s> {
 
     /// The node and the cheapest set of bookings there whose preemption makes `b` fit
     /// now, of those `b` may preempt and not already `taken` in this sweep; `None` when
-    /// no node would do. Only nodes where no window shortens `b`'s time are looked at, so
-    /// that what the victims free is free for all of it.
+    /// no node would do. Only nodes without a window before `b` would end are looked at,
+    /// so that what the victims free is free for all of its time.
     fn choose(
         &self,
         b: &Booking,
@@ -622,7 +622,9 @@ impl<'s> Preempting<'s> {
         let mut best: Option<(preemption::Cost, &str, usize, Victims<'s>)> = None;
         for &i in &model.eligible {
             let free = ledger.free[i];
-            if free >= b.count || ledger.min_free(i, now, end) != free {
+            // A window may count on a victim's release: with one in the way the GPUs
+            // freed now need not stay free for `b`'s time, so no node with a window.
+            if free >= b.count || ledger.time[i].window_before(end) {
                 continue;
             }
             let allowed: Victims<'s> = self

@@ -4,7 +4,7 @@
 //! the result; every decision is tested without a cluster.
 //!
 //! Split by concern: [`model`] (the snapshot and the plan), [`capacity`] (what a node
-//! offers and pods hold), [`timeline`] (time on one node and for one user), [`ledger`]
+//! offers and pods hold), [`timeline`] (time on one node and for one user), `ledger`
 //! (free GPUs during one sweep), [`share`] (the order of the queue between users),
 //! [`preemption`] (who may displace whom, and the smallest set),
 //! [`admission`] (the decision), [`published`] (the anonymized calendar `kubectl gpu

@@ -79,6 +79,11 @@ impl Timeline {
         free_now.saturating_add(self.released).min(allocatable)
     }
 
+    /// A booked window on the node starts before `t` (one that has opened included).
+    pub fn window_before(&self, t: Timestamp) -> bool {
+        self.starts.first().is_some_and(|&(s, _)| s < t)
+    }
+
     /// A booked window `[start, end)`.
     pub fn add_window(&mut self, start: Timestamp, end: Timestamp, count: u32) {
         insert_sorted(&mut self.starts, start, count);

@@ -205,6 +205,28 @@ fn a_preempted_booking_never_preempts_its_preemptor_back() {
 }
 
 #[test]
+fn no_preemption_where_a_window_counts_on_the_victims_release() {
+    // A spot booking that gives its 4 GPUs back in an hour, to a window from then on: an
+    // 8-GPU booking of 2 hours would not fit there even with the spot booking gone.
+    let users = [
+        ("spot", policy(Some(0), 0, 8)),
+        ("u", policy(Some(8), 0, 0)),
+    ];
+    let mut spot = running("cheap", "spot", 4, 0, "a");
+    spot.preemptible = true;
+    spot.duration = Some(HOUR);
+    let mut window = booking("ahead", "u", H100, 4, 1);
+    window.reserved_on = Some("a".into());
+    window.start = Some(Timestamp::from_second(3600).unwrap());
+    window.duration = Some(HOUR);
+    let mut big = booking("big", "u", H100, 8, 2);
+    big.duration = Some(2 * HOUR);
+    let mut s = world(vec![spot, window, big], &users);
+    s.now = Timestamp::from_second(10).unwrap();
+    assert!(plan(&s).preemptions.is_empty());
+}
+
+#[test]
 fn without_preemption_nothing_is_preempted() {
     let users = [
         ("alice", policy(Some(8), 0, 0)),
