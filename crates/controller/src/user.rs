@@ -50,6 +50,8 @@ const REAPPLY: Duration = Duration::from_secs(300);
 pub struct Provisioned {
     applied: Mutex<HashMap<String, (Option<i64>, Instant)>>,
     figures: Mutex<HashMap<String, Instant>>,
+    /// Per user, why their cost could not be worked out, as last told in an Event.
+    cost_errors: Mutex<HashMap<String, String>>,
 }
 
 /// Least time between two status writes of a user that only change its figures.
@@ -80,6 +82,22 @@ impl Provisioned {
     fn record(&self, name: &str, generation: Option<i64>) {
         if let Ok(mut m) = self.applied.lock() {
             m.insert(name.to_owned(), (generation, Instant::now()));
+        }
+    }
+
+    /// Records why `name`'s cost is unknown now (`None`: it is known); true when that is
+    /// news, so that it is told once per change, not on every reconcile. A restarted
+    /// controller tells it once more.
+    fn cost_error_is_news(&self, name: &str, error: Option<String>) -> bool {
+        let Ok(mut m) = self.cost_errors.lock() else {
+            return false;
+        };
+        match error {
+            Some(e) => m.insert(name.to_owned(), e.clone()).as_ref() != Some(&e),
+            None => {
+                m.remove(name);
+                false
+            }
         }
     }
 }
@@ -248,16 +266,6 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, ReconcileError> 
             // Quota or suspension may have changed what can be placed.
             ctx.wake.notify_one();
         }
-        if let Err(e) = &books.cost
-            && (old.cost.is_some() || old.namespace.is_none())
-        {
-            // The cost went from known to unknown (or is unknown from the start): say why
-            // once, not on every write.
-            warn!(user = %name, error = %e, "cannot price the user's usage");
-            let message = format!("cost of this month unknown: {e}");
-            ctx.event(user, EventType::Warning, "CostUnavailable", message)
-                .await;
-        }
         if let Some(b) = books.budget.as_ref()
             && b.exhausted()
             && exhausted(&old) != Some(true)
@@ -277,6 +285,17 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, ReconcileError> 
             // A new period: what the budget held back may start now.
             ctx.wake.notify_one();
         }
+    }
+    let cost_error = books.cost.as_ref().err().map(ToString::to_string);
+    if ctx
+        .provisioned
+        .cost_error_is_news(&name, cost_error.clone())
+        && let Some(e) = cost_error
+    {
+        warn!(user = %name, error = %e, "cannot price the user's usage");
+        let message = format!("cost of this month unknown: {e}");
+        ctx.event(user, EventType::Warning, "CostUnavailable", message)
+            .await;
     }
     let mut next = Duration::from_secs(if folding { 2 } else { 300 });
     if let Some(at) = books.revisit {
@@ -517,6 +536,7 @@ pub fn holdings(instances: &[GpuInstance]) -> (u32, u32) {
 async fn cleanup(user: &GpuUser, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = namespace_of(&user.name_any());
     forget_budget_and_cost(ctx, user);
+    ctx.provisioned.cost_error_is_news(&user.name_any(), None);
     if ctx.caches.user_of_namespace(&ns).as_deref() != Some(user.name_any().as_str()) {
         return Ok(Action::await_change());
     }
