@@ -181,7 +181,7 @@ pub fn select_figures(users: &[GpuUser], instances: &[GpuInstance], now: Timesta
             }
         }
     }
-    // The same selection as the controller's (policy::wiring): live ones not yet folded
+    // The same selection as the controller's (policy::objects): live ones not yet folded
     // into their user, then every user's retired ones.
     for (u, mine) in users.iter().zip(&theirs) {
         out.figures.extend(objects::user_live_figures(u, mine, now));
