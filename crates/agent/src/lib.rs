@@ -209,15 +209,21 @@ async fn cycle(
         let Some(started) = status.started_at else {
             continue;
         };
-        let stored = status.usage.clone();
+        // Figures of an earlier run (the instance was preempted and placed again) are
+        // in its `previousRuns` already: this run starts from nothing.
+        let stored = status.current_usage().cloned();
+        let fresh = Usage {
+            sampled_at: started,
+            source: kind,
+            ..Default::default()
+        };
         let entry = tracked.entry(uid.clone()).or_insert_with(|| Tracked {
-            usage: stored.clone().unwrap_or(Usage {
-                sampled_at: started,
-                source: kind,
-                ..Default::default()
-            }),
+            usage: stored.clone().unwrap_or(fresh.clone()),
             written: None,
         });
+        if entry.usage.sampled_at < started {
+            entry.usage = fresh;
+        }
         // Another writer (an earlier agent) may be ahead of what we remember.
         if let Some(s) = stored
             .as_ref()

@@ -69,6 +69,10 @@ struct V1Fields {
     idle_threshold_percent: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     idle_warn_only: Option<bool>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    preemptible: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    preemption: Option<v1::PreemptionPolicy>,
     /// The `hours` written next to this note: if a v1alpha1 client changed `hours`
     /// since, its value wins over `duration`.
     hours: u32,
@@ -144,6 +148,8 @@ pub fn to_v1(old: &v1alpha1::GpuInstance) -> Result<v1::GpuInstance, ConversionE
             idle_timeout: extra.idle_timeout,
             idle_threshold_percent: extra.idle_threshold_percent,
             idle_warn_only: extra.idle_warn_only,
+            preemptible: extra.preemptible,
+            preemption: extra.preemption,
         },
         status: old.status.clone(),
     })
@@ -174,6 +180,8 @@ pub fn to_v1alpha1(new: &v1::GpuInstance) -> Result<v1alpha1::GpuInstance, Conve
         idle_timeout: spec.idle_timeout.clone(),
         idle_threshold_percent: spec.idle_threshold_percent,
         idle_warn_only: spec.idle_warn_only,
+        preemptible: spec.preemptible,
+        preemption: spec.preemption.clone(),
         hours,
     };
     // Only what hours alone cannot say needs the note.
@@ -332,6 +340,13 @@ mod tests {
                 prop::option::of(0u8..=100),
                 prop::option::of(prop::bool::ANY),
             ),
+            (
+                prop::bool::ANY,
+                prop::option::of((
+                    prop::option::of(duration()),
+                    prop::option::of(prop::bool::ANY),
+                )),
+            ),
         )
             .prop_map(
                 |(
@@ -344,6 +359,7 @@ mod tests {
                     priority,
                     ann,
                     (start, earliest, idle_timeout, threshold, warn_only),
+                    (preemptible, preemption),
                 )| {
                     v1::GpuInstance {
                         metadata: meta(ann),
@@ -370,6 +386,19 @@ mod tests {
                             idle_timeout,
                             idle_threshold_percent: threshold.map(f64::from),
                             idle_warn_only: warn_only,
+                            preemptible,
+                            preemption: preemption.map(|(grace_period, stop)| {
+                                v1::PreemptionPolicy {
+                                    grace_period,
+                                    on_preempted: stop.map(|s| {
+                                        if s {
+                                            v1::OnPreempted::Stop
+                                        } else {
+                                            v1::OnPreempted::Requeue
+                                        }
+                                    }),
+                                }
+                            }),
                         },
                         status: None,
                     }

@@ -115,7 +115,7 @@ mod tests {
         let chart = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             chart == super::crds_yaml().expect("render CRDs"),
-            "charts/gpu-cloud/files/crds.yaml is stale: cargo run -- crd > charts/gpu-cloud/files/crds.yaml"
+            "charts/gpu-cloud/files/crds.yaml is stale: cargo run --bin gpu-cloud -- crd > charts/gpu-cloud/files/crds.yaml"
         );
     }
 
@@ -126,7 +126,7 @@ mod tests {
         let generated = super::crds_yaml().expect("render CRDs");
         assert!(
             committed == generated,
-            "crds/gpu-cloud.yaml is stale: run `cargo run -- crd > crds/gpu-cloud.yaml` and commit it"
+            "crds/gpu-cloud.yaml is stale: run `cargo run --bin gpu-cloud -- crd > crds/gpu-cloud.yaml` and commit it"
         );
     }
 }

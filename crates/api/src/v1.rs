@@ -116,6 +116,18 @@ pub struct Quota {
     /// A budget of GPU-hours per week or month, on top of the limits above.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_hours: Option<GpuHourBudget>,
+    /// GPUs the user may hold beyond `maxGpus` (their guarantee) while others leave theirs
+    /// idle: borrowed, and preempted when their owners book within their own guarantee
+    /// (default 0: nothing borrowed). Needs `maxGpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100000))]
+    pub borrow_gpus: Option<u32>,
+    /// Most GPUs the user may hold in spot (`preemptible`) instances, which use idle GPUs
+    /// apart from `maxGpus` and are the first to be preempted (default: no bound; `0`
+    /// allows no spot instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100000))]
+    pub max_spot_gpus: Option<u32>,
 }
 
 /// GPU-hours a user may use per period. A booking is refused when its planned GPU-hours
@@ -278,6 +290,9 @@ pub struct RetiredInstance {
     /// Measured energy, joules.
     #[serde(default)]
     pub energy_joules: f64,
+    /// A spot (`preemptible`) instance, priced at the spot factor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spot: bool,
 }
 
 /// Sums of usage.
@@ -310,6 +325,8 @@ pub struct UsageTotals {
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"GPU util","type":"number","format":"float","jsonPath":".status.usage.avgUtilization"}"#,
+    printcolumn = r#"{"name":"Borrowed","type":"boolean","jsonPath":".status.borrowed"}"#,
+    printcolumn = r#"{"name":"Preemptible","type":"boolean","jsonPath":".spec.preemptible"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Waiting","type":"string","priority":1,"jsonPath":".status.message"}"#,
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.nodeName) || (self.spec.gpu == oldSelf.spec.gpu && self.spec.image == oldSelf.spec.image && self.spec.command == oldSelf.spec.command && self.spec.args == oldSelf.spec.args && self.spec.env == oldSelf.spec.env && self.spec.resources == oldSelf.spec.resources)")
@@ -372,6 +389,68 @@ pub struct GpuInstanceSpec {
     /// user's, else false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_warn_only: Option<bool>,
+    /// A spot instance: it runs on any idle GPU of its model, apart from the user's
+    /// `maxGpus` (within `quota.maxSpotGpus`), is priced at the price list's `spotFactor`,
+    /// and is the first to be preempted when others need the GPUs. Changed while it runs,
+    /// it counts as what it says from the next scheduling pass on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preemptible: bool,
+    /// What happens when the instance is preempted (a spot instance, one on borrowed
+    /// GPUs, or one of lower priority than a booking of its user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemption: Option<PreemptionPolicy>,
+}
+
+/// How an instance is preempted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PreemptionPolicy {
+    /// How long its pod has to stop (SIGTERM, then SIGKILL) so that the job can save a
+    /// checkpoint, e.g. `2m` (default 30s, at most 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]{1,6}[hms])+$')").message("spec.preemption.gracePeriod must look like 30s, 2m or 1m30s (units h, m, s)"))]
+    #[x_kube(validation = Rule::new("!self.matches('^([0-9]{1,6}[hms])+$') || duration(self) <= duration('10m')").message("spec.preemption.gracePeriod must be at most 10m"))]
+    #[schemars(length(max = 32))]
+    pub grace_period: Option<String>,
+    /// Once its pod is gone: `Requeue` (default: back to the queue, keeping its place by
+    /// priority and age, its booked time starting again when it is placed) or `Stop`
+    /// (phase `Stopped`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_preempted: Option<OnPreempted>,
+}
+
+/// What a preempted instance does once its pod is gone.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnPreempted {
+    /// Back to the queue, in its place by priority and age.
+    #[default]
+    Requeue,
+    /// Ends: phase `Stopped`.
+    Stop,
+}
+
+/// Default of `spec.preemption.gracePeriod`.
+pub const DEFAULT_PREEMPTION_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Most `spec.preemption.gracePeriod` may be.
+pub const MAX_PREEMPTION_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl GpuInstanceSpec {
+    /// The grace period its pod gets when preempted: the spec's, bounded, else the default.
+    pub fn preemption_grace(&self) -> std::time::Duration {
+        self.preemption
+            .as_ref()
+            .and_then(|p| p.grace_period.as_deref())
+            .and_then(|g| crate::time::parse_duration(g).ok())
+            .map_or(DEFAULT_PREEMPTION_GRACE, |g| g.min(MAX_PREEMPTION_GRACE))
+    }
+
+    /// What it does once preempted.
+    pub fn on_preempted(&self) -> OnPreempted {
+        self.preemption
+            .as_ref()
+            .and_then(|p| p.on_preempted)
+            .unwrap_or_default()
+    }
 }
 
 /// What to do when a requested window is taken.
@@ -524,7 +603,67 @@ pub struct GpuInstanceStatus {
     /// What it costs (with a GpuPriceList).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<InstanceCost>,
+    /// It runs on borrowed GPUs (beyond its user's `maxGpus`): their owner may take them
+    /// back by preempting it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowed: bool,
+    /// While it waits for instances it preempted to stop: the node their GPUs are kept on
+    /// for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nominated_node: Option<String>,
+    /// While it is being preempted: by whom and why (its pod is stopping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted: Option<PreemptionNotice>,
+    /// Its runs that ended by preemption, oldest first (bounded): what they held and used,
+    /// for budgets and cost, and who preempted them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub previous_runs: Vec<PreviousRun>,
 }
+
+impl GpuInstanceStatus {
+    /// The agent's figures of the current run: `usage` when it was taken during this run.
+    /// A preempted instance back in the queue (no `startedAt`) or placed again (a later
+    /// `startedAt`) may still show its previous run's figures until the agent writes new
+    /// ones; those are in `previousRuns` already and must not count twice (nor be resumed
+    /// from by the agent).
+    pub fn current_usage(&self) -> Option<&Usage> {
+        let started = self.started_at?;
+        self.usage.as_ref().filter(|u| u.sampled_at >= started)
+    }
+}
+
+/// A preemption of an instance: who took its GPUs, where and why.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreemptionNotice {
+    /// The instance that gets its GPUs, `namespace/name`.
+    pub by: String,
+    /// `PreemptedSpot`, `PreemptedReclaim` or `PreemptedPriority`.
+    pub reason: String,
+    /// The node.
+    pub node: String,
+    /// When it was decided.
+    pub at: Timestamp,
+}
+
+/// A run of an instance that ended by preemption.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousRun {
+    /// What the run held and used (as a deleted instance's record).
+    #[serde(flatten)]
+    pub figures: RetiredInstance,
+    /// The node it ran on.
+    #[serde(default)]
+    pub node: String,
+    /// Who preempted it and why.
+    pub preempted: PreemptionNotice,
+}
+
+/// How many of an instance's preempted runs its status keeps (the oldest are dropped;
+/// their figures are folded into the first kept one, so nothing is lost).
+pub const PREVIOUS_RUNS_KEPT: usize = 20;
 
 /// Cumulative usage as the agent writes it in `status.usage`: what [`interval_sample`]
 /// turns into a [`Sample`]. Kept in [`IdleState`] between reconciles.
@@ -679,7 +818,15 @@ pub struct GpuPriceListSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0))]
     pub per_kwh: Option<f64>,
+    /// What a spot (`preemptible`) GPU-hour costs as a share of the model's price, 0 to 1
+    /// (default 0.5). Energy is priced alike for both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub spot_factor: Option<f64>,
 }
+
+/// Default of `GpuPriceList.spec.spotFactor`.
+pub const DEFAULT_SPOT_FACTOR: f64 = 0.5;
 
 /// Name of the one GpuPriceList the controller reads.
 pub const PRICE_LIST_NAME: &str = "default";

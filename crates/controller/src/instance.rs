@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
@@ -129,10 +129,17 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
             .await
             .map_err(ReconcileError::kube("write instance status"))?;
     }
-    if out.pod == PodAction::Delete {
-        info!("booking ended: deleting its pod");
-        ignore_not_found(pods.delete(&name, &DeleteParams::default()).await)
-            .map_err(ReconcileError::kube("delete pod"))?;
+    match out.pod {
+        PodAction::Keep => {}
+        PodAction::Delete => {
+            info!("booking ended: deleting its pod");
+            ignore_not_found(pods.delete(&name, &DeleteParams::default()).await)
+                .map_err(ReconcileError::kube("delete pod"))?;
+        }
+        PodAction::Preempt { grace_seconds } => {
+            info!(grace_seconds, "preempted: deleting its pod");
+            preempt_pod(&pods, &name, &out.status, grace_seconds).await?;
+        }
     }
     for note in out.events {
         ctx.event(inst, note.type_, note.reason, note.message).await;
@@ -145,6 +152,37 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
         Some(after) => Action::requeue(after + Duration::from_millis(200)),
         None => Action::await_change(),
     })
+}
+
+/// Marks the pod as preempted (a label, and the annotation naming who gets its GPUs, for
+/// `kubectl describe pod`) and deletes it with its grace period.
+async fn preempt_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    status: &gpu_cloud_api::v1::GpuInstanceStatus,
+    grace_seconds: i64,
+) -> Result<(), ReconcileError> {
+    let by = status
+        .preempted
+        .as_ref()
+        .map(|n| format!("{} ({})", n.by, n.reason))
+        .unwrap_or_default();
+    let mark = serde_json::json!({"metadata": {
+        "labels": {lifecycle::PREEMPTED_LABEL: "true"},
+        "annotations": {lifecycle::PREEMPTED_BY_ANNOTATION: by},
+    }});
+    ignore_not_found(
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(mark))
+            .await,
+    )
+    .map_err(ReconcileError::kube("mark pod preempted"))?;
+    let params = DeleteParams {
+        grace_period_seconds: Some(u32::try_from(grace_seconds.max(0)).unwrap_or(u32::MAX)),
+        ..DeleteParams::default()
+    };
+    ignore_not_found(pods.delete(name, &params).await)
+        .map_err(ReconcileError::kube("delete preempted pod"))?;
+    Ok(())
 }
 
 async fn cleanup(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -183,7 +221,7 @@ async fn usage_not_folded(
     ctx: &Context,
 ) -> Result<Option<String>, ReconcileError> {
     let status = inst.status.clone().unwrap_or_default();
-    if status.usage.is_none() && status.node_name.is_none() {
+    if status.usage.is_none() && status.node_name.is_none() && status.previous_runs.is_empty() {
         return Ok(None); // never ran
     }
     let ns = inst.namespace().unwrap_or_default();

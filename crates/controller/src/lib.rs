@@ -58,6 +58,11 @@ pub struct ControllerArgs {
     /// a second under a burst (README "Performance" has the measurements).
     #[arg(long, default_value_t = 128)]
     pub write_concurrency: usize,
+    /// Waiting bookings may preempt others (spot instances, borrowed GPUs, lower priority
+    /// of the same user); `--preemption=false` turns it off: nothing is preempted, and
+    /// quotas still allow borrowing.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "GPU_CLOUD_PREEMPTION")]
+    pub preemption: bool,
     /// Client-side rate limit of API requests.
     #[command(flatten)]
     pub api: gpu_cloud_runtime::client::ApiArgs,

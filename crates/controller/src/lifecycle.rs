@@ -13,7 +13,9 @@ use kube::runtime::events::EventType;
 use super::conditions::{Health, with_health};
 use gpu_cloud_api::USER_LABEL;
 use gpu_cloud_api::time;
-use gpu_cloud_api::v1::{GpuInstance, GpuInstanceStatus, Phase};
+use gpu_cloud_api::v1::{
+    GpuInstance, GpuInstanceStatus, OnPreempted, Phase, PreemptionNotice, PreviousRun,
+};
 use gpu_cloud_core::policy::figures;
 
 /// How long a new pod may start before the instance's status says `Scheduled`.
@@ -61,6 +63,170 @@ pub enum PodAction {
     Keep,
     /// Delete the pod (the booking ended); the status is written first.
     Delete,
+    /// Delete the pod with this grace period (preempted): marked first, so that people
+    /// (and a simulated kubelet) can tell why it stops.
+    Preempt {
+        /// Seconds the container has between SIGTERM and SIGKILL.
+        grace_seconds: i64,
+    },
+}
+
+/// Label (and in [`PREEMPTED_BY_ANNOTATION`], by whom) on a pod being preempted.
+pub const PREEMPTED_LABEL: &str = "gpu-cloud.io/preempted";
+/// Annotation naming the instance a preempted pod's GPUs go to, and why.
+pub const PREEMPTED_BY_ANNOTATION: &str = "gpu-cloud.io/preempted-by";
+
+/// What the victim is told, in words.
+fn preemption_words(inst: &GpuInstance, n: &PreemptionNotice) -> String {
+    let why = match n.reason.as_str() {
+        "PreemptedSpot" => format!("spot instance preempted by {} on {}", n.by, n.node),
+        "PreemptedReclaim" => format!(
+            "its GPUs on {} were borrowed; {} reclaims them within its user's guarantee",
+            n.node, n.by
+        ),
+        _ => format!(
+            "preempted on {} by {}, a booking of higher priority",
+            n.node, n.by
+        ),
+    };
+    let then = match inst.spec.on_preempted() {
+        OnPreempted::Requeue => "then it goes back to the queue",
+        OnPreempted::Stop => "then it stops (spec.preemption.onPreempted: Stop)",
+    };
+    format!(
+        "{why}: its pod has {}s to stop, {then}",
+        inst.spec.preemption_grace().as_secs()
+    )
+}
+
+/// The status of an instance being preempted (its pod stopping): the notice, and the
+/// reason in its conditions (pure; the placement loop writes it, this module keeps it).
+pub fn preempting_status(
+    inst: &GpuInstance,
+    notice: &PreemptionNotice,
+    now: Timestamp,
+) -> GpuInstanceStatus {
+    let old = inst.status.clone().unwrap_or_default();
+    let message = preemption_words(inst, notice);
+    GpuInstanceStatus {
+        conditions: with_health(
+            &old.conditions,
+            Health::Progressing {
+                reason: reason_word(&notice.reason),
+                message: &message,
+            },
+            inst.metadata.generation,
+            now,
+        ),
+        observed_generation: inst.metadata.generation,
+        message: Some(message),
+        preempted: Some(notice.clone()),
+        ..old
+    }
+}
+
+/// A preemption reason as the `&'static str` conditions take.
+fn reason_word(reason: &str) -> &'static str {
+    match reason {
+        "PreemptedSpot" => "PreemptedSpot",
+        "PreemptedReclaim" => "PreemptedReclaim",
+        _ => "PreemptedPriority",
+    }
+}
+
+/// A preempted instance whose pod is gone: back to the queue (its run recorded for
+/// budgets and cost, its booked time to start again) or stopped, as its spec says.
+fn after_preemption(
+    inst: &GpuInstance,
+    notice: &PreemptionNotice,
+    now: Timestamp,
+    mut out: Outcome,
+) -> Outcome {
+    let old = inst.status.clone().unwrap_or_default();
+    let generation = inst.metadata.generation;
+    let reason = reason_word(&notice.reason);
+    out.wake_scheduler = true;
+    match inst.spec.on_preempted() {
+        OnPreempted::Requeue => {
+            let mut status = old.clone();
+            if let Some(mut run) = figures::current_run(inst, now) {
+                run.ended_at = now.max(run.started_at);
+                figures::push_run(
+                    &mut status.previous_runs,
+                    PreviousRun {
+                        figures: run,
+                        node: old.node_name.clone().unwrap_or_default(),
+                        preempted: notice.clone(),
+                    },
+                );
+            }
+            let message = format!(
+                "preempted by {} on {} ({reason}): back in the queue, in its place by priority and age",
+                notice.by, notice.node
+            );
+            out.status = GpuInstanceStatus {
+                phase: Some(Phase::Queued),
+                conditions: with_health(
+                    &old.conditions,
+                    Health::Progressing {
+                        reason: "Requeued",
+                        message: &message,
+                    },
+                    generation,
+                    now,
+                ),
+                observed_generation: generation,
+                node_name: None,
+                pod_name: None,
+                started_at: None,
+                expires_at: None,
+                finished_at: None,
+                queue_position: None,
+                reserved_node: None,
+                starts_at: None,
+                idle: None,
+                borrowed: false,
+                nominated_node: None,
+                preempted: None,
+                message: Some(message.clone()),
+                ..status
+            };
+            out.events.push(Note {
+                type_: EventType::Normal,
+                reason: "Requeued",
+                message,
+            });
+        }
+        OnPreempted::Stop => {
+            let message = format!(
+                "preempted by {} on {} ({reason}) and stopped (spec.preemption.onPreempted: Stop)",
+                notice.by, notice.node
+            );
+            out.status = GpuInstanceStatus {
+                phase: Some(Phase::Stopped),
+                finished_at: Some(now),
+                conditions: with_health(
+                    &old.conditions,
+                    Health::Stalled {
+                        reason,
+                        message: &message,
+                    },
+                    generation,
+                    now,
+                ),
+                observed_generation: generation,
+                borrowed: false,
+                message: Some(message.clone()),
+                ..old
+            };
+            out.events.push(Note {
+                type_: EventType::Warning,
+                reason,
+                message,
+            });
+        }
+    }
+    out
 }
 
 /// An event to publish on the instance.
@@ -142,6 +308,31 @@ pub fn decide(
         return out;
     }
 
+    // Being preempted: the placement loop wrote the notice (the commit point); here its
+    // pod is deleted with its grace period, and once it is gone the instance requeues or
+    // stops. Repeated after a restart until done.
+    if let Some(notice) = old.preempted.as_ref() {
+        return match pod {
+            Some(p) => {
+                let mut status = preempting_status(inst, notice, now);
+                // Preempted before its first status was written: what it holds still
+                // counts from its pod's creation.
+                status.started_at = status.started_at.or(p.created);
+                status.node_name = status.node_name.or(p.node.clone());
+                status.pod_name = status.pod_name.or(Some(p.name.clone()));
+                out.status = status;
+                if !p.terminating {
+                    let grace = inst.spec.preemption_grace().as_secs();
+                    out.pod = PodAction::Preempt {
+                        grace_seconds: i64::try_from(grace).unwrap_or(i64::MAX),
+                    };
+                }
+                out
+            }
+            None => after_preemption(inst, notice, now, out),
+        };
+    }
+
     let Some(pod) = pod else {
         if old.node_name.is_some() {
             // It was placed, and its pod is gone without the booking ending.
@@ -209,6 +400,7 @@ pub fn decide(
     status.pod_name = Some(pod.name.clone());
     status.user = pod.user.clone().or(old.user.clone());
     status.queue_position = None;
+    status.nominated_node = None;
 
     // A pod that starts within moments is reported once, as Running: a `Scheduled` status
     // first would be one more write per booking. One slow to start (pulling its image) is
@@ -450,6 +642,78 @@ mod tests {
         assert_eq!(
             (out.status.phase, out.pod),
             (Some(Phase::Succeeded), PodAction::Keep)
+        );
+    }
+
+    #[test]
+    fn a_preempted_instance_stops_its_pod_with_grace_then_requeues_with_its_run_recorded() {
+        let notice = json!({"by": "gpu-v/big", "reason": "PreemptedReclaim",
+                            "node": "gpu-l4-0", "at": "1970-01-01T00:30:00Z"});
+        let running = instance(json!({"phase": "Running", "nodeName": "gpu-l4-0",
+            "podName": "a", "startedAt": "1970-01-01T00:16:40Z", "borrowed": true,
+            "preempted": notice}));
+        // The pod is there: deleted with the default grace, the reason in the conditions.
+        let out = decide_at(&running, Some(&pod("Running")), ts(1810));
+        assert_eq!(out.pod, PodAction::Preempt { grace_seconds: 30 });
+        assert_eq!(
+            out.status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Reconciling")
+                .map(|c| (c.status.as_str(), c.reason.as_str())),
+            Some(("True", "PreemptedReclaim"))
+        );
+        assert!(out.status.message.as_deref().unwrap().contains("gpu-v/big"));
+        // Its pod stopping: nothing more to do.
+        let mut stopping = pod("Running");
+        stopping.terminating = true;
+        assert_eq!(
+            decide_at(&running, Some(&stopping), ts(1820)).pod,
+            PodAction::Keep
+        );
+        // Gone: back in the queue, its run (1000 s to 1840 s on 1 GPU) recorded.
+        let out = decide_at(&running, None, ts(1840));
+        let s = &out.status;
+        assert_eq!(s.phase, Some(Phase::Queued));
+        assert_eq!(
+            (s.node_name.as_ref(), s.started_at, s.preempted.as_ref()),
+            (None, None, None)
+        );
+        assert!(!s.borrowed);
+        assert_eq!(s.previous_runs.len(), 1);
+        let run = &s.previous_runs[0];
+        assert_eq!(
+            (run.figures.started_at, run.figures.ended_at),
+            (ts(1000), ts(1840))
+        );
+        assert_eq!(run.figures.gpu_seconds, 840.0);
+        assert_eq!(run.preempted.by, "gpu-v/big");
+        assert_eq!(out.events[0].reason, "Requeued");
+        assert!(out.wake_scheduler);
+    }
+
+    #[test]
+    fn a_preempted_instance_that_asks_to_stop_stops_with_the_reason() {
+        let mut inst = instance(json!({"phase": "Running", "nodeName": "gpu-l4-0",
+            "startedAt": "1970-01-01T00:16:40Z",
+            "preempted": {"by": "gpu-u/b", "reason": "PreemptedPriority",
+                          "node": "gpu-l4-0", "at": "1970-01-01T00:30:00Z"}}));
+        inst.spec.preemption = Some(gpu_cloud_api::v1::PreemptionPolicy {
+            grace_period: Some("2m".into()),
+            on_preempted: Some(OnPreempted::Stop),
+        });
+        assert_eq!(
+            decide_at(&inst, Some(&pod("Running")), ts(1810)).pod,
+            PodAction::Preempt { grace_seconds: 120 }
+        );
+        let out = decide_at(&inst, None, ts(1900));
+        assert_eq!(out.status.phase, Some(Phase::Stopped));
+        assert_eq!(out.status.finished_at, Some(ts(1900)));
+        assert_eq!(out.events[0].reason, "PreemptedPriority");
+        assert_eq!(out.events[0].type_, EventType::Warning);
+        assert_eq!(
+            crate::conditions::status_of(&out.status.conditions, "Stalled"),
+            Some("True")
         );
     }
 }

@@ -41,6 +41,13 @@ pub struct UserCostLabels {
     pub currency: String,
 }
 
+/// Labels of a preemption.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PreemptionLabels {
+    /// `PreemptedSpot`, `PreemptedReclaim` or `PreemptedPriority`.
+    pub reason: &'static str,
+}
+
 /// A gauge holding a float.
 pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
@@ -68,6 +75,10 @@ pub struct ControllerMetrics {
     pub user_cost: Family<UserCostLabels, FloatGauge>,
     /// GPU-hours left of each budgeted user's budget period.
     pub user_budget_remaining: Family<UserLabels, FloatGauge>,
+    /// Instances preempted, by reason.
+    pub preemptions: Family<PreemptionLabels, Counter>,
+    /// GPUs each user holds beyond its guarantee (borrowed), after the last pass.
+    pub borrowed_gpus: Family<UserLabels, Gauge>,
     /// The process is up and its watches are running.
     pub ready: AtomicBool,
     registry: Registry,
@@ -95,6 +106,8 @@ impl ControllerMetrics {
             user_gpu_hours: Family::default(),
             user_cost: Family::default(),
             user_budget_remaining: Family::default(),
+            preemptions: Family::default(),
+            borrowed_gpus: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -154,8 +167,37 @@ impl ControllerMetrics {
             "GPU-hours left in each budgeted user's current budget period",
             m.user_budget_remaining.clone(),
         );
+        r.register(
+            "preemptions",
+            "Instances preempted, by reason",
+            m.preemptions.clone(),
+        );
+        r.register(
+            "user_borrowed_gpus",
+            "GPUs each user holds beyond its guarantee (borrowed) after the last placement pass",
+            m.borrowed_gpus.clone(),
+        );
         m.registry = registry;
         m
+    }
+
+    /// Counts one preemption.
+    pub fn preempted(&self, reason: &'static str) {
+        self.preemptions
+            .get_or_create(&PreemptionLabels { reason })
+            .inc();
+    }
+
+    /// Sets every user's borrowed GPUs, forgetting users that are gone.
+    pub fn set_borrowed(&self, per_user: &std::collections::BTreeMap<&str, i64>) {
+        self.borrowed_gpus.clear();
+        for (user, n) in per_user {
+            self.borrowed_gpus
+                .get_or_create(&UserLabels {
+                    user: (*user).to_owned(),
+                })
+                .set(*n);
+        }
     }
 
     /// Counts one reconcile outcome.

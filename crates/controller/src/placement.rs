@@ -28,9 +28,12 @@ use super::{Context, ReconcileError, pod, write_instance_status};
 use crate::metrics::CacheLabels;
 use gpu_cloud_api::USER_LABEL;
 use gpu_cloud_api::time;
-use gpu_cloud_api::v1::{GpuInstance, GpuInstanceStatus, GpuUser, Phase, StartPolicy};
+use gpu_cloud_api::v1::{
+    GpuInstance, GpuInstanceStatus, GpuUser, Phase, PreemptionNotice, StartPolicy,
+};
 use gpu_cloud_core::policy::cost::PriceList;
 use gpu_cloud_core::policy::objects;
+use gpu_cloud_core::scheduler::preemption::{self, Preemption};
 use gpu_cloud_core::scheduler::{
     self, Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, Waiting,
 };
@@ -79,7 +82,7 @@ struct World {
 async fn pass(ctx: &Context) -> Result<Option<Timestamp>, ReconcileError> {
     let now = Timestamp::now();
     let world = read_world(ctx);
-    let mut snapshot = snapshot(&world, now);
+    let mut snapshot = snapshot(&world, now, ctx.args.preemption);
     let (gates, planned) = budget_inputs(&world, now);
     let refused = objects::budget_gate(&mut snapshot, &gates, &planned);
     let mut plan = scheduler::plan(&snapshot);
@@ -138,6 +141,63 @@ async fn pass(ctx: &Context) -> Result<Option<Timestamp>, ReconcileError> {
     if placed > 0 {
         info!(count = placed, "placed instances");
     }
+
+    // Preemptions: each victim's notice is written first, the commit point (the instance
+    // reconciler then deletes its pod with its grace period, again after a restart); its
+    // preemptor is nominated from it even if its own status write below is lost.
+    let to_preempt: Vec<(Arc<GpuInstance>, Option<Arc<GpuInstance>>, Preemption)> = plan
+        .preemptions
+        .iter()
+        .filter_map(|p| {
+            let victim = (*by_key.get(&p.victim)?).clone();
+            let by = by_key.get(&p.by).map(|i| (*i).clone());
+            Some((victim, by, p.clone()))
+        })
+        .collect();
+    stream::iter(to_preempt)
+        .map(|(victim, by, p)| async move {
+            bounded(
+                "write preemption",
+                mark_preempted(ctx, &victim, by.as_deref(), &p, now),
+            )
+            .await
+        })
+        .buffer_unordered(writes)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    // Which placed instances run on borrowed GPUs, as their status and the metrics say.
+    let borrowed = preemption::borrowed(&snapshot);
+    let mut borrowed_per_user: BTreeMap<&str, i64> =
+        snapshot.users.keys().map(|u| (u.as_str(), 0)).collect();
+    for b in snapshot
+        .bookings
+        .iter()
+        .filter(|b| borrowed.contains(&b.key))
+    {
+        if let Some(n) = b.user.as_deref().and_then(|u| borrowed_per_user.get_mut(u)) {
+            *n += i64::from(b.count);
+        }
+    }
+    ctx.metrics.set_borrowed(&borrowed_per_user);
+    let to_flag: Vec<(Arc<GpuInstance>, bool)> = snapshot
+        .bookings
+        .iter()
+        .filter(|b| b.placed_on.is_some())
+        .filter_map(|b| {
+            let inst = *by_key.get(&b.key)?;
+            let now_borrowed = borrowed.contains(&b.key);
+            let shown = inst.status.as_ref().is_some_and(|s| s.borrowed);
+            (shown != now_borrowed).then(|| (inst.clone(), now_borrowed))
+        })
+        .collect();
+    stream::iter(to_flag)
+        .map(|(inst, flag)| async move {
+            bounded("write borrowed", mark_borrowed(ctx, &inst, flag)).await
+        })
+        .buffer_unordered(writes)
+        .try_collect::<Vec<()>>()
+        .await?;
 
     let to_reserve: Vec<(Arc<GpuInstance>, Option<String>, String, Timestamp)> = plan
         .reservations
@@ -317,7 +377,7 @@ fn key_of(inst: &GpuInstance) -> InstanceKey {
 }
 
 /// The pure scheduler's view of the world.
-fn snapshot(world: &World, now: Timestamp) -> Snapshot {
+fn snapshot(world: &World, now: Timestamp, preemption: bool) -> Snapshot {
     let nodes = world.nodes.iter().map(|n| NodeGpus::from_node(n)).collect();
     let used = scheduler::gpus_in_use(world.pods.iter().map(|p| p.as_ref()));
     let ns_user: BTreeMap<String, String> = world
@@ -335,7 +395,8 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                 max_instances: q.max_instances,
                 allowed_models: q.allowed_models.clone(),
                 suspended: u.spec.suspended,
-                ..UserPolicy::default()
+                borrow_gpus: q.borrow_gpus.unwrap_or(0),
+                max_spot_gpus: q.max_spot_gpus.unwrap_or(u32::MAX),
             };
             (u.name_any(), policy)
         })
@@ -348,6 +409,16 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                 (p.namespace().unwrap_or_default(), p.name_any()),
                 p.as_ref(),
             )
+        })
+        .collect();
+    // Who is nominated where, from the victims' notices (written first, so they stand even
+    // when the preemptor's own status was not written before a crash).
+    let nominated: BTreeMap<InstanceKey, String> = world
+        .instances
+        .iter()
+        .filter_map(|inst| {
+            let n = inst.status.as_ref()?.preempted.as_ref()?;
+            Some((parse_key(&n.by)?, n.node.clone()))
         })
         .collect();
     let bookings = world
@@ -366,6 +437,7 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                 .get(&(key.namespace.clone(), key.name.clone()))
                 .and_then(|p| PodView::of(p, &uid));
             let pod_created = pod.as_ref().and_then(|p| p.created);
+            let pod_terminating = pod.as_ref().is_some_and(|p| p.terminating);
             let placed_on = match (pod, &status.node_name) {
                 (Some(p), _) => Some(p.node.unwrap_or_default()),
                 // Placed once, pod gone: the instance reconciler ends it; never re-place.
@@ -415,7 +487,19 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
                 } else {
                     None
                 },
-                ..Booking::default()
+                preemptible: inst.spec.preemptible,
+                terminating: pod_terminating || status.preempted.is_some(),
+                nominated_on: nominated
+                    .get(&key_of(inst))
+                    .cloned()
+                    .or(status.nominated_node.clone()),
+                preempted_by: status
+                    .previous_runs
+                    .iter()
+                    .map(|r| &r.preempted)
+                    .chain(status.preempted.as_ref())
+                    .filter_map(|n| parse_key(&n.by))
+                    .collect(),
             })
         })
         .collect();
@@ -425,9 +509,17 @@ fn snapshot(world: &World, now: Timestamp) -> Snapshot {
         users,
         bookings,
         now,
-        // Not yet: the instances' API has no spot, borrowing or grace period to act on.
-        preemption: false,
+        preemption,
     }
+}
+
+/// An instance key from its `namespace/name` form (as preemption notices name them).
+fn parse_key(s: &str) -> Option<InstanceKey> {
+    let (namespace, name) = s.split_once('/')?;
+    Some(InstanceKey {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    })
 }
 
 /// Creates the pod: the commit point. The instance reconciler reports the placement in the
@@ -477,6 +569,73 @@ async fn place(
         // Lost in transit: it may have been created; it stays assumed for a while.
         Err(e) => Err(ReconcileError::kube("create pod")(e)),
     }
+}
+
+/// Records a preemption on its victim (the notice and its condition) and tells both.
+async fn mark_preempted(
+    ctx: &Context,
+    victim: &GpuInstance,
+    by: Option<&GpuInstance>,
+    p: &Preemption,
+    now: Timestamp,
+) -> Result<(), ReconcileError> {
+    if victim
+        .status
+        .as_ref()
+        .is_some_and(|s| s.preempted.is_some())
+    {
+        return Ok(());
+    }
+    let notice = PreemptionNotice {
+        by: p.by.to_string(),
+        reason: p.reason.word().to_owned(),
+        node: p.node.clone(),
+        at: now,
+    };
+    let status = super::lifecycle::preempting_status(victim, &notice, now);
+    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &p.victim.namespace);
+    if ignore_not_found(
+        write_instance_status(&api, &p.victim.name, victim.status.as_ref(), &status).await,
+    )
+    .map_err(ReconcileError::kube("write preemption"))?
+    .is_none()
+    {
+        return Ok(());
+    }
+    ctx.metrics.preempted(p.reason.word());
+    info!(victim = %p.victim, by = %p.by, node = %p.node, reason = p.reason.word(), "preempting");
+    let message = status.message.clone().unwrap_or_default();
+    ctx.event(victim, EventType::Warning, p.reason.word(), message)
+        .await;
+    if let Some(by) = by {
+        let message = format!(
+            "preempts {} on {} ({}): it starts there once that pod is gone",
+            p.victim,
+            p.node,
+            p.reason.word()
+        );
+        ctx.event(by, EventType::Warning, "Preempting", message)
+            .await;
+    }
+    Ok(())
+}
+
+/// Writes whether a placed instance runs on borrowed GPUs.
+async fn mark_borrowed(
+    ctx: &Context,
+    inst: &GpuInstance,
+    borrowed: bool,
+) -> Result<(), ReconcileError> {
+    let old = inst.status.clone().unwrap_or_default();
+    let status = GpuInstanceStatus {
+        borrowed,
+        ..old.clone()
+    };
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+    ignore_not_found(write_instance_status(&api, &name, Some(&old), &status).await)
+        .map_err(ReconcileError::kube("write borrowed"))?;
+    Ok(())
 }
 
 /// Writes a waiting instance's queue status, if it changed.
@@ -614,6 +773,10 @@ pub fn queued_status(
         user: user.map(str::to_owned),
         queue_position: Some(w.position),
         message: Some(w.message.clone()),
+        nominated_node: match &w.wait {
+            scheduler::Wait::Preempting { node, .. } => Some(node.clone()),
+            _ => None,
+        },
         // Still its window's while it waits for its node or once it was missed; any
         // other wait means it holds none (it was never granted one, or was edited).
         reserved_node: old.reserved_node.clone().filter(|_| keeps_window),

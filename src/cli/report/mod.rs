@@ -175,7 +175,7 @@ pub fn select_figures(users: &[GpuUser], instances: &[GpuInstance], now: Timesta
         match user {
             Some(&i) => theirs[i].push(inst),
             None => {
-                if figures::instance_figures("", inst, now).is_some() {
+                if !figures::instance_figures("", inst, now).is_empty() {
                     out.orphans.push((ns, inst.name_any()));
                 }
             }

@@ -37,7 +37,7 @@ pub fn to_table(r: &Report) -> String {
     for row in &r.rows {
         lines.push(line(
             &row.user,
-            &row.model,
+            &model_label(row),
             row.instances,
             row.gpu_hours,
             row.energy_kwh,
@@ -94,7 +94,7 @@ pub fn to_csv(r: &Report) -> String {
     for row in &r.rows {
         line(
             &row.user,
-            &row.model,
+            &model_label(row),
             row.instances,
             row.gpu_hours,
             row.energy_kwh,
@@ -118,6 +118,15 @@ pub fn to_json(r: &Report) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(r)
 }
 
+/// A row's model as printed: spot rows say so (`NVIDIA-L4 (spot)`).
+fn model_label(row: &gpu_cloud_core::policy::chargeback::ReportRow) -> String {
+    if row.spot {
+        format!("{} (spot)", row.model)
+    } else {
+        row.model.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +143,7 @@ mod tests {
             .into(),
             default_per_gpu_hour: None,
             per_kwh: Some(0.3),
+            spot_factor: None,
         };
         let at = |s: &str| s.parse().unwrap();
         let f = |user: &str, model: &str, from: &str, to: &str, gpu_seconds, energy_joules| {
@@ -144,6 +154,7 @@ mod tests {
                 sampled_at: at(to),
                 gpu_seconds,
                 energy_joules,
+                spot: false,
             }
         };
         let (h100, l4) = ("NVIDIA-H100-80GB-HBM3", "NVIDIA-L4");

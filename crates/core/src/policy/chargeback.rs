@@ -96,6 +96,8 @@ pub struct InstanceFigures {
     pub gpu_seconds: f64,
     /// `status.usage.energyJoules`: cumulative since `started`.
     pub energy_joules: f64,
+    /// A spot instance (priced at the price list's spot factor).
+    pub spot: bool,
 }
 
 impl InstanceFigures {
@@ -122,6 +124,9 @@ pub struct ReportRow {
     pub user: String,
     /// The GPU model.
     pub model: String,
+    /// Spot (preemptible) instances, priced at the spot factor: a row of their own.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spot: bool,
     /// Instances that ran in the period.
     pub instances: u32,
     /// GPU-hours inside the period.
@@ -170,13 +175,15 @@ pub fn report(
     period: &ReportPeriod,
 ) -> Result<Report, CostError> {
     prices.validate()?;
-    let mut sums: BTreeMap<(&str, &str), (u32, f64, f64)> = BTreeMap::new();
+    let mut sums: BTreeMap<(&str, &str, bool), (u32, f64, f64)> = BTreeMap::new();
     for f in figures {
         check_figures(f.gpu_seconds, f.energy_joules)?;
         let Some(share) = f.share_in(period.bounds) else {
             continue;
         };
-        let e = sums.entry((f.user.as_str(), f.model.as_str())).or_default();
+        let e = sums
+            .entry((f.user.as_str(), f.model.as_str(), f.spot))
+            .or_default();
         e.0 = e.0.saturating_add(1);
         e.1 += f.gpu_seconds * share / 3600.0;
         e.2 += f.energy_joules * share / JOULES_PER_KWH;
@@ -191,8 +198,8 @@ pub fn report(
         },
     };
     let mut rows = Vec::with_capacity(sums.len());
-    for ((user, model), (instances, gpu_hours, energy_kwh)) in sums {
-        let cost = prices.cost(model, gpu_hours, energy_kwh)?;
+    for ((user, model, spot), (instances, gpu_hours, energy_kwh)) in sums {
+        let cost = prices.cost(model, spot, gpu_hours, energy_kwh)?;
         totals.instances = totals.instances.saturating_add(instances);
         totals.gpu_hours += gpu_hours;
         totals.energy_kwh += energy_kwh;
@@ -200,6 +207,7 @@ pub fn report(
         rows.push(ReportRow {
             user: user.to_owned(),
             model: model.to_owned(),
+            spot,
             instances,
             gpu_hours,
             energy_kwh,
@@ -280,6 +288,7 @@ mod tests {
             sampled_at: ts(sampled),
             gpu_seconds: gpu_s,
             energy_joules: j,
+            spot: false,
         }
     }
 
@@ -396,6 +405,7 @@ mod tests {
                         .unwrap(),
                     gpu_seconds,
                     energy_joules,
+                    spot: false,
                 }
             });
         proptest::collection::vec(one, 0..40)
@@ -413,7 +423,7 @@ mod tests {
             let kwh: f64 = figs.iter().map(|f| f.energy_joules / 3.6e6).sum();
             let cost: f64 = figs
                 .iter()
-                .map(|f| actual_cost(&p, &f.model, f.gpu_seconds, f.energy_joules).unwrap().total)
+                .map(|f| actual_cost(&p, &f.model, f.spot, f.gpu_seconds, f.energy_joules).unwrap().total)
                 .sum();
             prop_assert_eq!(r.totals.instances as usize, figs.len());
             prop_assert!(close(r.totals.gpu_hours, hours));

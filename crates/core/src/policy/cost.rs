@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use gpu_cloud_api::v1::GpuPriceListSpec;
+use gpu_cloud_api::v1::{DEFAULT_SPOT_FACTOR, GpuPriceListSpec};
 use serde::{Deserialize, Serialize};
 
 /// Joules in a kilowatt-hour.
@@ -31,6 +31,10 @@ pub struct PriceList {
     /// Price of one kWh of measured GPU energy; without it energy costs nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_kwh: Option<f64>,
+    /// A spot GPU-hour's price as a share of the model's (default
+    /// [`DEFAULT_SPOT_FACTOR`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_factor: Option<f64>,
 }
 
 /// Why no cost could be worked out.
@@ -47,6 +51,12 @@ pub enum CostError {
     InvalidPrice {
         /// Which price (`perGpuHour[<model>]`, `defaultPerGpuHour`, `perKwh`).
         what: String,
+        /// Its value.
+        value: f64,
+    },
+    /// The spot factor is not between 0 and 1.
+    #[error("spotFactor is {value}: it must be a share of the GPU-hour price between 0 and 1")]
+    InvalidSpotFactor {
         /// Its value.
         value: f64,
     },
@@ -87,7 +97,16 @@ impl PriceList {
                 return Err(CostError::InvalidPrice { what, value });
             }
         }
-        Ok(())
+        self.spot_factor().map(|_| ())
+    }
+
+    /// The spot factor: the list's, else the default; between 0 and 1.
+    pub fn spot_factor(&self) -> Result<f64, CostError> {
+        match self.spot_factor {
+            None => Ok(DEFAULT_SPOT_FACTOR),
+            Some(f) if valid(f) && f <= 1.0 => Ok(f),
+            Some(value) => Err(CostError::InvalidSpotFactor { value }),
+        }
     }
 
     /// The price of one GPU-hour of `model`: its own, else the default.
@@ -123,10 +142,12 @@ impl PriceList {
     pub(crate) fn cost(
         &self,
         model: &str,
+        spot: bool,
         gpu_hours: f64,
         energy_kwh: f64,
     ) -> Result<Cost, CostError> {
-        let gpu = gpu_hours * self.gpu_hour_price(model)?;
+        let factor = if spot { self.spot_factor()? } else { 1.0 };
+        let gpu = gpu_hours * self.gpu_hour_price(model)? * factor;
         let energy = energy_kwh * self.kwh_price()?;
         Ok(Cost {
             gpu,
@@ -167,15 +188,17 @@ impl fmt::Display for Cost {
 }
 
 /// What a booking of `gpus` GPUs of `model` for `duration` will cost if it runs its whole
-/// booking (shown when it is booked). Energy is not known in advance and counts 0.
+/// booking (shown when it is booked; `spot` for a preemptible one). Energy is not known in
+/// advance and counts 0.
 pub fn planned_cost(
     prices: &PriceList,
     model: &str,
+    spot: bool,
     gpus: u32,
     duration: Duration,
 ) -> Result<Cost, CostError> {
     let hours = f64::from(gpus) * duration.as_secs_f64() / 3600.0;
-    prices.cost(model, hours, 0.0)
+    prices.cost(model, spot, hours, 0.0)
 }
 
 /// What an instance's measured use costs: `gpu_seconds` and `energy_joules` as in
@@ -183,11 +206,17 @@ pub fn planned_cost(
 pub fn actual_cost(
     prices: &PriceList,
     model: &str,
+    spot: bool,
     gpu_seconds: f64,
     energy_joules: f64,
 ) -> Result<Cost, CostError> {
     check_figures(gpu_seconds, energy_joules)?;
-    prices.cost(model, gpu_seconds / 3600.0, energy_joules / JOULES_PER_KWH)
+    prices.cost(
+        model,
+        spot,
+        gpu_seconds / 3600.0,
+        energy_joules / JOULES_PER_KWH,
+    )
 }
 
 pub(crate) fn check_figures(gpu_seconds: f64, energy_joules: f64) -> Result<(), CostError> {
@@ -206,6 +235,7 @@ impl From<&GpuPriceListSpec> for PriceList {
             per_gpu_hour: s.per_gpu_hour.clone(),
             default_per_gpu_hour: s.default_per_gpu_hour,
             per_kwh: s.per_kwh,
+            spot_factor: s.spot_factor,
         }
     }
 }
@@ -224,16 +254,33 @@ pub(crate) mod tests {
             per_gpu_hour: [(H100.to_owned(), 2.5), (L4.to_owned(), 0.5)].into(),
             default_per_gpu_hour: None,
             per_kwh: Some(0.3),
+            spot_factor: None,
         }
+    }
+
+    #[test]
+    fn spot_gpu_hours_cost_the_spot_factor_and_energy_the_same() {
+        let mut p = prices();
+        let c = actual_cost(&p, L4, true, 7200.0, 3.6e6).unwrap();
+        assert_eq!(c.gpu, 1.0 * DEFAULT_SPOT_FACTOR);
+        assert!((c.energy - 0.3).abs() < 1e-12);
+        p.spot_factor = Some(0.2);
+        let c = planned_cost(&p, H100, true, 2, Duration::from_secs(3600)).unwrap();
+        assert!((c.total - 1.0).abs() < 1e-12, "{c:?}");
+        p.spot_factor = Some(1.5);
+        assert_eq!(
+            p.validate().unwrap_err().to_string(),
+            "spotFactor is 1.5: it must be a share of the GPU-hour price between 0 and 1"
+        );
     }
 
     #[test]
     fn planned_and_actual_costs() {
         let p = prices();
-        let c = planned_cost(&p, H100, 2, Duration::from_secs(4 * 3600)).unwrap();
+        let c = planned_cost(&p, H100, false, 2, Duration::from_secs(4 * 3600)).unwrap();
         assert_eq!((c.gpu, c.energy, c.total), (20.0, 0.0, 20.0));
         assert_eq!(c.to_string(), "20.00 EUR");
-        let c = actual_cost(&p, L4, 7200.0, 3.6e6).unwrap();
+        let c = actual_cost(&p, L4, false, 7200.0, 3.6e6).unwrap();
         assert!((c.total - 1.3).abs() < 1e-12, "{c:?}");
         assert_eq!(c.gpu, 1.0);
         let no_energy_price = PriceList {
@@ -241,13 +288,15 @@ pub(crate) mod tests {
             ..p.clone()
         };
         assert_eq!(
-            actual_cost(&no_energy_price, L4, 7200.0, 3.6e6)
+            actual_cost(&no_energy_price, L4, false, 7200.0, 3.6e6)
                 .unwrap()
                 .energy,
             0.0
         );
         assert_eq!(
-            actual_cost(&p, L4, -1.0, 0.0).unwrap_err().to_string(),
+            actual_cost(&p, L4, false, -1.0, 0.0)
+                .unwrap_err()
+                .to_string(),
             "gpuSeconds is -1: usage figures must be numbers of at least 0"
         );
     }
@@ -255,7 +304,7 @@ pub(crate) mod tests {
     #[test]
     fn unlisted_models_take_the_default_price_or_name_the_gap() {
         let p = prices();
-        let e = planned_cost(&p, "NVIDIA-A100", 1, Duration::from_secs(3600)).unwrap_err();
+        let e = planned_cost(&p, "NVIDIA-A100", false, 1, Duration::from_secs(3600)).unwrap_err();
         assert_eq!(
             e.to_string(),
             "no price for GPU model \"NVIDIA-A100\": add it to perGpuHour or set defaultPerGpuHour"

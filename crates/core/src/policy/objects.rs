@@ -79,7 +79,7 @@ pub fn budget_status(
     let spec = user.spec.quota.gpu_hours.as_ref()?;
     let mut spans: Vec<_> = live(user, instances)
         .into_iter()
-        .filter_map(figures::span)
+        .flat_map(figures::spans)
         .collect();
     if let Some(u) = user.status.as_ref().and_then(|s| s.usage.as_ref()) {
         spans.extend(u.retired_instances.iter().map(figures::retired_span));
@@ -312,7 +312,8 @@ pub fn instance_cost(
 ) -> Option<gpu_cloud_api::v1::InstanceCost> {
     let d = time::parse_duration(&inst.spec.duration).ok()?;
     let model = inst.spec.gpu.model.as_str();
-    let planned = super::cost::planned_cost(prices, model, inst.spec.gpu.count, d).ok()?;
+    let spot = inst.spec.preemptible;
+    let planned = super::cost::planned_cost(prices, model, spot, inst.spec.gpu.count, d).ok()?;
     let status = inst.status.clone().unwrap_or_default();
     let old = status.cost.as_ref();
     let ended = status.phase.is_some_and(Phase::is_finished);
@@ -320,17 +321,39 @@ pub fn instance_cost(
         old.and_then(|c| c.actual),
         old.and_then(|c| c.actual_sampled_at),
     );
-    if let Some(u) = status.usage.as_ref() {
-        let due = u.final_
-            || ended
-            || actual_sampled_at.is_none_or(|at| {
-                u.sampled_at.duration_since(at).as_secs_f64() >= COST_REFRESH.as_secs_f64()
-            });
-        if due && actual_sampled_at != Some(u.sampled_at) {
-            let c = super::cost::actual_cost(prices, model, u.gpu_seconds, u.energy_joules).ok()?;
-            actual = Some(round4(c.total));
-            actual_sampled_at = Some(u.sampled_at);
+    // Runs ended by preemption are priced once each, whole; the current run as the agent
+    // measures it.
+    let previous = status
+        .previous_runs
+        .iter()
+        .map(|r| {
+            let f = &r.figures;
+            super::cost::actual_cost(prices, model, spot, f.gpu_seconds, f.energy_joules)
+                .map(|c| c.total)
+        })
+        .sum::<Result<f64, _>>()
+        .ok()?;
+    match figures::current_usage(&status) {
+        Some(u) => {
+            let due = u.final_
+                || ended
+                || actual_sampled_at.is_none_or(|at| {
+                    u.sampled_at.duration_since(at).as_secs_f64() >= COST_REFRESH.as_secs_f64()
+                });
+            if due && actual_sampled_at != Some(u.sampled_at) {
+                let c =
+                    super::cost::actual_cost(prices, model, spot, u.gpu_seconds, u.energy_joules)
+                        .ok()?;
+                actual = Some(round4(previous + c.total));
+                actual_sampled_at = Some(u.sampled_at);
+            }
         }
+        // Between runs: what the ended runs cost.
+        None if !status.previous_runs.is_empty() => {
+            actual = Some(round4(previous));
+            actual_sampled_at = status.previous_runs.last().map(|r| r.figures.ended_at);
+        }
+        None => {}
     }
     Some(gpu_cloud_api::v1::InstanceCost {
         planned: round4(planned.total),
@@ -365,7 +388,7 @@ pub fn user_live_figures(
     let name = user.name_any();
     live(user, instances)
         .into_iter()
-        .filter_map(|i| figures::instance_figures(&name, i, now))
+        .flat_map(|i| figures::instance_figures(&name, i, now))
         .collect()
 }
 
@@ -549,6 +572,7 @@ mod tests {
             per_gpu_hour: BTreeMap::from([("M".to_string(), 3.0)]),
             default_per_gpu_hour: None,
             per_kwh: Some(0.5),
+            spot_factor: None,
         };
         let queued = instance(serde_json::json!({"phase": "Queued"}));
         let c = instance_cost(&queued, &prices).unwrap();
@@ -560,8 +584,9 @@ mod tests {
             serde_json::json!({"gpuSeconds": gpu_seconds, "avgUtilization": 1.0, "peakMemoryBytes": 0,
                 "energyJoules": 3.6e6, "sampledAt": ts(secs), "source": "simulated", "final": final_})
         };
-        let running =
-            instance(serde_json::json!({"phase": "Running", "usage": usage(1000, 3600.0, false)}));
+        let running = instance(
+            serde_json::json!({"phase": "Running", "startedAt": ts(0), "usage": usage(1000, 3600.0, false)}),
+        );
         let c = instance_cost(&running, &prices).unwrap();
         assert_eq!(c.actual, Some(3.5)); // 1 GPU-hour x 3 + 1 kWh x 0.5
         // A minute later: not refreshed yet.

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 
 use gpu_cloud_api::time::month_of;
-use gpu_cloud_api::v1::{GpuInstance, Usage, UsageTotals, UserUsage};
+use gpu_cloud_api::v1::{GpuInstance, UsageTotals, UserUsage};
 
 /// How long a deleted instance waits for the agent's final figures before what is there
 /// is folded anyway (an agent that is down must not block deletions for ever).
@@ -22,10 +22,11 @@ pub const RETIRED_INSTANCES_KEPT: usize = 2000;
 /// twelve months, and then some).
 pub const RETIRED_INSTANCES_DAYS: i64 = 400;
 
-fn add(totals: &mut UsageTotals, u: &Usage) {
-    totals.gpu_hours += u.gpu_seconds / 3600.0;
-    totals.energy_kwh += u.energy_joules / 3.6e6;
-    totals.instances += 1;
+/// Adds one run's figures; `new_instance` counts the instance (its first run).
+fn add(totals: &mut UsageTotals, gpu_seconds: f64, energy_joules: f64, new_instance: bool) {
+    totals.gpu_hours += gpu_seconds / 3600.0;
+    totals.energy_kwh += energy_joules / 3.6e6;
+    totals.instances += u32::from(new_instance);
 }
 
 fn plus(a: &UsageTotals, b: &UsageTotals) -> UsageTotals {
@@ -57,28 +58,48 @@ pub fn user_usage(old: Option<&UserUsage>, instances: &[GpuInstance], now: Times
         if out.retired_uids.contains(&uid) {
             continue;
         }
-        let usage = inst.status.as_ref().and_then(|s| s.usage.as_ref());
+        // Each run's figures: runs ended by preemption as recorded, the current one as
+        // the agent measured it (nothing while it has not measured this run).
+        let previous = inst
+            .status
+            .as_ref()
+            .map_or(&[][..], |s| &s.previous_runs[..]);
+        let current = inst.status.as_ref().and_then(super::figures::current_usage);
+        let runs = previous
+            .iter()
+            .map(|r| {
+                (
+                    r.figures.gpu_seconds,
+                    r.figures.energy_joules,
+                    r.figures.ended_at,
+                )
+            })
+            .chain(current.map(|u| (u.gpu_seconds, u.energy_joules, u.sampled_at)));
+        let counted = !previous.is_empty() || current.is_some();
         if ready_to_fold(inst, now) {
-            if let Some(u) = usage {
-                add(&mut out.retired, u);
+            let mut first = true;
+            for (gpu_seconds, energy, at) in runs {
+                add(&mut out.retired, gpu_seconds, energy, first);
                 add(
-                    out.retired_by_period
-                        .entry(month_of(u.sampled_at))
-                        .or_default(),
-                    u,
+                    out.retired_by_period.entry(month_of(at)).or_default(),
+                    gpu_seconds,
+                    energy,
+                    first,
                 );
+                first = false;
             }
-            if let Some(r) = super::figures::retire(inst, now) {
-                out.retired_instances.push(r);
-            }
+            out.retired_instances
+                .extend(super::figures::retire(inst, now));
             out.retired_uids.push(uid);
             continue;
         }
-        if let Some(u) = usage {
-            add(&mut lifetime_live, u);
-            if month_of(u.sampled_at) == period {
-                add(&mut period_live, u);
+        let mut first = counted;
+        for (gpu_seconds, energy, at) in runs {
+            add(&mut lifetime_live, gpu_seconds, energy, first);
+            if month_of(at) == period {
+                add(&mut period_live, gpu_seconds, energy, first);
             }
+            first = false;
         }
     }
     let excess = out.retired_uids.len().saturating_sub(RETIRED_UIDS_KEPT);
@@ -125,7 +146,7 @@ mod tests {
             "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
             "metadata": {"name": uid, "namespace": "gpu-u", "uid": uid, "deletionTimestamp": deleted},
             "spec": {"gpu": {"model": "m", "count": 1}, "image": "x", "duration": "1h"},
-            "status": {"usage": {"gpuSeconds": gpu_seconds, "avgUtilization": 50.0, "peakMemoryBytes": 1,
+            "status": {"startedAt": "2020-01-01T00:00:00Z", "usage": {"gpuSeconds": gpu_seconds, "avgUtilization": 50.0, "peakMemoryBytes": 1,
                                  "energyJoules": 3.6e6, "sampledAt": sampled, "source": "simulated", "final": final_}}
         }))
         .unwrap()
