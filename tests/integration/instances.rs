@@ -124,7 +124,18 @@ async fn book_view_delete_and_queue() {
     assert_eq!(
         header,
         [
-            "NAME", "USER", "MODEL", "COUNT", "PHASE", "NODE", "EXPIRES", "GPU", "UTIL", "AGE",
+            "NAME",
+            "USER",
+            "MODEL",
+            "COUNT",
+            "PHASE",
+            "NODE",
+            "EXPIRES",
+            "GPU",
+            "UTIL",
+            "BORROWED",
+            "PREEMPTIBLE",
+            "AGE",
             "WAITING"
         ],
         "{table}"

@@ -17,6 +17,7 @@ mod leader;
 mod migration;
 mod observability;
 mod plugin;
+mod preemption;
 mod rbac;
 mod scale;
 mod smoke;

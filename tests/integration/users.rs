@@ -21,7 +21,7 @@ async fn register_update_and_delete_a_user() {
     let ns = harness::user(
         &client,
         &name,
-        json!({"displayName": "Carol", "subjects": [{"kind": "User", "name": name}], "quota": {"maxGpus": 4}}),
+        json!({"displayName": "Carol", "subjects": [{"kind": "User", "name": name}], "quota": {"maxGpus": 4, "maxSpotGpus": 0}}),
     )
     .await;
     assert_eq!(ns, format!("gpu-{name}"));
@@ -50,7 +50,7 @@ async fn register_update_and_delete_a_user() {
     // Update: subjects and quota follow the spec.
     let users = Api::<GpuUser>::all(client.clone());
     let patch = json!({"spec": {"subjects": [{"kind": "User", "name": name}, {"kind": "Group", "name": "ml-team"}],
-                                "quota": {"maxGpus": 8}}});
+                                "quota": {"maxGpus": 8, "borrowGpus": 2, "maxSpotGpus": 1}}});
     users
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -61,7 +61,8 @@ async fn register_update_and_delete_a_user() {
         || async {
             let rb = bindings.get("gpu-cloud-user").await.expect("RoleBinding");
             let q = quotas.get("gpu-cloud-user").await.expect("quota");
-            rb.subjects.as_ref().map(Vec::len) == Some(2) && hard(q).as_deref() == Some("8")
+            // Guarantee, what may be borrowed and spot GPUs together.
+            rb.subjects.as_ref().map(Vec::len) == Some(2) && hard(q).as_deref() == Some("11")
         },
     )
     .await;

@@ -130,6 +130,16 @@ pub struct Quota {
     pub max_spot_gpus: Option<u32>,
 }
 
+impl Quota {
+    /// The most GPUs the user's pods may request at once, on demand (guarantee and what
+    /// may be borrowed) and spot together: the bound of the namespace's ResourceQuota,
+    /// `None` when either kind is unbounded.
+    pub fn most_gpus(&self) -> Option<u32> {
+        let on_demand = self.max_gpus?.saturating_add(self.borrow_gpus.unwrap_or(0));
+        Some(on_demand.saturating_add(self.max_spot_gpus?))
+    }
+}
+
 /// GPU-hours a user may use per period. A booking is refused when its planned GPU-hours
 /// (GPUs x duration) exceed what is left; when the budget runs out during a run,
 /// `onExhausted` applies.

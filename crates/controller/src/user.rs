@@ -490,7 +490,8 @@ async fn provision(user: &GpuUser, ns: &str, ctx: &Context) -> Result<(), Reconc
         .map_err(ReconcileError::kube("apply ClusterRoleBinding"))?;
 
     let mut hard = serde_json::Map::new();
-    if let Some(max) = user.spec.quota.max_gpus {
+    // The backstop against a stale view of ours: what the user may hold of every kind.
+    if let Some(max) = user.spec.quota.most_gpus() {
         hard.insert(format!("requests.{GPU_RESOURCE}"), json!(max.to_string()));
     }
     let quota = json!({

@@ -226,14 +226,22 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                 continue;
             };
             let end = end_of(now, b.duration);
+            let victims = preempting.terminating_on(i);
             let checked =
                 admit(b, snapshot, &ledger).and_then(|_| quota(b, snapshot, &holds, now, end));
-            if let Err(w) = checked {
-                wait(&mut plan, b, w, false);
-                continue;
+            match checked {
+                // Its own preempted bookings still count against its quota until they
+                // are gone: it goes on waiting for them.
+                Err(Wait::GpuQuota { .. }) if victims > 0 => {}
+                Err(w) => {
+                    wait(&mut plan, b, w, false);
+                    continue;
+                }
+                Ok(()) => {}
             }
-            let fits = ledger.nodes[i].eligible() && ledger.min_free(i, now, end) >= b.count;
-            let victims = preempting.terminating_on(i);
+            let fits = checked.is_ok()
+                && ledger.nodes[i].eligible()
+                && ledger.min_free(i, now, end) >= b.count;
             if fits {
                 let node = ledger.take(i, b.count, end, now);
                 if let Some(u) = b.user.as_deref() {
@@ -275,12 +283,25 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                 plan.placements.push((b.key.clone(), node.to_owned()));
             }
             Err(w) => {
-                if matches!(w, Wait::Capacity { .. }) {
-                    blocked_models.insert(&b.model);
+                // Waiting for GPUs, victims of any kind may make room; waiting for its
+                // user's quota, only the user's own bookings of lower priority can.
+                let quota_need = match w {
+                    Wait::Capacity { .. } => Some(0),
+                    Wait::GpuQuota { in_use, max } => {
+                        Some(in_use.saturating_add(b.count).saturating_sub(max))
+                    }
+                    _ => None,
+                };
+                if let Some(quota_need) = quota_need {
+                    if quota_need == 0 {
+                        blocked_models.insert(&b.model);
+                    }
                     let tries = || attempts.get(b.model.as_str()).copied().unwrap_or(0);
                     if snapshot.preemption && !b.preemptible && tries() < PREEMPTION_ATTEMPTS {
                         *attempts.entry(b.model.as_str()).or_default() += 1;
-                        if let Some((i, victims)) = preempting.choose(b, &ledger, &taken, now) {
+                        if let Some((i, victims)) =
+                            preempting.choose(b, &ledger, &taken, now, quota_need)
+                        {
                             let node = ledger.nodes[i].name.clone();
                             for (v, reason) in &victims {
                                 taken.insert(&v.key);
@@ -364,7 +385,7 @@ fn quota(
     }
     let peak = |spot: bool| holds.get(&(user, spot)).map_or((0, 0), |h| h.peak(a, end));
     let (in_use, _) = peak(b.preemptible);
-    if let Some(max) = limit.filter(|&max| in_use + b.count > max) {
+    if let Some(max) = limit.filter(|&max| in_use.saturating_add(b.count) > max) {
         return Err(Wait::GpuQuota { in_use, max });
     }
     let placed = peak(false).1.saturating_add(peak(true).1);
@@ -608,13 +629,16 @@ impl<'s> Preempting<'s> {
     /// The node and the cheapest set of bookings there whose preemption makes `b` fit
     /// now, of those `b` may preempt and not already `taken` in this sweep; `None` when
     /// no node would do. Only nodes without a window before `b` would end are looked at,
-    /// so that what the victims free is free for all of its time.
+    /// so that what the victims free is free for all of its time. With `quota_need` > 0
+    /// (`b` is over its user's quota by that many GPUs) only the user's own bookings are
+    /// victims, and they must free that many too.
     fn choose(
         &self,
         b: &Booking,
         ledger: &Ledger<'_>,
         taken: &BTreeSet<&InstanceKey>,
         now: Timestamp,
+        quota_need: u32,
     ) -> Option<(usize, Victims<'s>)> {
         let model = ledger.models.get(b.model.as_str())?;
         let end = end_of(now, b.duration);
@@ -624,7 +648,7 @@ impl<'s> Preempting<'s> {
             let free = ledger.free[i];
             // A window may count on a victim's release: with one in the way the GPUs
             // freed now need not stay free for `b`'s time, so no node with a window.
-            if free >= b.count || ledger.time[i].window_before(end) {
+            if (free >= b.count && quota_need == 0) || ledger.time[i].window_before(end) {
                 continue;
             }
             let allowed: Victims<'s> = self
@@ -633,6 +657,7 @@ impl<'s> Preempting<'s> {
                 .into_iter()
                 .flatten()
                 .filter(|v| !taken.contains(&v.key))
+                .filter(|v| quota_need == 0 || (v.user == b.user && !v.preemptible))
                 .filter_map(|v| {
                     let r =
                         preemption::may_preempt(b, v, reclaiming, self.borrowed.contains(&v.key))?;
@@ -647,7 +672,8 @@ impl<'s> Preempting<'s> {
                     started: v.started.unwrap_or(Timestamp::MIN),
                 })
                 .collect();
-            let Some((set, cost)) = preemption::cheapest_set(b.count - free, &candidates) else {
+            let need = b.count.saturating_sub(free).max(quota_need);
+            let Some((set, cost)) = preemption::cheapest_set(need, &candidates) else {
                 continue;
             };
             let name = ledger.nodes[i].name.as_str();

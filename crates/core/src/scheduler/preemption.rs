@@ -68,7 +68,8 @@ pub struct Preemption {
 }
 
 /// The placed bookings that run on borrowed GPUs: per user with a guarantee, the placed
-/// non-spot bookings in the order they started (then by key) beyond the guarantee.
+/// non-spot bookings in the order they started (then were created, then by key) beyond
+/// the guarantee.
 pub fn borrowed(snapshot: &Snapshot) -> BTreeSet<InstanceKey> {
     let mut per_user: BTreeMap<&str, Vec<&Booking>> = BTreeMap::new();
     for b in &snapshot.bookings {
@@ -85,6 +86,7 @@ pub fn borrowed(snapshot: &Snapshot) -> BTreeSet<InstanceKey> {
             a.started
                 .unwrap_or(Timestamp::MIN)
                 .cmp(&b.started.unwrap_or(Timestamp::MIN))
+                .then_with(|| a.created.cmp(&b.created))
                 .then_with(|| a.key.cmp(&b.key))
         });
         let mut held = 0u32;

@@ -411,3 +411,85 @@ proptest! {
         prop_assert_eq!(placed(&p), vec![("owner", "a")]);
     }
 }
+
+#[test]
+fn a_booking_over_its_users_quota_preempts_the_users_lower_priority_ones_only() {
+    // carol may hold 4 and holds 4 (two of priority 0); her priority-5 booking of 2 is over
+    // quota though GPUs are free: her own low ones make room, nobody else's.
+    let users = [
+        ("carol", policy(Some(4), 0, 0)),
+        ("dan", policy(Some(2), 0, 0)),
+    ];
+    let mut high = booking("high", "carol", H100, 2, 10);
+    high.priority = 5;
+    let mut dans = running("dans", "dan", 2, 0, "a");
+    dans.priority = -9;
+    let mut s = world(
+        vec![
+            running("low-old", "carol", 2, 1, "a"),
+            running("low-new", "carol", 2, 2, "a"),
+            dans,
+            high,
+        ],
+        &users,
+    );
+    let p = plan(&s);
+    assert_eq!(preempted(&p), vec![("low-new", "high", Reason::Priority)]);
+    assert!(p.placements.is_empty(), "placed over quota: {p:?}");
+    // While the victim stops: still waiting on it, over quota or not.
+    for b in s.bookings.iter_mut() {
+        if b.key.name == "low-new" {
+            b.terminating = true;
+        }
+        if b.key.name == "high" {
+            b.nominated_on = Some("a".into());
+        }
+    }
+    let p = plan(&s);
+    assert!(p.preemptions.is_empty() && p.placements.is_empty(), "{p:?}");
+    assert!(matches!(
+        p.waiting
+            .iter()
+            .find(|w| w.key.name == "high")
+            .map(|w| &w.wait),
+        Some(Wait::Preempting { .. })
+    ));
+    // Gone: placed on its nominated node.
+    let gone = Plan {
+        preemptions: vec![preemption::Preemption {
+            victim: s
+                .bookings
+                .iter()
+                .find(|b| b.key.name == "low-new")
+                .unwrap()
+                .key
+                .clone(),
+            by: s
+                .bookings
+                .iter()
+                .find(|b| b.key.name == "high")
+                .unwrap()
+                .key
+                .clone(),
+            node: "a".into(),
+            reason: Reason::Priority,
+        }],
+        ..Plan::default()
+    };
+    victims_gone(&mut s, &gone);
+    let p = plan(&s);
+    assert_eq!(placed(&p), vec![("high", "a")]);
+    // With equal priority nothing is preempted: it waits for quota.
+    let mut s = world(
+        vec![
+            running("low-old", "carol", 2, 1, "a"),
+            running("low-new", "carol", 2, 2, "a"),
+            booking("same", "carol", H100, 2, 10),
+        ],
+        &users,
+    );
+    s.bookings.retain(|b| b.key.name != "dans");
+    let p = plan(&s);
+    assert!(p.preemptions.is_empty());
+    assert!(matches!(p.waiting[0].wait, Wait::GpuQuota { .. }));
+}
