@@ -158,8 +158,13 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
         });
     };
 
+    // Preemption's view of the sweep's start: who runs where, who is borrowed.
+    let preempting = Preempting::new(snapshot, &ledger, fresh);
+    let mut taken: BTreeSet<&InstanceKey> = BTreeSet::new();
+
     // Opened windows: their GPUs were kept free of everything else, so they go first and
     // are not held up by the queue (nor by quota, checked when the window was granted).
+    // Spot bookings on their node were counted as reclaimable: they are preempted now.
     for (b, h) in opened {
         let checked = admit(b, snapshot, &ledger).and_then(|_| {
             let n = &ledger.nodes[h.node];
@@ -186,6 +191,26 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                 plan.placements.push((b.key.clone(), node.to_owned()));
                 plan.due.push((b.key.clone(), h.start));
             }
+            Err(Wait::HeldNode { node, free })
+                if snapshot.preemption && ledger.nodes[h.node].eligible() =>
+            {
+                let spot = preempting.spot_victims(b, h.node, &ledger, &taken);
+                if spot.is_empty() {
+                    wait(&mut plan, b, Wait::HeldNode { node, free }, false);
+                    continue;
+                }
+                for v in &spot {
+                    taken.insert(&v.key);
+                    plan.preemptions.push(Preemption {
+                        victim: v.key.clone(),
+                        by: b.key.clone(),
+                        node: node.clone(),
+                        reason: Reason::Spot,
+                    });
+                }
+                let victims = u32::try_from(spot.len()).unwrap_or(u32::MAX);
+                wait(&mut plan, b, Wait::Preempting { node, victims }, false);
+            }
             Err(w) => wait(&mut plan, b, w, false),
         }
     }
@@ -208,9 +233,6 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
             Err(w) => wait(&mut plan, b, w, false),
         }
     }
-
-    // Preemption's view of the sweep's start: who runs where, who is borrowed.
-    let preempting = Preempting::new(snapshot, &ledger, fresh);
 
     // Bookings nominated on a node by their own earlier preemption: placed there as soon
     // as their victims are gone, and until then the GPUs freed there are kept for them.
@@ -268,7 +290,6 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
     // The queue, now.
     let mut blocked_models: BTreeSet<&str> = BTreeSet::new();
     let mut attempts: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut taken: BTreeSet<&InstanceKey> = BTreeSet::new();
     for b in queue {
         let blocked = blocked_models.contains(b.model.as_str());
         match decide(b, snapshot, &ledger, &holds, blocked) {
@@ -619,6 +640,41 @@ impl<'s> Preempting<'s> {
     fn nominated_node(&self, b: &Booking) -> Option<usize> {
         let &i = self.index_of.get(b.nominated_on.as_deref()?)?;
         (self.snapshot.nodes[i].model.as_deref() == Some(b.model.as_str())).then_some(i)
+    }
+
+    /// The spot bookings on node `i` whose preemption makes room for `b`'s opened window
+    /// (the cheapest set), none when none would (or `b` is spot itself).
+    fn spot_victims(
+        &self,
+        b: &Booking,
+        i: usize,
+        ledger: &Ledger<'_>,
+        taken: &BTreeSet<&InstanceKey>,
+    ) -> Vec<&'s Booking> {
+        if b.preemptible {
+            return vec![];
+        }
+        let spot: Vec<&'s Booking> = self
+            .running
+            .get(&i)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|v| v.preemptible && v.model == b.model && !taken.contains(&v.key))
+            .collect();
+        let candidates: Vec<Candidate> = spot
+            .iter()
+            .map(|v| Candidate {
+                gpus: v.count,
+                spot: true,
+                started: v.started.unwrap_or(Timestamp::MIN),
+            })
+            .collect();
+        let need = b.count.saturating_sub(ledger.free[i]);
+        match preemption::cheapest_set(need, &candidates) {
+            Some((set, _)) if need > 0 => set.into_iter().map(|k| spot[k]).collect(),
+            _ => vec![],
+        }
     }
 
     /// Bookings on node `i` still being preempted.

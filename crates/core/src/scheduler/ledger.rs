@@ -75,7 +75,8 @@ impl<'s> Ledger<'s> {
             }
         }
         let timed = |b: &Booking| {
-            b.reserved_on.is_some() || (b.placed_on.is_some() && b.duration.is_some())
+            b.reserved_on.is_some()
+                || (b.placed_on.is_some() && (b.duration.is_some() || b.preemptible))
         };
         let by_name = if snapshot.bookings.iter().any(timed) {
             nodes
@@ -96,7 +97,7 @@ impl<'s> Ledger<'s> {
         };
         for b in &snapshot.bookings {
             if let Some(node) = &b.placed_on {
-                let end = b.started.map_or(NEVER, |s| end_of(s, b.duration));
+                let end = b.held_until(snapshot.now);
                 if let (true, Some(&i)) = (end < NEVER, ledger.by_name.get(node.as_str())) {
                     ledger.time[i].add_release(release_time(end, snapshot.now), b.count);
                 }

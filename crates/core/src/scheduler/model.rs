@@ -117,6 +117,26 @@ impl Booking {
     }
 }
 
+impl Booking {
+    /// Until when a placed booking's GPUs count as taken for what is booked later (book-
+    /// ahead windows, `kubectl gpu slots`): its end ([`super::timeline::NEVER`] when
+    /// unknown), or for a spot booking no later than a moment after `now`, since its GPUs
+    /// are reclaimable: a window that needs them preempts it when it opens.
+    pub fn held_until(&self, now: Timestamp) -> Timestamp {
+        let end = self.started.map_or(super::timeline::NEVER, |s| {
+            super::timeline::end_of(s, self.duration)
+        });
+        if self.preemptible {
+            end.min(
+                now.checked_add(jiff::SignedDuration::from_secs(1))
+                    .unwrap_or(end),
+            )
+        } else {
+            end
+        }
+    }
+}
+
 /// Everything the decision looks at.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {

@@ -73,7 +73,8 @@ pub fn calendar_of(snapshot: &Snapshot) -> Calendar {
         if let Some(node) = &b.placed_on {
             // As the scheduler's ledger: a placed booking with a known end gives its GPUs
             // back then; one without an end holds them for good (counted in `used`).
-            let end = b.started.map_or(NEVER, |s| end_of(s, b.duration));
+            // A spot booking's GPUs are reclaimable: free for what is booked later.
+            let end = b.held_until(snapshot.now);
             if let (true, Some(n)) = (end < NEVER, nodes.get_mut(node.as_str())) {
                 add_at(&mut n.releases, ceil_secs(end), b.count);
             }

@@ -493,3 +493,45 @@ fn a_booking_over_its_users_quota_preempts_the_users_lower_priority_ones_only() 
     assert!(p.preemptions.is_empty());
     assert!(matches!(p.waiting[0].wait, Wait::GpuQuota { .. }));
 }
+
+#[test]
+fn spot_gpus_are_reclaimable_for_windows_and_slots_and_preempted_when_the_window_opens() {
+    // A spot booking holds the whole node for a week; a window tomorrow is granted over
+    // it, and slots show the node free a moment from now.
+    let mut spot = super::running("spot", 8, 168, "2026-12-01T00:00:00Z", "a");
+    spot.preemptible = true;
+    let mut s = at_time("2026-12-01T12:00:00Z", vec![node("a", H100, 8)], vec![spot]);
+    s.users.insert("u".into(), UserPolicy::default());
+    s.preemption = true;
+    let slots = next_free_slots(&s, H100, 8, Some(HOUR), s.now, 1);
+    assert_eq!(slots, vec![(at("2026-12-01T12:00:01Z"), "a".to_owned())]);
+    let mut window = timed("window", 8, Some(2), 5);
+    window.start = Some(at("2026-12-02T09:00:00Z"));
+    s.bookings.push(window);
+    let p = plan(&s);
+    assert_eq!(p.reservations.len(), 1, "{p:?}");
+    assert!(
+        p.preemptions.is_empty(),
+        "nothing preempted before the window opens"
+    );
+    // The window opens: the spot booking is preempted for it, and it waits for its pod.
+    let w = s
+        .bookings
+        .iter_mut()
+        .find(|b| b.key.name == "window")
+        .unwrap();
+    w.reserved_on = Some("a".into());
+    s.now = at("2026-12-02T09:00:00Z");
+    let p = plan(&s);
+    assert_eq!(preempted(&p), vec![("spot", "window", Reason::Spot)]);
+    assert!(p.placements.is_empty());
+    // A non-spot booking of a week is not reclaimable: no window over it.
+    let mut s = at_time(
+        "2026-12-01T12:00:00Z",
+        vec![node("a", H100, 8)],
+        vec![super::running("od", 8, 168, "2026-12-01T00:00:00Z", "a")],
+    );
+    s.users.insert("u".into(), UserPolicy::default());
+    let slots = next_free_slots(&s, H100, 8, Some(HOUR), s.now, 1);
+    assert_eq!(slots, vec![(at("2026-12-08T00:00:00Z"), "a".to_owned())]);
+}
