@@ -76,6 +76,7 @@ pub fn instance_table(items: &[GpuInstance]) -> String {
             "START",
             "GPU-HOURS",
             "UTIL%",
+            "PREEMPTIBLE-BY",
             "WAITING",
         ]
         .map(String::from)
@@ -105,10 +106,25 @@ pub fn instance_table(items: &[GpuInstance]) -> String {
             start.map_or_else(|| "-".into(), show_time),
             usage.map_or("-".into(), |u| format!("{:.2}", u.gpu_seconds / 3600.0)),
             usage.map_or("-".into(), |u| format!("{:.0}", u.avg_utilization)),
+            preemptible_by(i),
             s.message.clone().unwrap_or_default(),
         ]);
     }
     render(&rows, &[])
+}
+
+/// Who may preempt the instance: for a placed one, by the scheduler's rule; for one
+/// being preempted, by whom.
+fn preemptible_by(i: &GpuInstance) -> String {
+    let s = i.status.clone().unwrap_or_default();
+    if let Some(n) = &s.preempted {
+        return format!("preempted by {}", n.by);
+    }
+    let placed = s.node_name.is_some() && !s.phase.is_some_and(Phase::is_finished);
+    if !placed {
+        return "-".into();
+    }
+    gpu_cloud_core::scheduler::preemption::preemptible_by(i.spec.preemptible, s.borrowed).into()
 }
 
 /// The `usage` table (pure): lifetime and this month, with this month's cost.
@@ -241,7 +257,7 @@ mod tests {
         let t = instance_table(&[inst]);
         assert_eq!(
             t.lines().nth(1).unwrap(),
-            "gpu-alice  train  NVIDIA-L4  1     Running  gpu-l4-0  2026-11-25T10:30Z  1.50       42"
+            "gpu-alice  train  NVIDIA-L4  1     Running  gpu-l4-0  2026-11-25T10:30Z  1.50       42     own user's higher priority"
         );
         let user: GpuUser = serde_json::from_value(json!({
             "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser", "metadata": {"name": "alice"}, "spec": {},
@@ -273,7 +289,7 @@ mod tests {
         let t = instance_table(&[inst]);
         assert_eq!(
             t.lines().nth(1).unwrap(),
-            "gpu-alice  later  NVIDIA-L4  1     Reserved  gpu-l4-1  2026-12-01T13:00Z  -          -"
+            "gpu-alice  later  NVIDIA-L4  1     Reserved  gpu-l4-1  2026-12-01T13:00Z  -          -      -"
         );
     }
 

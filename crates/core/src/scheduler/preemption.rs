@@ -158,6 +158,18 @@ pub fn may_preempt(
     }
 }
 
+/// Who may preempt a running booking, in words (`kubectl gpu ls`), by the rules of
+/// [`may_preempt`]: a spot booking any on-demand one; one on borrowed GPUs a user
+/// reclaiming their guarantee or a booking of higher priority; any other only a booking
+/// of higher priority of its own user.
+pub fn preemptible_by(spot: bool, borrowed: bool) -> &'static str {
+    match (spot, borrowed) {
+        (true, _) => "any on-demand booking (spot)",
+        (false, true) => "owners reclaiming, higher priority (borrowed)",
+        (false, false) => "own user's higher priority",
+    }
+}
+
 /// A booking that may be preempted on one node.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
@@ -303,6 +315,42 @@ mod tests {
             cheapest_set(0, &[cand(2, false, 0)]).unwrap().0,
             Vec::<usize>::new()
         );
+    }
+
+    #[test]
+    fn the_words_of_who_may_preempt_follow_the_rule() {
+        let b = |user: &str, priority: i32, spot: bool| Booking {
+            key: InstanceKey {
+                namespace: user.into(),
+                name: format!("{user}{priority}{spot}"),
+            },
+            user: Some(user.into()),
+            model: "M".into(),
+            count: 1,
+            priority,
+            preemptible: spot,
+            placed_on: Some("n".into()),
+            ..Booking::default()
+        };
+        let waiting = |user: &str, priority: i32| {
+            let mut x = b(user, priority, false);
+            x.placed_on = None;
+            x
+        };
+        let (other_low, other_high, own_high) = (waiting("o", 0), waiting("o", 9), waiting("v", 9));
+        // Spot: anyone on demand, even of lower priority.
+        let spot = b("v", 5, true);
+        assert!(may_preempt(&other_low, &spot, false, false).is_some());
+        assert_eq!(preemptible_by(true, false), "any on-demand booking (spot)");
+        // Borrowed: a reclaiming owner, or higher priority, of any user.
+        let borrowed = b("v", 5, false);
+        assert!(may_preempt(&other_low, &borrowed, true, true).is_some());
+        assert!(may_preempt(&other_high, &borrowed, false, true).is_some());
+        assert!(may_preempt(&other_low, &borrowed, false, true).is_none());
+        // Guaranteed: only the user's own higher priority.
+        assert!(may_preempt(&other_high, &borrowed, true, false).is_none());
+        assert!(may_preempt(&own_high, &borrowed, false, false).is_some());
+        assert_eq!(preemptible_by(false, false), "own user's higher priority");
     }
 
     proptest! {
