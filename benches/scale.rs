@@ -146,6 +146,11 @@ struct ControllerFigures {
     /// Placement passes during the burst, and their mean duration.
     placement_passes: f64,
     placement_pass_mean_s: f64,
+    /// Apply → Running of a booking within its owner's guarantee on a full model whose
+    /// free GPUs were all lent (borrowed, grace period 0s): the reclaim, one at a time.
+    reclaim_latency_p50_s: f64,
+    reclaim_latency_max_s: f64,
+    reclaim_samples: usize,
 }
 
 /// What the benchmark reads of the controller's metrics.
@@ -519,6 +524,7 @@ async fn gpu_cloud_run(
     let after = &scrape_after.requests;
     let cpu = controller.cpu_seconds()? - cpu_before;
     let rss = controller.peak_rss_mib()?;
+    let reclaim = reclaim_latencies(client, args, &running).await?;
     watch.abort();
 
     let (done_at, mut latencies): (Vec<f64>, Vec<f64>) = {
@@ -586,9 +592,118 @@ async fn gpu_cloud_run(
         idle_writes_per_booking,
         pod_start_lag_p50_s: quantile(&lag, 0.5),
         pod_start_lag_p99_s: quantile(&lag, 0.99),
+        reclaim_latency_p50_s: quantile(&reclaim, 0.5),
+        reclaim_latency_max_s: reclaim.last().copied().unwrap_or(0.0),
+        reclaim_samples: reclaim.len(),
     };
     drop(controller);
     Ok((run, figures))
+}
+
+/// Bookings that reclaim lent GPUs, one at a time.
+const RECLAIM_SAMPLES: usize = 5;
+
+/// Fills every free GPU of the first model with bookings of a user who borrows them (no
+/// guarantee of its own, grace period 0s), then books [`RECLAIM_SAMPLES`] bookings of a
+/// user within its guarantee one at a time: each preempts borrowed GPUs. Returns their
+/// apply → Running latencies, sorted.
+async fn reclaim_latencies(
+    client: &Client,
+    args: &Args,
+    running: &Arc<Mutex<HashMap<String, Instant>>>,
+) -> R<Vec<f64>> {
+    let model = MODELS[0];
+    let user_api = Api::<GpuUser>::all(client.clone());
+    for (name, quota) in [
+        (
+            "bench-borrower",
+            json!({"maxGpus": 0, "borrowGpus": 100_000, "maxSpotGpus": 0}),
+        ),
+        ("bench-lender", json!({"maxGpus": 1000, "maxSpotGpus": 0})),
+    ] {
+        let user: GpuUser = serde_json::from_value(json!({
+            "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser", "metadata": {"name": name},
+            "spec": {"quota": quota},
+        }))?;
+        user_api.create(&PostParams::default(), &user).await?;
+    }
+    wait_until_async(args.timeout, "reclaim users provisioned", || async {
+        let list = user_api.list(&ListParams::default()).await.ok()?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|u| {
+                u.name_any().starts_with("bench-")
+                    && u.status.as_ref().is_some_and(|s| s.namespace.is_some())
+            })
+            .count();
+        (ready >= 2).then_some(())
+    })
+    .await?;
+    quotas_counted(client, "gpu-bench-").await?;
+    // One borrowed booking per node of the model, as large as what is free there.
+    let pods = list_pods(client).await?;
+    let mut used: HashMap<String, u32> = HashMap::new();
+    for p in &pods {
+        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            *used.entry(n).or_default() += gpu_cloud_core::scheduler::pod_gpu_request(p);
+        }
+    }
+    let free: Vec<u32> = (0..args.nodes)
+        .filter(|&i| model_of(i) == model)
+        .map(|i| {
+            args.gpus_per_node
+                .saturating_sub(used.get(&node_name(i)).copied().unwrap_or(0))
+        })
+        .filter(|&f| f > 0)
+        .collect();
+    let borrower_ns = "gpu-bench-borrower";
+    let fills = free.len();
+    stream::iter(free.into_iter().enumerate())
+        .map(|(k, count)| {
+            let client = client.clone();
+            async move {
+                let name = format!("lent{k:04}");
+                let mut body = instance_body(&name, model);
+                body["spec"]["gpu"]["count"] = json!(count);
+                body["spec"]["preemption"] = json!({"gracePeriod": "0s"});
+                let inst: GpuInstance = serde_json::from_value(body)?;
+                Api::<GpuInstance>::namespaced(client, borrower_ns)
+                    .create(&PostParams::default(), &inst)
+                    .await?;
+                R::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    wait_until(args.timeout, "every free GPU of the model lent", || {
+        lock(running)
+            .keys()
+            .filter(|k| k.starts_with(borrower_ns))
+            .count()
+            >= fills
+    })
+    .await?;
+    let mut out = vec![];
+    for k in 0..RECLAIM_SAMPLES {
+        let ns = "gpu-bench-lender";
+        let name = format!("reclaim{k}");
+        let key = format!("{ns}/{name}");
+        let inst: GpuInstance = serde_json::from_value(instance_body(&name, model))?;
+        let t0 = Instant::now();
+        Api::<GpuInstance>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &inst)
+            .await?;
+        wait_until(60, "a reclaiming booking runs", || {
+            lock(running).contains_key(&key)
+        })
+        .await?;
+        let at = lock(running).get(&key).copied().unwrap_or(t0);
+        out.push(at.duration_since(t0).as_secs_f64());
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
 }
 
 // ---- where the apiserver's time went --------------------------------------------------
@@ -871,7 +986,12 @@ async fn quotas_counted(client: &Client, prefix: &str) -> R<()> {
         list.items
             .iter()
             .filter(|q| q.namespace().unwrap_or_default().starts_with(prefix))
-            .all(|q| q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some())
+            // A quota without limits (a user without a GPU bound) has nothing to count.
+            .all(|q| {
+                let limits = q.spec.as_ref().and_then(|s| s.hard.as_ref());
+                limits.is_none_or(|h| h.is_empty())
+                    || q.status.as_ref().and_then(|s| s.hard.as_ref()).is_some()
+            })
             .then_some(())
     })
     .await
@@ -1171,6 +1291,10 @@ fn print_summary(r: &Report) {
     println!(
         "idle apply-to-Running p50 {:.2} s, p99 {:.2} s; controller peak RSS {:.0} MiB, CPU {:.1} s",
         c.idle_latency_p50_s, c.idle_latency_p99_s, c.peak_rss_mib, c.cpu_seconds
+    );
+    println!(
+        "reclaim on a full model (borrowed GPUs, grace 0s): apply-to-Running p50 {:.2} s, max {:.2} s ({} bookings)",
+        c.reclaim_latency_p50_s, c.reclaim_latency_max_s, c.reclaim_samples
     );
     println!(
         "per booking: {:.2} writes ({:.2} to objects, {:.2} events), {:.2} reads; {} watches",
