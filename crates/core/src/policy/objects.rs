@@ -604,4 +604,33 @@ mod tests {
         unpriced.per_gpu_hour.clear();
         assert!(instance_cost(&queued, &unpriced).is_none());
     }
+
+    #[test]
+    fn a_spot_instance_costs_the_spot_factor_and_its_preempted_runs_count() {
+        let prices = super::super::cost::PriceList {
+            currency: "EUR".into(),
+            per_gpu_hour: BTreeMap::from([("M".to_string(), 4.0)]),
+            default_per_gpu_hour: None,
+            per_kwh: None,
+            spot_factor: Some(0.25),
+        };
+        let run = serde_json::json!({"model": "M", "gpus": 2, "startedAt": ts(0),
+            "endedAt": ts(3600), "gpuSeconds": 7200.0, "spot": true, "node": "n",
+            "preempted": {"by": "gpu-x/y", "reason": "PreemptedSpot", "node": "n", "at": ts(3590)}});
+        // Back in the queue: what its run cost (2 GPU-hours x 4 x 0.25).
+        let mut queued = instance(serde_json::json!({"phase": "Queued", "previousRuns": [run]}));
+        queued.spec.preemptible = true;
+        let c = instance_cost(&queued, &prices).unwrap();
+        assert_eq!((c.planned, c.actual), (4.0, Some(2.0)));
+        // Placed again and measured: both runs.
+        let mut again = queued.clone();
+        let status = again.status.as_mut().unwrap();
+        status.phase = Some(Phase::Running);
+        status.started_at = Some(ts(4000));
+        status.usage = serde_json::from_value(serde_json::json!({"gpuSeconds": 3600.0,
+            "avgUtilization": 1.0, "peakMemoryBytes": 0, "energyJoules": 0.0,
+            "sampledAt": ts(5800), "source": "simulated", "final": true}))
+        .ok();
+        assert_eq!(instance_cost(&again, &prices).unwrap().actual, Some(3.0));
+    }
 }
