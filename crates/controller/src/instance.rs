@@ -129,6 +129,24 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
             .await
             .map_err(ReconcileError::kube("write instance status"))?;
     }
+    if out.clear_usage {
+        // The agent owns `usage`; the controller's status writes never touch it, so the
+        // ended run's figures are removed on their own (they are in `previousRuns`).
+        let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({"status": {"usage": null}});
+        ignore_not_found(
+            api.patch_status(
+                &name,
+                &PatchParams {
+                    field_manager: Some(super::FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(patch),
+            )
+            .await,
+        )
+        .map_err(ReconcileError::kube("clear usage of the preempted run"))?;
+    }
     match out.pod {
         PodAction::Keep => {}
         PodAction::Delete => {

@@ -196,6 +196,7 @@ fn after_preemption(
                 reason: "Requeued",
                 message,
             });
+            out.clear_usage = old.usage.is_some();
         }
         OnPreempted::Stop => {
             let message = format!(
@@ -253,6 +254,9 @@ pub struct Outcome {
     pub requeue_after: Option<Duration>,
     /// The placement loop should run: GPUs were freed or a new instance waits.
     pub wake_scheduler: bool,
+    /// Remove `status.usage` (the agent's field): the run it measured ended by preemption
+    /// and is recorded in `previousRuns`; a queued instance must not show its figures.
+    pub clear_usage: bool,
 }
 
 /// An order to stop a running instance before its booking ends (idle GPUs, a used-up
@@ -283,6 +287,7 @@ pub fn decide(
         events: vec![],
         requeue_after: None,
         wake_scheduler: false,
+        clear_usage: false,
     };
     let phase = old.phase;
 
@@ -690,6 +695,17 @@ mod tests {
         assert_eq!(run.preempted.by, "gpu-v/big");
         assert_eq!(out.events[0].reason, "Requeued");
         assert!(out.wake_scheduler);
+        // No usage was measured here; with some, it is cleared (it is in the run).
+        assert!(!out.clear_usage);
+        let mut measured = running.clone();
+        measured.status.as_mut().unwrap().usage = Some(gpu_cloud_api::v1::Usage {
+            gpu_seconds: 800.0,
+            sampled_at: ts(1800),
+            ..Default::default()
+        });
+        let out = decide_at(&measured, None, ts(1840));
+        assert!(out.clear_usage);
+        assert_eq!(out.status.previous_runs[0].figures.gpu_seconds, 800.0);
     }
 
     #[test]
