@@ -337,7 +337,7 @@ async fn each_component_has_exactly_what_it_needs() {
         .create(&PostParams::default(), &other)
         .await
         .expect("admin creates a ClusterRole");
-    let roles = Api::<ClusterRole>::all(as_controller);
+    let roles = Api::<ClusterRole>::all(as_controller.clone());
     let label = kube::api::Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}}));
     let refused = harness::poll(
         std::time::Duration::from_secs(30),
@@ -371,6 +371,67 @@ async fn each_component_has_exactly_what_it_needs() {
         phase(i) == Some(Phase::Running)
     })
     .await;
+    // Blast radius: the controller made rita's namespace and pod under the chart's
+    // policies; with its own token it can delete no other namespace, and create pods
+    // only in user namespaces and only unprivileged ones. User namespaces enforce the
+    // baseline Pod Security level.
+    let ns_labels = Api::<Namespace>::all(client.clone())
+        .get(&user_ns)
+        .await
+        .expect("rita's namespace")
+        .labels()
+        .clone();
+    assert_eq!(
+        ns_labels
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("baseline")
+    );
+    let namespaces = Api::<Namespace>::all(as_controller.clone());
+    namespaces
+        .delete("kube-system", &Default::default())
+        .await
+        .expect_err("the controller deleting kube-system");
+    // kube-system is kept by the apiserver itself; any other namespace by the policy.
+    let other: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "someone-elses"}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("admin creates a namespace");
+    let refused = namespaces
+        .delete("someone-elses", &Default::default())
+        .await
+        .expect_err("the controller deleting someone else's namespace");
+    assert!(
+        matches!(&refused, kube::Error::Api(e) if e.message.contains("gpu-<user> namespaces it manages")),
+        "{refused:?}"
+    );
+    let pod = |privileged: bool| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("fenced-{privileged}")},
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                     "securityContext": {"privileged": privileged}}]}
+        }))
+        .unwrap()
+    };
+    use k8s_openapi::api::core::v1::Pod;
+    let refused = Api::<Pod>::namespaced(as_controller.clone(), "default")
+        .create(&PostParams::default(), &pod(false))
+        .await
+        .expect_err("the controller creating a pod in default");
+    assert!(
+        matches!(&refused, kube::Error::Api(e) if e.message.contains("pods only in the gpu-<user> namespaces")),
+        "{refused:?}"
+    );
+    let refused = Api::<Pod>::namespaced(as_controller.clone(), &user_ns)
+        .create(&PostParams::default(), &pod(true))
+        .await
+        .expect_err("the controller creating a privileged pod");
+    assert!(
+        matches!(&refused, kube::Error::Api(e) if e.message.contains("privileged")),
+        "{refused:?}"
+    );
     let api = Api::<GpuInstance>::namespaced(client.clone(), &user_ns);
     poll(
         Duration::from_secs(30),

@@ -427,9 +427,16 @@ async fn provision(user: &GpuUser, ns: &str, ctx: &Context) -> Result<(), Reconc
         .into_iter()
         .collect::<Vec<_>>();
     let labels = json!({USER_LABEL: name, "app.kubernetes.io/managed-by": MANAGED_BY});
+    // Pod Security `baseline` enforced: no privileged pod, host namespace or hostPath in a
+    // user's namespace, whoever creates it (instance pods need none of them).
     let namespace = json!({
         "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": ns, "labels": labels, "ownerReferences": owner},
+        "metadata": {"name": ns, "ownerReferences": owner, "labels": {
+            USER_LABEL: name, "app.kubernetes.io/managed-by": MANAGED_BY,
+            "pod-security.kubernetes.io/enforce": "baseline",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+            "pod-security.kubernetes.io/warn": "baseline",
+        }},
     });
     namespaces
         .patch(ns, &ssa, &Patch::Apply(namespace))
