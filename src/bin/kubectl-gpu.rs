@@ -12,7 +12,13 @@ async fn main() -> ExitCode {
     match PluginCli::parse().run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            // The server's refusals already read as kubectl prints them.
+            let text = err.to_string();
+            if text.starts_with("Error from server") {
+                eprintln!("{text}");
+            } else {
+                eprintln!("error: {text}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -13,25 +13,29 @@ use serde_json::json;
 use crate::harness::{self, phase, poll};
 
 fn kubectl_gpu(args: &[&str]) -> String {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-gpu"));
-    let path = format!(
-        "{}:{}",
-        bin.parent().expect("bin dir").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new(harness::kubectl())
-        .arg("gpu")
-        .args(args)
-        .env("KUBECONFIG", &harness::control_plane().kubeconfig)
-        .env("PATH", path)
-        .output()
-        .expect("run kubectl gpu");
+    let out = kubectl_gpu_output(args);
     assert!(
         out.status.success(),
         "kubectl gpu {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn kubectl_gpu_output(args: &[&str]) -> std::process::Output {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-gpu"));
+    let path = format!(
+        "{}:{}",
+        bin.parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(harness::kubectl())
+        .arg("gpu")
+        .args(args)
+        .env("KUBECONFIG", &harness::control_plane().kubeconfig)
+        .env("PATH", path)
+        .output()
+        .expect("run kubectl gpu")
 }
 
 #[tokio::test]
@@ -319,4 +323,21 @@ async fn book_ahead_and_find_free_windows_through_kubectl() {
         "{usage}"
     );
     assert!(!usage.contains("may not read"), "{usage}");
+
+    // Speaking like kubectl: a model no node has is warned about at once, with the models
+    // there are; a refusal reads as kubectl's, not as the client's Status struct.
+    let out = kubectl_gpu_output(&["book", "NO-SUCH-GPU", "-n", &ns, "--as", &name]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: no node has GPU model \"NO-SUCH-GPU\"")
+            && err.contains("models in the cluster: ")
+            && err.contains(model),
+        "{err}"
+    );
+    let out = kubectl_gpu_output(&["ls", "-n", "default", "--as", &name]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Error from server (Forbidden): "), "{err}");
+    assert!(!err.contains("Status {"), "{err}");
 }

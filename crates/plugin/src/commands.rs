@@ -60,6 +60,10 @@ enum PluginCommand {
         /// Command to run, after `--`.
         #[arg(last = true)]
         command: Vec<String>,
+        /// Namespace of the gpu-cloud controller, where it publishes the calendar (read to
+        /// warn when no node has the model).
+        #[arg(long, env = "GPU_CLOUD_NAMESPACE", default_value = "gpu-cloud")]
+        calendar_namespace: String,
     },
     /// List instances with their usage; bookings ahead with their start.
     Ls {
@@ -142,6 +146,7 @@ impl PluginCli {
                 image,
                 name,
                 command,
+                calendar_namespace,
             } => {
                 gpu_cloud_api::time::parse_duration(&duration)?;
                 let now = Timestamp::now();
@@ -169,6 +174,12 @@ impl PluginCli {
                     ahead,
                 };
                 let inst = actions::book(&client, &ns, &booking, name, command).await?;
+                // Best effort: without the calendar the booking's own status says it.
+                if let Ok(cal) = actions::read_calendar(&client, &calendar_namespace).await
+                    && let Some(w) = crate::tables::unknown_model_warning(&cal, &model)
+                {
+                    eprintln!("{w}");
+                }
                 match start {
                     None => writeln!(
                         out,

@@ -37,8 +37,9 @@ pub enum PluginError {
     /// The kubeconfig was found but no client could be built from it.
     #[error("cannot build a Kubernetes client from the kubeconfig: {0}")]
     Client(#[source] kube::Error),
-    /// A call to the Kubernetes API failed.
-    #[error("Kubernetes API call `{action}` failed: {source}")]
+    /// A call to the Kubernetes API failed: a refusal in kubectl's words
+    /// (`Error from server (Forbidden): …`), anything else with what we were doing.
+    #[error("{}", kube_words(action, source))]
     Kube {
         /// What we were doing, in words (e.g. "list GpuInstances").
         action: &'static str,
@@ -54,9 +55,44 @@ pub enum PluginError {
     Output(#[from] std::io::Error),
 }
 
+/// How kubectl says it: the server's refusal as `Error from server (Reason): message`, a
+/// failure on the way with what we were doing.
+fn kube_words(action: &str, source: &kube::Error) -> String {
+    match source {
+        kube::Error::Api(e) => {
+            let reason = if e.reason.is_empty() {
+                e.code.to_string()
+            } else {
+                e.reason.clone()
+            };
+            format!("Error from server ({reason}): {}", e.message)
+        }
+        other => format!("cannot {action}: {other}"),
+    }
+}
+
 impl PluginError {
     /// Wraps a client error with the action that failed, for use with `map_err`.
     pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> PluginError {
         move |source| PluginError::Kube { action, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_like_kubectl_and_not_like_a_struct() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "gpuinstances.gpu-cloud.io is forbidden: User \"eve\" cannot list resource \"gpuinstances\""
+        }))
+        .unwrap();
+        let e = PluginError::kube("list GpuInstances")(kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            e.to_string(),
+            "Error from server (Forbidden): gpuinstances.gpu-cloud.io is forbidden: User \"eve\" cannot list resource \"gpuinstances\""
+        );
     }
 }

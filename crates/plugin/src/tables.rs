@@ -127,6 +127,26 @@ fn preemptible_by(i: &GpuInstance) -> String {
     gpu_cloud_core::scheduler::preemption::preemptible_by(i.spec.preemptible, s.borrowed).into()
 }
 
+/// What `book` says when no node of the cluster has `model` (pure): the booking waits
+/// (UnknownModel) until one does, and the models there are.
+pub fn unknown_model_warning(
+    cal: &gpu_cloud_api::calendar::Calendar,
+    model: &str,
+) -> Option<String> {
+    if cal.models.contains_key(model) {
+        return None;
+    }
+    let known: Vec<&str> = cal.models.keys().map(String::as_str).collect();
+    let there = if known.is_empty() {
+        "the cluster has no GPU nodes".to_owned()
+    } else {
+        format!("models in the cluster: {}", known.join(", "))
+    };
+    Some(format!(
+        "warning: no node has GPU model {model:?}; the booking waits until one does ({there})"
+    ))
+}
+
 /// The `usage` table (pure): lifetime and this month, with this month's cost.
 pub fn usage_table(users: &[GpuUser]) -> String {
     let mut rows = vec![
@@ -371,6 +391,20 @@ mod tests {
         assert!(
             slots_text(&cal, "NVIDIA-L4", 3, four_h, now, 3, now)
                 .contains("no NVIDIA-L4 node has 3 GPUs (the largest has 2)")
+        );
+    }
+
+    #[test]
+    fn booking_a_model_no_node_has_names_the_models_there_are() {
+        let cal: gpu_cloud_api::calendar::Calendar = serde_json::from_value(json!({
+            "generatedAt": "2026-12-01T00:00:00Z",
+            "models": {"NVIDIA-L4": [], "NVIDIA-H100-80GB-HBM3": []}
+        }))
+        .unwrap();
+        assert_eq!(unknown_model_warning(&cal, "NVIDIA-L4"), None);
+        assert_eq!(
+            unknown_model_warning(&cal, "H100").unwrap(),
+            "warning: no node has GPU model \"H100\"; the booking waits until one does (models in the cluster: NVIDIA-H100-80GB-HBM3, NVIDIA-L4)"
         );
     }
 }
