@@ -17,6 +17,7 @@ use gpu_cloud_api::v1::{
     GpuInstance, GpuInstanceStatus, OnPreempted, Phase, PreemptionNotice, PreviousRun,
 };
 use gpu_cloud_core::policy::figures;
+use gpu_cloud_core::scheduler::preemption::Reason;
 
 /// How long a new pod may start before the instance's status says `Scheduled`.
 pub const STARTING_GRACE: Duration = Duration::from_secs(15);
@@ -78,13 +79,13 @@ pub const PREEMPTED_BY_ANNOTATION: &str = "gpu-cloud.io/preempted-by";
 
 /// What the victim is told, in words.
 fn preemption_words(inst: &GpuInstance, n: &PreemptionNotice) -> String {
-    let why = match n.reason.as_str() {
-        "PreemptedSpot" => format!("spot instance preempted by {} on {}", n.by, n.node),
-        "PreemptedReclaim" => format!(
+    let why = match Reason::of_word(&n.reason) {
+        Reason::Spot => format!("spot instance preempted by {} on {}", n.by, n.node),
+        Reason::Reclaim => format!(
             "its GPUs on {} were borrowed; {} reclaims them within its user's guarantee",
             n.node, n.by
         ),
-        _ => format!(
+        Reason::Priority => format!(
             "preempted on {} by {}, a booking of higher priority",
             n.node, n.by
         ),
@@ -125,13 +126,9 @@ pub fn preempting_status(
     }
 }
 
-/// A preemption reason as the `&'static str` conditions take.
+/// A preemption reason, as read back from the notice, in the `&'static str` conditions take.
 fn reason_word(reason: &str) -> &'static str {
-    match reason {
-        "PreemptedSpot" => "PreemptedSpot",
-        "PreemptedReclaim" => "PreemptedReclaim",
-        _ => "PreemptedPriority",
-    }
+    Reason::of_word(reason).word()
 }
 
 /// A preempted instance whose pod is gone: back to the queue (its run recorded for

@@ -44,6 +44,15 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// The reason a [`Reason::word`] names, as read back from a status; an unknown word is
+    /// taken as `Priority` (the rule that applies to any booking).
+    pub fn of_word(word: &str) -> Reason {
+        [Reason::Spot, Reason::Reclaim]
+            .into_iter()
+            .find(|r| r.word() == word)
+            .unwrap_or(Reason::Priority)
+    }
+
     /// One CamelCase word for conditions, Events and metrics.
     pub fn word(self) -> &'static str {
         match self {
