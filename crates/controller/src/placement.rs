@@ -438,6 +438,10 @@ fn snapshot(world: &World, now: Timestamp, preemption: bool) -> Snapshot {
                 .and_then(|p| PodView::of(p, &uid));
             let pod_created = pod.as_ref().and_then(|p| p.created);
             let pod_terminating = pod.as_ref().is_some_and(|p| p.terminating);
+            let nominated_on = nominated
+                .get(&key)
+                .cloned()
+                .or(status.nominated_node.clone());
             let placed_on = match (pod, &status.node_name) {
                 (Some(p), _) => Some(p.node.unwrap_or_default()),
                 // Placed once, pod gone: the instance reconciler ends it; never re-place.
@@ -489,10 +493,7 @@ fn snapshot(world: &World, now: Timestamp, preemption: bool) -> Snapshot {
                 },
                 preemptible: inst.spec.preemptible,
                 terminating: pod_terminating || status.preempted.is_some(),
-                nominated_on: nominated
-                    .get(&key_of(inst))
-                    .cloned()
-                    .or(status.nominated_node.clone()),
+                nominated_on,
                 preempted_by: status
                     .previous_runs
                     .iter()

@@ -590,6 +590,15 @@ fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
 /// waiting booking of a long queue.
 const PREEMPTION_ATTEMPTS: usize = 8;
 
+/// A running booking as a preemption candidate.
+fn candidate(v: &Booking) -> Candidate {
+    Candidate {
+        gpus: v.count,
+        spot: v.preemptible,
+        started: v.started.unwrap_or(Timestamp::MIN),
+    }
+}
+
 /// Bookings to preempt, each with why.
 type Victims<'s> = Vec<(&'s Booking, Reason)>;
 
@@ -651,25 +660,17 @@ impl<'s> Preempting<'s> {
         ledger: &Ledger<'_>,
         taken: &BTreeSet<&InstanceKey>,
     ) -> Vec<&'s Booking> {
-        if b.preemptible {
-            return vec![];
-        }
+        // The preemption rule itself, keeping its spot victims only.
         let spot: Vec<&'s Booking> = self
             .running
             .get(&i)
             .into_iter()
             .flatten()
             .copied()
-            .filter(|v| v.preemptible && v.model == b.model && !taken.contains(&v.key))
+            .filter(|v| !taken.contains(&v.key))
+            .filter(|v| preemption::may_preempt(b, v, false, false) == Some(Reason::Spot))
             .collect();
-        let candidates: Vec<Candidate> = spot
-            .iter()
-            .map(|v| Candidate {
-                gpus: v.count,
-                spot: true,
-                started: v.started.unwrap_or(Timestamp::MIN),
-            })
-            .collect();
+        let candidates: Vec<Candidate> = spot.iter().map(|v| candidate(v)).collect();
         let need = b.count.saturating_sub(ledger.free[i]);
         match preemption::cheapest_set(need, &candidates) {
             Some((set, _)) if need > 0 => set.into_iter().map(|k| spot[k]).collect(),
@@ -720,14 +721,7 @@ impl<'s> Preempting<'s> {
                     Some((*v, r))
                 })
                 .collect();
-            let candidates: Vec<Candidate> = allowed
-                .iter()
-                .map(|(v, _)| Candidate {
-                    gpus: v.count,
-                    spot: v.preemptible,
-                    started: v.started.unwrap_or(Timestamp::MIN),
-                })
-                .collect();
+            let candidates: Vec<Candidate> = allowed.iter().map(|(v, _)| candidate(v)).collect();
             let need = b.count.saturating_sub(free).max(quota_need);
             let Some((set, cost)) = preemption::cheapest_set(need, &candidates) else {
                 continue;
