@@ -75,31 +75,31 @@ pub fn user_usage(old: Option<&UserUsage>, instances: &[GpuInstance], now: Times
                 )
             })
             .chain(current.map(|u| (u.gpu_seconds, u.energy_joules, u.sampled_at)));
-        let counted = !previous.is_empty() || current.is_some();
+        // An instance counts once in each total, however many runs it had there.
+        let mut months_seen = std::collections::BTreeSet::new();
         if ready_to_fold(inst, now) {
-            let mut first = true;
-            for (gpu_seconds, energy, at) in runs {
-                add(&mut out.retired, gpu_seconds, energy, first);
+            for (k, (gpu_seconds, energy, at)) in runs.enumerate() {
+                let month = month_of(at);
+                add(&mut out.retired, gpu_seconds, energy, k == 0);
+                let new_in_month = months_seen.insert(month.clone());
                 add(
-                    out.retired_by_period.entry(month_of(at)).or_default(),
+                    out.retired_by_period.entry(month).or_default(),
                     gpu_seconds,
                     energy,
-                    first,
+                    new_in_month,
                 );
-                first = false;
             }
             out.retired_instances
                 .extend(super::figures::retire(inst, now));
             out.retired_uids.push(uid);
             continue;
         }
-        let mut first = counted;
-        for (gpu_seconds, energy, at) in runs {
-            add(&mut lifetime_live, gpu_seconds, energy, first);
+        for (k, (gpu_seconds, energy, at)) in runs.enumerate() {
+            add(&mut lifetime_live, gpu_seconds, energy, k == 0);
             if month_of(at) == period {
-                add(&mut period_live, gpu_seconds, energy, first);
+                let new_in_month = months_seen.insert(period.clone());
+                add(&mut period_live, gpu_seconds, energy, new_in_month);
             }
-            first = false;
         }
     }
     let excess = out.retired_uids.len().saturating_sub(RETIRED_UIDS_KEPT);
@@ -198,6 +198,26 @@ mod tests {
         assert!(
             (again.lifetime.gpu_hours - 2.0).abs() < 1e-9,
             "only retired ones remain: {again:?}"
+        );
+    }
+
+    #[test]
+    fn an_instance_with_runs_in_two_months_counts_once_in_each() {
+        let mut i = inst("u1", 3600.0, "2026-12-02T10:00:00Z", None, false);
+        let status = i.status.as_mut().unwrap();
+        status.started_at = Some("2026-12-02T09:00:00Z".parse().unwrap());
+        status.previous_runs = serde_json::from_value(json!([{"model": "m", "gpus": 1,
+            "startedAt": "2026-11-30T22:00:00Z", "endedAt": "2026-11-30T23:00:00Z",
+            "gpuSeconds": 3600.0, "node": "n",
+            "preempted": {"by": "a/b", "reason": "PreemptedSpot", "node": "n",
+                          "at": "2026-11-30T23:00:00Z"}}]))
+        .unwrap();
+        let now: Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        let u = user_usage(None, &[i], now);
+        assert_eq!((u.lifetime.instances, u.lifetime.gpu_hours), (1, 2.0));
+        assert_eq!(
+            (u.current_period.instances, u.current_period.gpu_hours),
+            (1, 1.0)
         );
     }
 }
