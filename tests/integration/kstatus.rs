@@ -7,7 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use gpu_cloud_api::v1::{GpuInstance, Phase};
-use gpu_cloud_controller::lifecycle::{PodView, Stop, decide};
+use gpu_cloud_controller::lifecycle::{NodeState, NodeWatch, PodView, Stop, decide};
 use gpu_cloud_controller::placement::{queued_status, reserved_status};
 use gpu_cloud_core::scheduler::{InstanceKey, Wait, Waiting};
 use jiff::Timestamp;
@@ -39,6 +39,17 @@ fn pod(phase: &str) -> PodView {
 
 /// `inst` with the status the controller decides for `pod` at `now` (and `stop`).
 fn decided(name: &str, pod: Option<&PodView>, now: i64, stop: Option<&Stop>) -> GpuInstance {
+    decided_on(name, pod, NodeWatch::READY, now, stop)
+}
+
+/// [`decided`] on a node in `node`'s state.
+fn decided_on(
+    name: &str,
+    pod: Option<&PodView>,
+    node: NodeWatch,
+    now: i64,
+    stop: Option<&Stop>,
+) -> GpuInstance {
     let mut inst = instance(name, 1);
     // Placed: the status the placement loop and the first reconcile leave.
     inst.status = Some(
@@ -46,7 +57,7 @@ fn decided(name: &str, pod: Option<&PodView>, now: i64, stop: Option<&Stop>) -> 
             "startedAt": ts(0), "expiresAt": ts(3600), "observedGeneration": 1}))
         .unwrap(),
     );
-    let out = decide(&inst, pod, ts(now), stop);
+    let out = decide(&inst, pod, node, ts(now), stop);
     inst.status = Some(out.status);
     inst
 }
@@ -87,6 +98,14 @@ fn cases() -> Vec<(&'static str, GpuInstance, &'static str, &'static str)> {
         ts(600),
         ts(0),
     ));
+    let gone = NodeWatch {
+        state: NodeState::Gone,
+        ..NodeWatch::READY
+    };
+    let mut lost_fail = instance("node-lost-fail", 1);
+    lost_fail.spec.on_node_lost = Some(gpu_cloud_api::v1::OnNodeLost::Fail);
+    lost_fail.status = decided("x", Some(&pod("Running")), 60, None).status;
+    lost_fail.status = Some(decide(&lost_fail, None, gone, ts(60), None).status);
     let stop = Stop {
         reason: "Idle",
         message: "idle".into(),
@@ -94,7 +113,7 @@ fn cases() -> Vec<(&'static str, GpuInstance, &'static str, &'static str)> {
     // A finished booking whose spec a GitOps sync changed afterwards.
     let mut edited = decided("expired-edited", Some(&pod("Running")), 4000, None);
     edited.metadata.generation = Some(2);
-    let out = decide(&edited, None, ts(4100), None);
+    let out = decide(&edited, None, NodeWatch::READY, ts(4100), None);
     edited.status = Some(out.status);
     vec![
         ("Queued", queued, "InProgress", "Progressing"),
@@ -143,6 +162,20 @@ fn cases() -> Vec<(&'static str, GpuInstance, &'static str, &'static str)> {
             "Failed",
             "Degraded",
         ),
+        // Its node lost: removing the pod, then back in the queue, or failed.
+        (
+            "Running",
+            decided_on("node-lost", Some(&pod("Running")), gone, 60, None),
+            "InProgress",
+            "Progressing",
+        ),
+        (
+            "Queued",
+            decided_on("node-lost-requeued", None, gone, 60, None),
+            "InProgress",
+            "Progressing",
+        ),
+        ("Failed", lost_fail, "Failed", "Degraded"),
     ]
 }
 

@@ -15,6 +15,7 @@ mod isolation;
 mod kstatus;
 mod leader;
 mod migration;
+mod nodeloss;
 mod observability;
 mod plugin;
 mod preemption;

@@ -195,7 +195,7 @@ async fn idle_quota_is_lent_and_reclaimed_with_the_grace_period() {
     let s = lent.status.unwrap();
     assert!(s.node_name.is_none() && s.started_at.is_none() && s.preempted.is_none());
     let run = &s.previous_runs[0];
-    assert_eq!(run.preempted.by, format!("{a_ns}/mine"));
+    assert_eq!(run.preempted.as_ref().unwrap().by, format!("{a_ns}/mine"));
     assert!(run.figures.gpu_seconds > 0.0 && run.figures.ended_at > run.figures.started_at);
     let own = harness::wait_instance(&client, &b_ns, "own", "Running", running).await;
     assert!(own.status.unwrap().preempted.is_none());
@@ -321,7 +321,7 @@ async fn spot_runs_beyond_quota_and_is_preempted_by_on_demand() {
     })
     .await;
     let run = &cheap.status.unwrap().previous_runs[0];
-    assert_eq!(run.preempted.reason, "PreemptedSpot");
+    assert_eq!(run.preempted.as_ref().unwrap().reason, "PreemptedSpot");
     assert!(run.figures.spot, "the run is billed as spot");
     // Back in the queue, it does not take the GPUs back from its preemptor.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -422,7 +422,11 @@ async fn a_controller_killed_mid_preemption_finishes_it_without_overbooking() {
     })
     .await;
     assert_eq!(
-        low.status.unwrap().previous_runs[0].preempted.by,
+        low.status.unwrap().previous_runs[0]
+            .preempted
+            .as_ref()
+            .unwrap()
+            .by,
         format!("{i_ns}/high")
     );
     let pods = Api::<Pod>::namespaced(client.clone(), &i_ns);

@@ -184,6 +184,8 @@ fn start_controller() -> Result<(), String> {
     let addr = format!("127.0.0.1:{}", controller_metrics_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"));
     cmd.args(["controller", "--resync", "2s", "--metrics-addr", &addr])
+        // Node-loss tests wait this long, not the default minute.
+        .args(["--node-lost-after", "5s"])
         .env("KUBECONFIG", &control_plane().kubeconfig)
         .env(
             "RUST_LOG",

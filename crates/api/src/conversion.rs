@@ -73,6 +73,8 @@ struct V1Fields {
     preemptible: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     preemption: Option<v1::PreemptionPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on_node_lost: Option<v1::OnNodeLost>,
     /// The `hours` written next to this note: if a v1alpha1 client changed `hours`
     /// since, its value wins over `duration`.
     hours: u32,
@@ -150,6 +152,7 @@ pub fn to_v1(old: &v1alpha1::GpuInstance) -> Result<v1::GpuInstance, ConversionE
             idle_warn_only: extra.idle_warn_only,
             preemptible: extra.preemptible,
             preemption: extra.preemption,
+            on_node_lost: extra.on_node_lost,
         },
         status: old.status.clone(),
     })
@@ -182,6 +185,7 @@ pub fn to_v1alpha1(new: &v1::GpuInstance) -> Result<v1alpha1::GpuInstance, Conve
         idle_warn_only: spec.idle_warn_only,
         preemptible: spec.preemptible,
         preemption: spec.preemption.clone(),
+        on_node_lost: spec.on_node_lost,
         hours,
     };
     // Only what hours alone cannot say needs the note.
@@ -346,6 +350,7 @@ mod tests {
                     prop::option::of(duration()),
                     prop::option::of(prop::bool::ANY),
                 )),
+                prop::option::of(prop::bool::ANY),
             ),
         )
             .prop_map(
@@ -359,7 +364,7 @@ mod tests {
                     priority,
                     ann,
                     (start, earliest, idle_timeout, threshold, warn_only),
-                    (preemptible, preemption),
+                    (preemptible, preemption, node_lost),
                 )| {
                     v1::GpuInstance {
                         metadata: meta(ann),
@@ -397,6 +402,13 @@ mod tests {
                                             v1::OnPreempted::Requeue
                                         }
                                     }),
+                                }
+                            }),
+                            on_node_lost: node_lost.map(|fail| {
+                                if fail {
+                                    v1::OnNodeLost::Fail
+                                } else {
+                                    v1::OnNodeLost::Requeue
                                 }
                             }),
                         },

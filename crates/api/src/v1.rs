@@ -409,6 +409,23 @@ pub struct GpuInstanceSpec {
     /// GPUs, or one of lower priority than a booking of its user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preemption: Option<PreemptionPolicy>,
+    /// What happens when its node is lost (not Ready for longer than the controller's
+    /// `--node-lost-after`, or deleted): `Requeue` (default: back to the queue, keeping its
+    /// place by priority and age, its booked time starting again when it is placed) or
+    /// `Fail` (phase `Failed`, reason `NodeLost`). Either way billing stops at the loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_node_lost: Option<OnNodeLost>,
+}
+
+/// What an instance whose node was lost does once its pod is gone.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnNodeLost {
+    /// Back to the queue, in its place by priority and age: a single-node booking loses
+    /// only what its program had not saved, and runs again on another node.
+    #[default]
+    Requeue,
+    /// Ends: phase `Failed`, reason `NodeLost`.
+    Fail,
 }
 
 /// How an instance is preempted.
@@ -460,6 +477,11 @@ impl GpuInstanceSpec {
             .as_ref()
             .and_then(|p| p.on_preempted)
             .unwrap_or_default()
+    }
+
+    /// What it does once its node is lost.
+    pub fn on_node_lost(&self) -> OnNodeLost {
+        self.on_node_lost.unwrap_or_default()
     }
 }
 
@@ -624,8 +646,12 @@ pub struct GpuInstanceStatus {
     /// While it is being preempted: by whom and why (its pod is stopping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preempted: Option<PreemptionNotice>,
-    /// Its runs that ended by preemption, oldest first (bounded): what they held and used,
-    /// for budgets and cost, and who preempted them.
+    /// Its node was lost: which, when (billing stopped then) and how. While set, its pod
+    /// is being removed; then it goes back to the queue or fails (`spec.onNodeLost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_lost: Option<NodeLoss>,
+    /// Its runs that ended by preemption or the loss of their node, oldest first
+    /// (bounded): what they held and used, for budgets and cost, and why they ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub previous_runs: Vec<PreviousRun>,
@@ -657,7 +683,39 @@ pub struct PreemptionNotice {
     pub at: Timestamp,
 }
 
-/// A run of an instance that ended by preemption.
+/// The loss of an instance's node.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLoss {
+    /// The node.
+    pub node: String,
+    /// How it was lost.
+    pub reason: NodeLossReason,
+    /// When: the moment it stopped being Ready, or when its deletion was seen. Its GPUs
+    /// count as held (and billed) until then.
+    pub at: Timestamp,
+}
+
+/// How a node was lost.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeLossReason {
+    /// Its `Ready` condition was not `True` for longer than the controller allows.
+    NodeNotReady,
+    /// It was removed from the cluster.
+    NodeDeleted,
+}
+
+impl NodeLossReason {
+    /// The CamelCase word (conditions, Events).
+    pub fn word(self) -> &'static str {
+        match self {
+            NodeLossReason::NodeNotReady => "NodeNotReady",
+            NodeLossReason::NodeDeleted => "NodeDeleted",
+        }
+    }
+}
+
+/// A run of an instance that ended by preemption or by the loss of its node.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PreviousRun {
@@ -667,8 +725,12 @@ pub struct PreviousRun {
     /// The node it ran on.
     #[serde(default)]
     pub node: String,
-    /// Who preempted it and why.
-    pub preempted: PreemptionNotice,
+    /// Who preempted it and why (a run that ended by preemption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preempted: Option<PreemptionNotice>,
+    /// Its node's loss (a run that ended so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_lost: Option<NodeLoss>,
 }
 
 /// How many of an instance's preempted runs its status keeps (the oldest are dropped;

@@ -68,6 +68,9 @@ pub struct Feeds {
     pub instance_users: Feed<GpuUser>,
     /// User namespaces, for the user controller.
     pub namespaces: Feed<PartialObjectMeta<Namespace>>,
+    /// Nodes, for the instance controller (a node not Ready or gone concerns the
+    /// instances on it).
+    pub nodes: Feed<Node>,
 }
 
 /// The tasks that run the watches; dropped with the controller.
@@ -85,7 +88,7 @@ impl Caches {
     /// Starts the watches. The feeds carry the initial lists too.
     pub fn start(client: &Client) -> (Caches, Feeds, Watches) {
         let all = watcher::Config::default();
-        let (nodes, [], n) = run(
+        let (nodes, [nodes_feed], n) = run(
             "nodes",
             watcher(Api::all(client.clone()), all.clone()),
             slim_node,
@@ -134,6 +137,7 @@ impl Caches {
                 users: users_feed,
                 instance_users: instance_users_feed,
                 namespaces: ns_feed,
+                nodes: nodes_feed,
             },
             Watches(vec![n, p, ns, u, i, pl]),
         )

@@ -52,6 +52,22 @@ pub fn with_health(
     out
 }
 
+/// Returns `conditions` with condition `type_` (one beside the three kstatus reads, e.g.
+/// `NodeLost`) set to `value`.
+pub fn with_condition(
+    conditions: &[Condition],
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let mut out = conditions.to_vec();
+    set(&mut out, type_, value, reason, message, generation, now);
+    out
+}
+
 fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,

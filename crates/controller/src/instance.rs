@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -16,7 +16,7 @@ use tracing::{field, info, instrument, warn};
 
 use super::enforce;
 use super::error::ignore_not_found;
-use super::lifecycle::{self, PodAction, PodView};
+use super::lifecycle::{self, NodeState, NodeWatch, PodAction, PodView};
 use super::{Context, ReconcileError, write_instance_status};
 use gpu_cloud_api::v1::{GpuInstance, GpuUser, OnExhausted};
 
@@ -30,8 +30,14 @@ pub async fn run(
     instances: super::cache::Feed<GpuInstance>,
     pods: super::cache::Feed<super::cached_pod::CachedPod>,
     users: super::cache::Feed<GpuUser>,
+    nodes: super::cache::Feed<Node>,
 ) {
     let store = ctx.caches.instances.clone();
+    let (node_store, pod_store, inst_store) = (
+        ctx.caches.nodes.clone(),
+        ctx.caches.pods.clone(),
+        ctx.caches.instances.clone(),
+    );
     let results = Controller::for_shared_stream(instances, ctx.caches.instances.clone())
         .owns_shared_stream(pods)
         // A user whose budget is used up under `onExhausted: Stop`: its running instances
@@ -60,10 +66,49 @@ pub async fn run(
             };
             refs
         })
+        // A node that is not Ready, or gone, concerns the instances on it (their loss is
+        // decided in `lifecycle`); the heartbeats of Ready nodes cost nothing.
+        .watches_shared_stream(nodes, move |node| {
+            let name = node.name_any();
+            let now = node_store.get(&ObjectRef::new(&name));
+            if now.is_some() && NodeState::of(now.as_deref()) == NodeState::Ready {
+                return vec![];
+            }
+            instances_on(&name, &pod_store, &inst_store)
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(ctx.args.concurrency))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone());
     super::report(results, ctx.metrics.clone(), "instance").await;
+}
+
+/// The instances whose pod runs on `node`, or whose status says they were placed there
+/// (their pod may be gone with the node).
+fn instances_on(
+    node: &str,
+    pods: &kube::runtime::reflector::Store<super::cached_pod::CachedPod>,
+    instances: &kube::runtime::reflector::Store<GpuInstance>,
+) -> Vec<ObjectRef<GpuInstance>> {
+    let mut refs: Vec<ObjectRef<GpuInstance>> = pods
+        .state()
+        .iter()
+        .filter(|p| p.node_name.as_deref() == Some(node))
+        .filter_map(|p| {
+            let owner = p
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true) && o.kind == "GpuInstance")?;
+            Some(ObjectRef::new(&owner.name).within(&p.namespace()?))
+        })
+        .collect();
+    refs.extend(
+        instances
+            .state()
+            .iter()
+            .filter(|i| i.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+            .map(|i| ObjectRef::from_obj(i.as_ref())),
+    );
+    refs
 }
 
 #[instrument(skip_all, fields(instance = %inst.namespace().unwrap_or_default(), name = %inst.name_any(), phase = field::Empty))]
@@ -117,7 +162,19 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
     if let Some(why) = &verdicts.invalid {
         warn!(error = %why, "idle settings ignored");
     }
-    let mut out = lifecycle::decide(inst, view.as_ref(), now, verdicts.stop.as_ref());
+    // The node it is on (its pod's, else the one its status names: a pod removed with its
+    // node still tells where the instance was).
+    let on = view
+        .as_ref()
+        .and_then(|p| p.node.clone())
+        .or_else(|| inst.status.as_ref().and_then(|s| s.node_name.clone()));
+    let node = NodeWatch {
+        state: on.map_or(NodeState::Ready, |n| {
+            NodeState::of(ctx.caches.nodes.get(&ObjectRef::new(&n)).as_deref())
+        }),
+        lost_after: ctx.args.node_lost_after,
+    };
+    let mut out = lifecycle::decide(inst, view.as_ref(), node, now, verdicts.stop.as_ref());
     let prices = ctx.caches.price_list();
     enforce::after(&mut out, inst, &verdicts, prices.as_ref(), placed, now);
     tracing::Span::current().record("phase", field::debug(out.status.phase));
@@ -158,6 +215,21 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
             info!(grace_seconds, "preempted: deleting its pod");
             preempt_pod(&pods, &name, &out.status, grace_seconds).await?;
         }
+        PodAction::ForceDelete => {
+            info!("node lost: removing its pod at once");
+            let now = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            ignore_not_found(pods.delete(&name, &now).await)
+                .map_err(ReconcileError::kube("remove the pod of a lost node"))?;
+            // Gone for sure now: were it still assumed (lost before a pass saw it in the
+            // cache), the instance would look placed until the assumption expired.
+            ctx.assumed.forget(&ns, &name);
+        }
+    }
+    if out.events.iter().any(|n| n.reason == "NodeLost") {
+        ctx.metrics.node_lost(inst.spec.on_node_lost());
     }
     for note in out.events {
         ctx.event(inst, note.type_, note.reason, note.message).await;

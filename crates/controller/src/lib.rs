@@ -63,6 +63,11 @@ pub struct ControllerArgs {
     /// quotas still allow borrowing.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "GPU_CLOUD_PREEMPTION")]
     pub preemption: bool,
+    /// How long a node may be not Ready before the instances on it count as lost (their
+    /// billing stops at the moment it stopped being Ready; they go back to the queue or
+    /// fail, as `spec.onNodeLost` says). A deleted node's instances are lost at once.
+    #[arg(long, default_value = "60s", value_parser = gpu_cloud_api::time::parse_duration, env = "GPU_CLOUD_NODE_LOST_AFTER")]
+    pub node_lost_after: Duration,
     /// Client-side rate limit of API requests.
     #[command(flatten)]
     pub api: gpu_cloud_runtime::client::ApiArgs,
@@ -427,7 +432,8 @@ async fn run_active(
             ctx.clone(),
             feeds.instances,
             feeds.pods,
-            feeds.instance_users
+            feeds.instance_users,
+            feeds.nodes
         )
     );
     placement.abort();

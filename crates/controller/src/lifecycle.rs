@@ -10,14 +10,16 @@ use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
-use super::conditions::{Health, with_health};
+use super::conditions::{Health, with_condition, with_health};
 use gpu_cloud_api::USER_LABEL;
 use gpu_cloud_api::time;
 use gpu_cloud_api::v1::{
-    GpuInstance, GpuInstanceStatus, OnPreempted, Phase, PreemptionNotice, PreviousRun,
+    GpuInstance, GpuInstanceStatus, NodeLoss, NodeLossReason, OnNodeLost, OnPreempted, Phase,
+    PreemptionNotice, PreviousRun,
 };
 use gpu_cloud_core::policy::figures;
 use gpu_cloud_core::scheduler::preemption::Reason;
+use k8s_openapi::api::core::v1::Node;
 
 /// How long a new pod may start before the instance's status says `Scheduled`.
 pub const STARTING_GRACE: Duration = Duration::from_secs(15);
@@ -57,6 +59,258 @@ impl PodView {
     }
 }
 
+/// The instance's node, reduced to what the lifecycle needs to tell it lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Ready (or the instance is on no node).
+    Ready,
+    /// Its `Ready` condition has not been `True` since this moment.
+    NotReady {
+        /// The condition's last transition (the node's creation if it has none).
+        since: Timestamp,
+    },
+    /// Not in the cluster.
+    Gone,
+}
+
+impl NodeState {
+    /// Reads a node as the cache holds it (`None`: it is not there).
+    pub fn of(node: Option<&Node>) -> Self {
+        let Some(node) = node else {
+            return NodeState::Gone;
+        };
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+        if ready.is_some_and(|c| c.status == "True") {
+            return NodeState::Ready;
+        }
+        let since = ready
+            .and_then(|c| c.last_transition_time.as_ref())
+            .or(node.metadata.creation_timestamp.as_ref())
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0);
+        NodeState::NotReady { since }
+    }
+}
+
+/// The default of `--node-lost-after`: how long a node may be not Ready before its
+/// instances count as lost. Longer than a kubelet restart; well within the 300 s after
+/// which Kubernetes evicts the pods of an unreachable node itself.
+pub const DEFAULT_NODE_LOST_AFTER: Duration = Duration::from_secs(60);
+
+/// Whether the node `name` the instance holds GPUs on is lost at `now`, and if it is not
+/// (yet), when to look again. Not Ready counts from its transition, so a node that came
+/// back in time loses nothing; the loss is dated when it stopped being Ready (or, for a
+/// deleted node, when that was seen), never before the instance was placed.
+fn loss_of(
+    name: &str,
+    state: NodeState,
+    lost_after: Duration,
+    held_since: Option<Timestamp>,
+    now: Timestamp,
+) -> (Option<NodeLoss>, Option<Duration>) {
+    let lost = |reason, at: Timestamp| NodeLoss {
+        node: name.to_owned(),
+        reason,
+        at: held_since.map_or(at, |h| at.max(h)).min(now),
+    };
+    match state {
+        NodeState::Ready => (None, None),
+        NodeState::Gone => (Some(lost(NodeLossReason::NodeDeleted, now)), None),
+        NodeState::NotReady { since } => {
+            let after = SignedDuration::try_from(lost_after).unwrap_or(SignedDuration::MAX);
+            let deadline = since.checked_add(after).unwrap_or(Timestamp::MAX);
+            if now >= deadline {
+                (Some(lost(NodeLossReason::NodeNotReady, since)), None)
+            } else {
+                let left = Duration::try_from(deadline.duration_since(now)).unwrap_or(lost_after);
+                (None, Some(left))
+            }
+        }
+    }
+}
+
+/// What the instance is told of its node's loss, in words.
+fn node_loss_words(inst: &GpuInstance, loss: &NodeLoss) -> String {
+    let how = match loss.reason {
+        NodeLossReason::NodeNotReady => "not Ready",
+        NodeLossReason::NodeDeleted => "deleted",
+    };
+    let then = match inst.spec.on_node_lost() {
+        OnNodeLost::Requeue => "then it goes back to the queue",
+        OnNodeLost::Fail => "then it fails (spec.onNodeLost: Fail)",
+    };
+    format!(
+        "its node {} was lost ({how}) at {}: its GPUs are billed until then; its pod is being removed, {then}",
+        loss.node, loss.at
+    )
+}
+
+/// An instance on a lost node: its pod is removed at once (no kubelet will confirm a
+/// graceful stop), then it goes back to the queue or fails, as its spec says. The loss is
+/// written first (the commit point: a restart keeps its date).
+fn on_lost_node(
+    inst: &GpuInstance,
+    pod: Option<&PodView>,
+    loss: NodeLoss,
+    now: Timestamp,
+    mut out: Outcome,
+) -> Outcome {
+    let old = inst.status.clone().unwrap_or_default();
+    let generation = inst.metadata.generation;
+    let reason = loss.reason.word();
+    let message = node_loss_words(inst, &loss);
+    if old.node_lost.is_none() {
+        out.events.push(Note {
+            type_: EventType::Warning,
+            reason: "NodeLost",
+            message: message.clone(),
+        });
+    }
+    let conditions = with_condition(
+        &old.conditions,
+        "NodeLost",
+        true,
+        reason,
+        &message,
+        generation,
+        now,
+    );
+    if let Some(p) = pod {
+        out.status = GpuInstanceStatus {
+            conditions: with_health(
+                &conditions,
+                Health::Progressing {
+                    reason: "NodeLost",
+                    message: &message,
+                },
+                generation,
+                now,
+            ),
+            observed_generation: generation,
+            message: Some(message),
+            started_at: old.started_at.or(p.created),
+            node_name: old.node_name.clone().or(p.node.clone()),
+            pod_name: old.pod_name.clone().or(Some(p.name.clone())),
+            node_lost: Some(loss),
+            ..old
+        };
+        out.pod = PodAction::ForceDelete;
+        return out;
+    }
+    out.wake_scheduler = true;
+    match inst.spec.on_node_lost() {
+        OnNodeLost::Requeue => {
+            let message = format!(
+                "its node {} was lost ({reason}): back in the queue, in its place by priority and age",
+                loss.node
+            );
+            let conditions =
+                with_condition(&conditions, "NodeLost", false, reason, "", generation, now);
+            let record = (old.preempted.clone(), Some(loss.clone()));
+            requeue(inst, &conditions, loss.at, record, message, now, &mut out);
+        }
+        OnNodeLost::Fail => {
+            let message = format!(
+                "its node {} was lost ({reason}) at {}; it failed (spec.onNodeLost: Fail)",
+                loss.node, loss.at
+            );
+            out.status = GpuInstanceStatus {
+                phase: Some(Phase::Failed),
+                finished_at: Some(old.started_at.map_or(loss.at, |s| loss.at.max(s))),
+                conditions: with_health(
+                    &conditions,
+                    Health::Stalled {
+                        reason: "NodeLost",
+                        message: &message,
+                    },
+                    generation,
+                    now,
+                ),
+                observed_generation: generation,
+                borrowed: false,
+                preempted: None,
+                node_lost: Some(loss),
+                message: Some(message.clone()),
+                ..old
+            };
+            out.events.push(Note {
+                type_: EventType::Warning,
+                reason: "Failed",
+                message,
+            });
+        }
+    }
+    out
+}
+
+/// Back to the queue: the current run, ended at `ended`, recorded in `previousRuns` with
+/// why it ended (`why`: the preemption, the node loss), every trace of its placement
+/// cleared, its measured usage too (it is in the record).
+fn requeue(
+    inst: &GpuInstance,
+    conditions: &[gpu_cloud_api::v1::Condition],
+    ended: Timestamp,
+    why: (Option<PreemptionNotice>, Option<NodeLoss>),
+    message: String,
+    now: Timestamp,
+    out: &mut Outcome,
+) {
+    let old = inst.status.clone().unwrap_or_default();
+    let generation = inst.metadata.generation;
+    let mut status = old.clone();
+    if let Some(mut run) = figures::current_run(inst, now) {
+        run.ended_at = ended.max(run.started_at);
+        let (preempted, node_lost) = why;
+        figures::push_run(
+            &mut status.previous_runs,
+            PreviousRun {
+                figures: run,
+                node: old.node_name.clone().unwrap_or_default(),
+                preempted,
+                node_lost,
+            },
+        );
+    }
+    out.status = GpuInstanceStatus {
+        phase: Some(Phase::Queued),
+        conditions: with_health(
+            conditions,
+            Health::Progressing {
+                reason: "Requeued",
+                message: &message,
+            },
+            generation,
+            now,
+        ),
+        observed_generation: generation,
+        node_name: None,
+        pod_name: None,
+        started_at: None,
+        expires_at: None,
+        finished_at: None,
+        queue_position: None,
+        reserved_node: None,
+        starts_at: None,
+        idle: None,
+        borrowed: false,
+        nominated_node: None,
+        preempted: None,
+        node_lost: None,
+        message: Some(message.clone()),
+        ..status
+    };
+    out.events.push(Note {
+        type_: EventType::Normal,
+        reason: "Requeued",
+        message,
+    });
+    out.clear_usage = old.usage.is_some();
+    out.wake_scheduler = true;
+}
+
 /// What to do besides writing the status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodAction {
@@ -70,6 +324,9 @@ pub enum PodAction {
         /// Seconds the container has between SIGTERM and SIGKILL.
         grace_seconds: i64,
     },
+    /// Delete the pod at once, even if it is already stopping (its node is lost: no
+    /// kubelet will confirm its end).
+    ForceDelete,
 }
 
 /// Label (and in [`PREEMPTED_BY_ANNOTATION`], by whom) on a pod being preempted.
@@ -145,55 +402,12 @@ fn after_preemption(
     out.wake_scheduler = true;
     match inst.spec.on_preempted() {
         OnPreempted::Requeue => {
-            let mut status = old.clone();
-            if let Some(mut run) = figures::current_run(inst, now) {
-                run.ended_at = now.max(run.started_at);
-                figures::push_run(
-                    &mut status.previous_runs,
-                    PreviousRun {
-                        figures: run,
-                        node: old.node_name.clone().unwrap_or_default(),
-                        preempted: notice.clone(),
-                    },
-                );
-            }
             let message = format!(
                 "preempted by {} on {} ({reason}): back in the queue, in its place by priority and age",
                 notice.by, notice.node
             );
-            out.status = GpuInstanceStatus {
-                phase: Some(Phase::Queued),
-                conditions: with_health(
-                    &old.conditions,
-                    Health::Progressing {
-                        reason: "Requeued",
-                        message: &message,
-                    },
-                    generation,
-                    now,
-                ),
-                observed_generation: generation,
-                node_name: None,
-                pod_name: None,
-                started_at: None,
-                expires_at: None,
-                finished_at: None,
-                queue_position: None,
-                reserved_node: None,
-                starts_at: None,
-                idle: None,
-                borrowed: false,
-                nominated_node: None,
-                preempted: None,
-                message: Some(message.clone()),
-                ..status
-            };
-            out.events.push(Note {
-                type_: EventType::Normal,
-                reason: "Requeued",
-                message,
-            });
-            out.clear_usage = old.usage.is_some();
+            let why = (Some(notice.clone()), None);
+            requeue(inst, &old.conditions, now, why, message, now, &mut out);
         }
         OnPreempted::Stop => {
             let message = format!(
@@ -266,9 +480,74 @@ pub struct Stop {
     pub message: String,
 }
 
-/// Decides the status of `inst` given its pod (if it has one) at `now`, and `stop`, an
-/// order to end it now.
+/// How the node an instance runs on is watched: its state, and how long it may be not
+/// Ready before the instance counts as lost (`--node-lost-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeWatch {
+    /// The node's state now.
+    pub state: NodeState,
+    /// How long not Ready counts as lost.
+    pub lost_after: Duration,
+}
+
+impl NodeWatch {
+    /// A Ready node (what an instance on no node sees too).
+    pub const READY: NodeWatch = NodeWatch {
+        state: NodeState::Ready,
+        lost_after: DEFAULT_NODE_LOST_AFTER,
+    };
+}
+
+/// Decides the status of `inst` given its pod (if it has one) and the node it is on at
+/// `now`, and `stop`, an order to end it now.
 pub fn decide(
+    inst: &GpuInstance,
+    pod: Option<&PodView>,
+    node: NodeWatch,
+    now: Timestamp,
+    stop: Option<&Stop>,
+) -> Outcome {
+    let old = inst.status.as_ref();
+    if old.and_then(|s| s.phase).is_some_and(Phase::is_finished) {
+        return decide_on_node(inst, pod, now, stop);
+    }
+    // Its node lost: ahead of everything else, since a pod on a lost node never finishes
+    // stopping (a preempted one included).
+    let on_node = pod
+        .and_then(|p| p.node.clone())
+        .or(old.and_then(|s| s.node_name.clone()));
+    let held_since = old
+        .and_then(|s| s.started_at)
+        .or(pod.and_then(|p| p.created));
+    let (loss, recheck) = match (old.and_then(|s| s.node_lost.as_ref()), &on_node) {
+        (Some(l), _) => (Some(l.clone()), None),
+        (None, Some(n)) => loss_of(n, node.state, node.lost_after, held_since, now),
+        (None, None) => (None, None),
+    };
+    if let Some(loss) = loss {
+        return on_lost_node(inst, pod, loss, now, unchanged(inst));
+    }
+    let mut out = decide_on_node(inst, pod, now, stop);
+    if let Some(r) = recheck {
+        out.requeue_after = Some(out.requeue_after.map_or(r, |a| a.min(r)));
+    }
+    out
+}
+
+/// No change yet: the status as it is, nothing to do.
+fn unchanged(inst: &GpuInstance) -> Outcome {
+    Outcome {
+        status: inst.status.clone().unwrap_or_default(),
+        pod: PodAction::Keep,
+        events: vec![],
+        requeue_after: None,
+        wake_scheduler: false,
+        clear_usage: false,
+    }
+}
+
+/// [`decide`] for an instance whose node (if it has one) is not lost.
+fn decide_on_node(
     inst: &GpuInstance,
     pod: Option<&PodView>,
     now: Timestamp,
@@ -278,14 +557,7 @@ pub fn decide(
     let mut status = old.clone();
     let generation = inst.metadata.generation;
     status.observed_generation = generation;
-    let mut out = Outcome {
-        status: old.clone(),
-        pod: PodAction::Keep,
-        events: vec![],
-        requeue_after: None,
-        wake_scheduler: false,
-        clear_usage: false,
-    };
+    let mut out = unchanged(inst);
     let phase = old.phase;
 
     if let Some(p) = phase.filter(|p| p.is_finished()) {
@@ -517,7 +789,7 @@ mod tests {
     }
 
     fn decide_at(inst: &GpuInstance, pod: Option<&PodView>, now: Timestamp) -> Outcome {
-        decide(inst, pod, now, None)
+        decide(inst, pod, NodeWatch::READY, now, None)
     }
 
     #[test]
@@ -528,7 +800,13 @@ mod tests {
             reason: "Idle",
             message: "idle".into(),
         };
-        let out = decide(&inst, Some(&pod("Running")), ts(1100), Some(&order));
+        let out = decide(
+            &inst,
+            Some(&pod("Running")),
+            NodeWatch::READY,
+            ts(1100),
+            Some(&order),
+        );
         assert_eq!(out.status.phase, Some(Phase::Stopped));
         assert_eq!(out.pod, PodAction::Delete);
         assert_eq!(out.events[0].reason, "Idle");
@@ -689,7 +967,7 @@ mod tests {
             (ts(1000), ts(1840))
         );
         assert_eq!(run.figures.gpu_seconds, 840.0);
-        assert_eq!(run.preempted.by, "gpu-v/big");
+        assert_eq!(run.preempted.as_ref().unwrap().by, "gpu-v/big");
         assert_eq!(out.events[0].reason, "Requeued");
         assert!(out.wake_scheduler);
         // No usage was measured here; with some, it is cleared (it is in the run).
@@ -728,5 +1006,138 @@ mod tests {
             crate::conditions::status_of(&out.status.conditions, "Stalled"),
             Some("True")
         );
+    }
+
+    fn on(state: NodeState) -> NodeWatch {
+        NodeWatch {
+            state,
+            lost_after: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_node_not_ready_for_long_enough_is_lost_at_its_transition_and_the_instance_requeues() {
+        let inst = instance(
+            json!({"phase": "Running", "nodeName": "gpu-l4-0", "podName": "a",
+                                   "startedAt": "1970-01-01T00:16:40Z"}),
+        );
+        let since = ts(1500);
+        // Not Ready for 30 s of the 60 allowed: nothing yet, a look again when it would be.
+        let out = decide(
+            &inst,
+            Some(&pod("Running")),
+            on(NodeState::NotReady { since }),
+            ts(1530),
+            None,
+        );
+        assert_eq!(out.status.phase, Some(Phase::Running));
+        assert!(out.status.node_lost.is_none());
+        assert_eq!(out.requeue_after, Some(Duration::from_secs(30)));
+        // 60 s: lost, dated at the transition; the pod goes at once; billing stops then.
+        let out = decide(
+            &inst,
+            Some(&pod("Running")),
+            on(NodeState::NotReady { since }),
+            ts(1560),
+            None,
+        );
+        let loss = out.status.node_lost.clone().expect("lost");
+        assert_eq!(
+            (loss.at, loss.reason),
+            (since, NodeLossReason::NodeNotReady)
+        );
+        assert_eq!(out.pod, PodAction::ForceDelete);
+        assert_eq!(out.events[0].reason, "NodeLost");
+        assert_eq!(
+            crate::conditions::status_of(&out.status.conditions, "NodeLost"),
+            Some("True")
+        );
+        let mut lost = inst.clone();
+        lost.status = Some(out.status.clone());
+        assert_eq!(
+            figures::current_run(&lost, ts(9000)).unwrap().gpu_seconds,
+            500.0
+        );
+        // Its pod still there (terminating, no kubelet): removed again; no second event.
+        let mut stopping = pod("Running");
+        stopping.terminating = true;
+        let again = decide(
+            &lost,
+            Some(&stopping),
+            on(NodeState::NotReady { since }),
+            ts(1600),
+            None,
+        );
+        assert_eq!((again.pod, again.events.len()), (PodAction::ForceDelete, 0));
+        // The node back Ready does not undo a loss already decided.
+        let back = decide(&lost, None, on(NodeState::Ready), ts(1700), None);
+        let s = &back.status;
+        assert_eq!(s.phase, Some(Phase::Queued));
+        assert_eq!((s.node_name.as_ref(), s.node_lost.as_ref()), (None, None));
+        assert_eq!(s.previous_runs.len(), 1);
+        let run = &s.previous_runs[0];
+        assert_eq!(
+            (run.figures.ended_at, run.figures.gpu_seconds),
+            (since, 500.0)
+        );
+        assert_eq!(run.node_lost.as_ref().map(|l| l.at), Some(since));
+        assert_eq!(back.events[0].reason, "Requeued");
+        assert!(back.wake_scheduler);
+        assert_eq!(
+            crate::conditions::status_of(&back.status.conditions, "NodeLost"),
+            Some("False")
+        );
+    }
+
+    #[test]
+    fn a_deleted_node_fails_an_instance_that_asks_to_and_never_reads_as_a_program_failure() {
+        let mut inst = instance(json!({"phase": "Running", "nodeName": "gpu-l4-0",
+                                       "startedAt": "1970-01-01T00:16:40Z"}));
+        inst.spec.on_node_lost = Some(OnNodeLost::Fail);
+        // The node and its pod both gone (the pod garbage collector was first): lost now.
+        let out = decide(&inst, None, on(NodeState::Gone), ts(2000), None);
+        let s = &out.status;
+        assert_eq!(s.phase, Some(Phase::Failed));
+        assert_eq!(s.finished_at, Some(ts(2000)));
+        assert_eq!(
+            s.node_lost.as_ref().map(|l| l.reason),
+            Some(NodeLossReason::NodeDeleted)
+        );
+        assert_eq!(
+            out.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
+            ["NodeLost", "Failed"]
+        );
+        assert!(!s.message.as_deref().unwrap().contains("program"));
+        // Its pod marked Failed by the garbage collector, the node gone: still NodeLost.
+        let out = decide(
+            &inst,
+            Some(&pod("Failed")),
+            on(NodeState::Gone),
+            ts(2000),
+            None,
+        );
+        assert_eq!(out.pod, PodAction::ForceDelete);
+        assert!(out.status.node_lost.is_some());
+        // Finished instances are not looked at again.
+        let mut done = inst.clone();
+        done.status = Some(s.clone());
+        let out = decide(&done, None, on(NodeState::Gone), ts(3000), None);
+        assert_eq!(out.status, *s);
+        assert!(out.events.is_empty());
+    }
+
+    #[test]
+    fn a_loss_is_never_dated_before_the_placement() {
+        // The node went NotReady before this pod was created on it (a race): the loss counts
+        // from the placement, so the run is never negative.
+        let inst = instance(json!(null));
+        let out = decide(
+            &inst,
+            Some(&pod("Pending")),
+            on(NodeState::NotReady { since: ts(10) }),
+            ts(2000),
+            None,
+        );
+        assert_eq!(out.status.node_lost.map(|l| l.at), Some(ts(1000)));
     }
 }

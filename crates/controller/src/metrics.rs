@@ -48,6 +48,13 @@ pub struct PreemptionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a node loss.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLostLabels {
+    /// What the instance does: `Requeue` or `Fail` (`spec.onNodeLost`).
+    pub action: &'static str,
+}
+
 /// A gauge holding a float.
 pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
@@ -77,6 +84,8 @@ pub struct ControllerMetrics {
     pub user_budget_remaining: Family<UserLabels, FloatGauge>,
     /// Instances preempted, by reason.
     pub preemptions: Family<PreemptionLabels, Counter>,
+    /// Instances whose node was lost, by what they did.
+    pub node_lost: Family<NodeLostLabels, Counter>,
     /// GPUs each user holds beyond its guarantee (borrowed), after the last pass.
     pub borrowed_gpus: Family<UserLabels, Gauge>,
     /// The process is up and its watches are running.
@@ -107,6 +116,7 @@ impl ControllerMetrics {
             user_cost: Family::default(),
             user_budget_remaining: Family::default(),
             preemptions: Family::default(),
+            node_lost: Family::default(),
             borrowed_gpus: Family::default(),
             ready: AtomicBool::new(false),
             registry: Registry::default(),
@@ -173,6 +183,11 @@ impl ControllerMetrics {
             m.preemptions.clone(),
         );
         r.register(
+            "instances_node_lost",
+            "Instances whose node was lost (not Ready too long, or deleted), by what they did",
+            m.node_lost.clone(),
+        );
+        r.register(
             "user_borrowed_gpus",
             "GPUs each user holds beyond its guarantee (borrowed) after the last placement pass",
             m.borrowed_gpus.clone(),
@@ -185,6 +200,17 @@ impl ControllerMetrics {
     pub fn preempted(&self, reason: &'static str) {
         self.preemptions
             .get_or_create(&PreemptionLabels { reason })
+            .inc();
+    }
+
+    /// Counts one instance on a lost node.
+    pub fn node_lost(&self, action: gpu_cloud_api::v1::OnNodeLost) {
+        let action = match action {
+            gpu_cloud_api::v1::OnNodeLost::Requeue => "Requeue",
+            gpu_cloud_api::v1::OnNodeLost::Fail => "Fail",
+        };
+        self.node_lost
+            .get_or_create(&NodeLostLabels { action })
             .inc();
     }
 

@@ -492,12 +492,15 @@ fn snapshot(world: &World, now: Timestamp, preemption: bool) -> Snapshot {
                     None
                 },
                 preemptible: inst.spec.preemptible,
-                terminating: pod_terminating || status.preempted.is_some(),
+                // Being preempted or on a lost node: its GPUs are about to be free.
+                terminating: pod_terminating
+                    || status.preempted.is_some()
+                    || status.node_lost.is_some(),
                 nominated_on,
                 preempted_by: status
                     .previous_runs
                     .iter()
-                    .map(|r| &r.preempted)
+                    .filter_map(|r| r.preempted.as_ref())
                     .chain(status.preempted.as_ref())
                     .filter_map(|n| parse_key(&n.by))
                     .collect(),

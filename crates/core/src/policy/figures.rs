@@ -49,12 +49,17 @@ pub fn held_gpu_seconds(gpus: u32, start: Timestamp, end: Timestamp) -> f64 {
     f64::from(gpus) * secs.max(0.0)
 }
 
-/// When the instance stopped holding GPUs, or `now` while it holds them.
+/// When the instance stopped holding GPUs, or `now` while it holds them. A lost node's
+/// GPUs count until the loss, however long its pod takes to go.
 fn end_of(inst: &GpuInstance, now: Timestamp) -> Timestamp {
-    inst.status
-        .as_ref()
-        .and_then(|s| s.finished_at)
-        .unwrap_or(now)
+    let Some(s) = inst.status.as_ref() else {
+        return now;
+    };
+    let lost = s.node_lost.as_ref().map(|l| l.at);
+    match (s.finished_at, lost) {
+        (Some(f), Some(l)) => f.min(l),
+        (f, l) => f.or(l).unwrap_or(now),
+    }
 }
 
 /// The agent's figures of the instance's current run (see
@@ -259,12 +264,13 @@ mod tests {
                 spot: false,
             },
             node: "n".into(),
-            preempted: gpu_cloud_api::v1::PreemptionNotice {
+            preempted: Some(gpu_cloud_api::v1::PreemptionNotice {
                 by: "a/b".into(),
                 reason: "PreemptedSpot".into(),
                 node: "n".into(),
                 at: Timestamp::from_second(i * 100 + 40).unwrap(),
-            },
+            }),
+            node_lost: None,
         };
         let mut runs = vec![];
         for i in 0..(PREVIOUS_RUNS_KEPT as i64 + 5) {
