@@ -1,14 +1,15 @@
 //! `gpu-cloud report` on the real control plane: instances run with the simulated agent,
-//! one is deleted (its figures kept on its user), and the report's figures for the user are
-//! the sums of what the instances' own objects say, priced with the GpuPriceList.
+//! one is deleted (its figures kept in its user's GpuUsageRecord), and the report's figures
+//! for the user are the sums of what the instances' own objects say, priced with the
+//! GpuPriceList; then the user is deleted, and the report still bills every GPU-second.
 
 use std::time::Duration;
 
-use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase};
+use gpu_cloud_api::v1::{GpuInstance, GpuUsageRecord, GpuUser, Phase, RecordedRun};
 use gpu_cloud_core::policy::chargeback::ReportPeriod;
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 
 use crate::harness::{self, phase, poll};
@@ -21,6 +22,35 @@ fn spec(count: u32) -> Value {
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+/// The runs in `user`'s usage records.
+async fn recorded_runs(client: &kube::Client, user: &str) -> Vec<RecordedRun> {
+    Api::<GpuUsageRecord>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("gpu-cloud.io/user={user}")))
+        .await
+        .expect("list usage records")
+        .items
+        .into_iter()
+        .flat_map(|r| r.spec.runs)
+        .collect()
+}
+
+/// `user`'s row of GPU model `MODEL` in the JSON report of `period`.
+fn report_row(kubeconfig: &std::path::Path, period: &str, user: &str) -> Value {
+    let (ok, out, err) = harness::gpu_cloud(
+        kubeconfig,
+        &["report", "--period", period, "--format", "json"],
+    );
+    assert!(ok, "gpu-cloud report: {err}");
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["user"] == user && r["model"] == MODEL)
+        .unwrap_or_else(|| panic!("no row for {user}: {out}"))
+        .clone()
 }
 
 #[tokio::test]
@@ -50,29 +80,22 @@ async fn the_report_sums_live_and_retired_instances_as_their_objects_say() {
         .await;
     }
 
-    // Delete b: the agent writes its final figures, the user keeps them (retiredInstances).
+    // Delete b: the agent writes its final figures, its user's usage record keeps them.
     let b_uid = api.get("b").await.unwrap().uid().unwrap();
-    api.delete("b", &DeleteParams::default()).await.unwrap();
-    let b_final = poll(Duration::from_secs(60), "b's final usage", || async {
-        match api.get_opt("b").await.map_err(|e| e.to_string())? {
-            Some(i) => match i.status.and_then(|s| s.usage) {
-                Some(u) if u.final_ => Ok(u),
-                other => Err(format!("{other:?}")),
-            },
-            None => Err("gone before its final figures were seen".into()),
-        }
-    })
-    .await;
+    let b_final = harness::delete_for_final_usage(&api, "b")
+        .await
+        .status
+        .and_then(|s| s.usage)
+        .expect("b's final usage");
     // Then no more figures: a's stay as they are while the report is made.
     drop(agent);
     let users = Api::<GpuUser>::all(client.clone());
-    poll(Duration::from_secs(60), "b retired on its user", || async {
-        let u = users.get(&name).await.map_err(|e| e.to_string())?;
-        let usage = u.status.and_then(|s| s.usage).ok_or("no usage")?;
-        if usage.retired_uids.contains(&b_uid) && !usage.retired_instances.is_empty() {
+    poll(Duration::from_secs(60), "b recorded", || async {
+        let runs = recorded_runs(&client, &name).await;
+        if runs.iter().any(|r| r.uid == b_uid) {
             Ok(())
         } else {
-            Err(format!("{usage:?}"))
+            Err(format!("{runs:?}"))
         }
     })
     .await;
@@ -189,4 +212,39 @@ async fn the_report_sums_live_and_retired_instances_as_their_objects_say() {
         (value - report_total).abs() <= 0.02,
         "{value} vs {report_total}"
     );
+
+    // Delete the user: a stops and is recorded too; the records outlive the user, and the
+    // report still bills both instances, exactly as recorded.
+    let _agent = harness::simulated_agent(&kubeconfig, &nodes[0], harness::free_port());
+    users.delete(&name, &DeleteParams::default()).await.unwrap();
+    harness::eventually(Duration::from_secs(90), "the user gone", || async {
+        users.get_opt(&name).await.unwrap().is_none()
+    })
+    .await;
+    let runs = recorded_runs(&client, &name).await;
+    let mut uids: Vec<&str> = runs.iter().map(|r| r.uid.as_str()).collect();
+    uids.dedup();
+    assert_eq!(uids.len(), 2, "each instance recorded once: {runs:?}");
+    let recorded_hours: f64 = runs.iter().map(|r| r.figures.gpu_seconds).sum::<f64>() / 3600.0;
+    assert!(recorded_hours >= hours, "{recorded_hours} < {hours}");
+    let row = report_row(&kubeconfig, &period.label, &name);
+    assert_eq!(row["instances"], 2, "{row}");
+    assert!(
+        close(f(&row["gpuHours"]), recorded_hours),
+        "{row} vs {recorded_hours}"
+    );
+    // A record cannot be rewritten once closed (its month over); an open one only grows.
+    let records = Api::<GpuUsageRecord>::all(client.clone());
+    let mut rec = records
+        .list(&ListParams::default().labels(&format!("gpu-cloud.io/user={name}")))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    rec.spec.runs.clear();
+    let refused = records
+        .replace(&rec.name_any(), &Default::default(), &rec)
+        .await
+        .expect_err("runs removed from a record");
+    assert!(refused.to_string().contains("only added to"), "{refused}");
 }

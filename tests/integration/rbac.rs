@@ -188,6 +188,10 @@ async fn each_component_has_exactly_what_it_needs() {
         ),
         ("controller", "watch", g, "gpupricelists", None, true),
         ("controller", "patch", g, "gpupricelists", None, false),
+        // Usage records: added to and closed, never deleted.
+        ("controller", "update", g, "gpuusagerecords", None, true),
+        ("controller", "create", g, "gpuusagerecords", None, true),
+        ("controller", "delete", g, "gpuusagerecords", None, false),
         // Each user's own ClusterRole and binding (to read their GpuUser): made, never
         // deleted (owner references do that).
         (

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use gpu_cloud_agent::simulated::{UTILIZATION_ANNOTATION, power_per_gpu};
 use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase, Usage, UsageSource};
-use kube::ResourceExt;
-use kube::api::{Api, DeleteParams};
+use kube::api::Api;
 use serde_json::json;
 
 use crate::harness::{self, phase, poll};
@@ -43,28 +42,6 @@ fn assert_exact(inst: &GpuInstance, util: f64) -> Usage {
     let peak = (8.0 * f64::from(1u32 << 30) * util / 100.0) as u64 * inst.spec.gpu.count as u64;
     assert_eq!(usage.peak_memory_bytes, peak);
     usage
-}
-
-/// Waits for the agent's final figures on a deleted instance, and returns it.
-async fn with_final_usage(api: &Api<GpuInstance>, name: &str) -> GpuInstance {
-    poll(
-        Duration::from_secs(60),
-        &format!("{name}'s final usage"),
-        || async {
-            match api.get_opt(name).await.map_err(|e| e.to_string())? {
-                Some(i)
-                    if i.status
-                        .as_ref()
-                        .and_then(|s| s.usage.as_ref())
-                        .is_some_and(|u| u.final_) =>
-                {
-                    Ok(i)
-                }
-                other => Err(format!("{:?}", other.and_then(|i| i.status))),
-            }
-        },
-    )
-    .await
 }
 
 #[tokio::test]
@@ -143,11 +120,9 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
     let after = assert_exact(&resumed, 40.0);
     assert!(after.sampled_at > first.sampled_at);
 
-    // Delete b: its final figures (to its deletion) are folded into the user before it goes.
-    api.delete("b", &DeleteParams::default()).await.unwrap();
-    let final_b = with_final_usage(&api, "b").await;
+    // Delete b: its final figures (to its deletion) are recorded before it goes.
+    let final_b = harness::delete_for_final_usage(&api, "b").await;
     let final_usage = assert_exact(&final_b, 50.0);
-    let b_uid = final_b.uid().unwrap();
     harness::eventually(Duration::from_secs(60), "b gone", || async {
         api.get_opt("b").await.unwrap().is_none()
     })
@@ -155,11 +130,11 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
     let users = Api::<GpuUser>::all(client.clone());
     let user_usage = poll(
         Duration::from_secs(30),
-        "user usage with b folded in",
+        "user usage with b recorded",
         || async {
             let u = users.get(&name).await.map_err(|e| e.to_string())?;
             let usage = u.status.and_then(|s| s.usage).ok_or("no usage")?;
-            if usage.retired_uids.contains(&b_uid) {
+            if usage.retired.instances == 1 {
                 Ok(usage)
             } else {
                 Err(format!("{usage:?}"))
@@ -178,8 +153,7 @@ async fn simulated_usage_is_exact_resumes_after_a_crash_and_rolls_up() {
     assert_eq!(phase(&api.get("a").await.unwrap()), Some(Phase::Running));
 
     // Delete a too: the user's totals are then exactly the two final records.
-    api.delete("a", &DeleteParams::default()).await.unwrap();
-    let final_a = with_final_usage(&api, "a").await;
+    let final_a = harness::delete_for_final_usage(&api, "a").await;
     let final_a = assert_exact(&final_a, 40.0);
     let totals = poll(Duration::from_secs(60), "both folded", || async {
         let u = users.get(&name).await.map_err(|e| e.to_string())?;

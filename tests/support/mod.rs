@@ -688,3 +688,43 @@ pub fn render_chart(ns: &str, extra: &[&str]) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// Deletes instance `name` and returns it as it was with its final usage (the agent's
+/// last figures, written before its finalizer lets it go). Watched from before the
+/// deletion: the finalizer may remove it a moment after that write, before a poll sees it.
+pub async fn delete_for_final_usage(
+    api: &Api<gpu_cloud_api::v1::GpuInstance>,
+    name: &str,
+) -> gpu_cloud_api::v1::GpuInstance {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher(api.clone(), config));
+    // The initial list first, so that nothing after the deletion is missed.
+    loop {
+        match events.next().await {
+            Some(Ok(watcher::Event::InitDone)) => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("watch {name}: {e}"),
+            None => panic!("watch of {name} ended"),
+        }
+    }
+    api.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete {name}: {e}"));
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = events.next().await {
+            if let Ok(watcher::Event::Apply(i) | watcher::Event::Delete(i)) = event
+                && i.status
+                    .as_ref()
+                    .and_then(|s| s.usage.as_ref())
+                    .is_some_and(|u| u.final_)
+            {
+                return i;
+            }
+        }
+        panic!("watch of {name} ended before its final usage")
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("no final usage of {name} within 60 s of its deletion"))
+}

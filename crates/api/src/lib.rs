@@ -55,7 +55,12 @@ pub fn instance_crd() -> CustomResourceDefinition {
 
 /// Every CRD gpu-cloud serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![v1::GpuUser::crd(), instance_crd(), v1::GpuPriceList::crd()];
+    let mut crds = vec![
+        v1::GpuUser::crd(),
+        instance_crd(),
+        v1::GpuPriceList::crd(),
+        v1::GpuUsageRecord::crd(),
+    ];
     for crd in &mut crds {
         // CRD versions are the migrations: Helm must upgrade them with the chart (they are
         // templates there, not crds/) and must never delete them, or every object goes.

@@ -268,17 +268,19 @@ pub struct UserUsage {
     pub current_period: UsageTotals,
     /// Which month `currentPeriod` is.
     pub period: String,
-    /// Usage of deleted instances, folded in by their finalizer.
+    /// Usage of deleted instances, from the user's GpuUsageRecords.
     #[serde(default)]
     pub retired: UsageTotals,
-    /// Of `retired`, the same by month (`2026-11`), for `currentPeriod`.
+    /// Of `retired`, the same by month of their end (`2026-11`; the last 12 shown).
     #[serde(default)]
     pub retired_by_period: std::collections::BTreeMap<String, UsageTotals>,
-    /// Deleted instances already folded in (newest last; bounded).
+    /// No longer written (deleted instances are in GpuUsageRecords); kept for readers of
+    /// older objects.
     #[serde(default)]
     pub retired_uids: Vec<String>,
-    /// The figures of deleted instances, for budgets and cost reports by period (newest
-    /// last; those that ended more than 400 days ago, and beyond 2,000, are dropped).
+    /// Written by controllers before GpuUsageRecords: the figures of deleted instances.
+    /// The controller moves them into a record `<user>-imported` and no longer writes
+    /// this.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_instances: Vec<RetiredInstance>,
 }
@@ -902,3 +904,65 @@ pub const DEFAULT_SPOT_FACTOR: f64 = 0.5;
 
 /// Name of the one GpuPriceList the controller reads.
 pub const PRICE_LIST_NAME: &str = "default";
+
+/// The usage of a user's deleted instances in one calendar month (UTC) of their deletion:
+/// the chargeback record that outlives the instances and the user. The controller writes
+/// one (or, past [`RECORD_RUNS_MAX`] runs, several shards) per user and month as each
+/// instance's finalizer lets it go, and closes it once the month is over; a closed record
+/// cannot change. `gpu-cloud report` and budgets read them; deleting the GpuUser keeps
+/// them (delete them by hand once they are no longer needed).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "gpu-cloud.io",
+    version = "v1",
+    kind = "GpuUsageRecord",
+    shortname = "gur",
+    category = "gpu",
+    printcolumn = r#"{"name":"User","type":"string","jsonPath":".spec.user"}"#,
+    printcolumn = r#"{"name":"Period","type":"string","jsonPath":".spec.period"}"#,
+    printcolumn = r#"{"name":"Closed","type":"boolean","jsonPath":".spec.closed"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("!has(oldSelf.spec) || !oldSelf.spec.closed || self.spec == oldSelf.spec")
+        .message("a closed GpuUsageRecord cannot change"),
+    validation = Rule::new("!has(oldSelf.spec) || (self.spec.user == oldSelf.spec.user && self.spec.period == oldSelf.spec.period && self.spec.shard == oldSelf.spec.shard && size(self.spec.runs) >= size(oldSelf.spec.runs))")
+        .message("a GpuUsageRecord keeps its user, period and shard, and its runs are only added to")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuUsageRecordSpec {
+    /// The GpuUser whose instances these were.
+    #[schemars(length(min = 1, max = 63))]
+    pub user: String,
+    /// The calendar month (UTC) in which they were deleted, e.g. `2026-11`.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}$')").message("spec.period must be a month such as 2026-11"))]
+    #[schemars(length(max = 7))]
+    pub period: String,
+    /// Which of the user's records of the period this is (a new one is started when one
+    /// is full).
+    #[serde(default)]
+    pub shard: u32,
+    /// The period is over: nothing more is added, and the record cannot change.
+    #[serde(default)]
+    pub closed: bool,
+    /// Every run of every instance recorded, in the order they were recorded.
+    #[serde(default)]
+    #[schemars(length(max = 2000))]
+    pub runs: Vec<RecordedRun>,
+}
+
+/// Most runs one GpuUsageRecord holds (well inside an object's size limit).
+pub const RECORD_RUNS_MAX: usize = 2000;
+
+/// One run of a deleted instance, as its user is billed for it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedRun {
+    /// The instance's uid: an instance is recorded once.
+    #[schemars(length(max = 64))]
+    pub uid: String,
+    /// The instance, `namespace/name`.
+    #[schemars(length(max = 320))]
+    pub instance: String,
+    /// What the run held and used.
+    #[serde(flatten)]
+    pub figures: RetiredInstance,
+}

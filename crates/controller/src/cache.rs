@@ -28,7 +28,7 @@ use tracing::warn;
 
 use super::cached_pod::CachedPod;
 use gpu_cloud_api::USER_LABEL;
-use gpu_cloud_api::v1::{GpuInstance, GpuPriceList, GpuUser, PRICE_LIST_NAME};
+use gpu_cloud_api::v1::{GpuInstance, GpuPriceList, GpuUsageRecord, GpuUser, PRICE_LIST_NAME};
 
 /// Objects a feed holds for a slow consumer before its watch waits. A waiting watch is
 /// a stale cache for everyone, but each held event keeps that version of its object alive
@@ -52,6 +52,8 @@ pub struct Caches {
     pub instances: Store<GpuInstance>,
     /// The GpuPriceLists (the one named `default` counts).
     pub prices: Store<GpuPriceList>,
+    /// Every GpuUsageRecord (the usage of deleted instances).
+    pub records: Store<GpuUsageRecord>,
 }
 
 /// Change streams of the caches, one per consumer, for the reconcilers' triggers.
@@ -68,6 +70,8 @@ pub struct Feeds {
     pub instance_users: Feed<GpuUser>,
     /// User namespaces, for the user controller.
     pub namespaces: Feed<PartialObjectMeta<Namespace>>,
+    /// Usage records, for the user controller (a record written refreshes its user).
+    pub records: Feed<GpuUsageRecord>,
     /// Nodes, for the instance controller (a node not Ready or gone concerns the
     /// instances on it).
     pub nodes: Feed<Node>,
@@ -118,6 +122,11 @@ impl Caches {
         );
         let (prices, [], pl) = run(
             "gpupricelists",
+            watcher(Api::all(client.clone()), all.clone()),
+            slim_meta,
+        );
+        let (records, [records_feed], r) = run(
+            "gpuusagerecords",
             watcher(Api::all(client.clone()), all),
             slim_meta,
         );
@@ -129,6 +138,7 @@ impl Caches {
                 users,
                 instances,
                 prices,
+                records,
             },
             Feeds {
                 pods: pods_feed,
@@ -138,8 +148,9 @@ impl Caches {
                 instance_users: instance_users_feed,
                 namespaces: ns_feed,
                 nodes: nodes_feed,
+                records: records_feed,
             },
-            Watches(vec![n, p, ns, u, i, pl]),
+            Watches(vec![n, p, ns, u, i, pl, r]),
         )
     }
 
@@ -151,6 +162,7 @@ impl Caches {
         self.namespaces.wait_until_ready().await?;
         self.users.wait_until_ready().await?;
         self.instances.wait_until_ready().await?;
+        self.records.wait_until_ready().await?;
         self.prices.wait_until_ready().await
     }
 
@@ -164,6 +176,11 @@ impl Caches {
     /// The pod named `name` in `ns`, if cached.
     pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<CachedPod>> {
         self.pods.get(&reflector::ObjectRef::new(name).within(ns))
+    }
+
+    /// The records of `user`.
+    pub fn records_of(&self, user: &str) -> Vec<Arc<GpuUsageRecord>> {
+        self.records.state_filter(|r| r.spec.user == user)
     }
 
     /// The GpuUser a namespace belongs to, by its label.

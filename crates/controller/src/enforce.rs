@@ -18,6 +18,7 @@ use gpu_cloud_core::policy::cost::PriceList;
 use gpu_cloud_core::policy::figures;
 use gpu_cloud_core::policy::idle::{self, IdlePolicy, IdleVerdict};
 use gpu_cloud_core::policy::objects;
+use gpu_cloud_core::policy::records::Recorded;
 
 /// Condition type of the idle warning (`IdleWarning`, `IdleWouldStop`).
 pub const IDLE_CONDITION: &str = "Idle";
@@ -42,6 +43,7 @@ pub fn before(
     inst: &GpuInstance,
     user: Option<&GpuUser>,
     theirs: &[&GpuInstance],
+    recorded: &Recorded<'_>,
     placed: bool,
     now: Timestamp,
 ) -> Verdicts {
@@ -89,7 +91,7 @@ pub fn before(
     if b.on_exhausted != ExhaustedPolicy::Stop || out.stop.is_some() {
         return out;
     }
-    let Some(Ok(bs)) = objects::budget_status(user, theirs, now) else {
+    let Some(Ok(bs)) = objects::budget_status(user, theirs, recorded, now) else {
         return out;
     };
     let stop_this = budget::on_exhausted(b.on_exhausted, &bs, &[()])
@@ -239,6 +241,6 @@ mod tests {
     }
 
     fn before_at(inst: &GpuInstance, now: &str) -> Verdicts {
-        before(inst, None, &[inst], true, ts(now))
+        before(inst, None, &[inst], &Recorded::default(), true, ts(now))
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
@@ -18,10 +18,11 @@ use super::enforce;
 use super::error::ignore_not_found;
 use super::lifecycle::{self, NodeState, NodeWatch, PodAction, PodView};
 use super::{Context, ReconcileError, write_instance_status};
-use gpu_cloud_api::v1::{GpuInstance, GpuUser, OnExhausted};
+use gpu_cloud_api::v1::{GpuInstance, GpuUsageRecord, GpuUser, OnExhausted};
+use gpu_cloud_core::policy::{records, rollup};
 
-/// Finalizer on every GpuInstance: its pod is removed (and, with the usage agent, its last
-/// usage folded into its user) before it disappears.
+/// Finalizer on every GpuInstance: its pod is removed and its usage recorded (a
+/// GpuUsageRecord of its user) before it disappears.
 pub const FINALIZER: &str = "gpu-cloud.io/instance";
 
 /// Runs the instance controller until shutdown, triggered by the instance and pod caches.
@@ -158,7 +159,12 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
         .map(|i| i.as_ref())
         .collect();
     let placed = view.as_ref().is_some_and(|p| !p.terminating);
-    let verdicts = enforce::before(inst, user.as_deref(), &theirs, placed, now);
+    let records = match (&user, stops_on_budget) {
+        (Some(u), true) => ctx.caches.records_of(&u.name_any()),
+        _ => vec![],
+    };
+    let recorded = records::Recorded::of(records.iter().map(|r| r.as_ref()));
+    let verdicts = enforce::before(inst, user.as_deref(), &theirs, &recorded, placed, now);
     if let Some(why) = &verdicts.invalid {
         warn!(error = %why, "idle settings ignored");
     }
@@ -297,16 +303,17 @@ async fn cleanup(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileE
     }
     // Its GPUs count as free once the pod is gone; the placement loop sees that itself.
     ctx.wake.notify_one();
-    // Its usage must reach its user before it goes.
-    if let Some(wait) = usage_not_folded(inst, ctx).await? {
+    // Its usage must be recorded before it goes.
+    if let Some(wait) = usage_not_recorded(inst, ctx).await? {
         return Err(ReconcileError::Waiting(wait));
     }
     Ok(Action::await_change())
 }
 
-/// Why the instance's usage is not yet part of its user's totals, or `None` when it is (or
-/// there is nothing to fold, or nobody to fold it into).
-async fn usage_not_folded(
+/// Records the deleted instance's runs in its user's GpuUsageRecord (the chargeback that
+/// outlives it and its user); says why it must wait instead, or `None` once they are in
+/// (or it never ran).
+async fn usage_not_recorded(
     inst: &GpuInstance,
     ctx: &Context,
 ) -> Result<Option<String>, ReconcileError> {
@@ -314,29 +321,49 @@ async fn usage_not_folded(
     if status.usage.is_none() && status.node_name.is_none() && status.previous_runs.is_empty() {
         return Ok(None); // never ran
     }
+    let now = Timestamp::now();
+    if !rollup::ready_to_fold(inst, now) {
+        return Ok(Some(format!(
+            "waiting up to {}s for the final usage of {}/{}",
+            rollup::FOLD_GRACE.as_secs(),
+            inst.namespace().unwrap_or_default(),
+            inst.name_any()
+        )));
+    }
     let ns = inst.namespace().unwrap_or_default();
-    let Some(user) = ctx.caches.user_of_namespace(&ns) else {
+    // Its user: its namespace's (a namespace being deleted keeps its labels), else the one
+    // its status names.
+    let Some(user) = ctx.caches.user_of_namespace(&ns).or(status.user.clone()) else {
+        warn!("an instance that ran has no user: its usage is not recorded");
         return Ok(None);
     };
-    let user_obj = ctx
-        .caches
-        .users
-        .get(&kube::runtime::reflector::ObjectRef::new(&user));
-    let Some(user_obj) = user_obj.filter(|u| u.metadata.deletion_timestamp.is_none()) else {
-        return Ok(None); // the user goes too, and its records with it
+    let api = Api::<GpuUsageRecord>::all(ctx.client.clone());
+    // A fresh read, not the cache: a record written a moment ago must be seen, or the
+    // runs would be recorded twice.
+    let lp = ListParams::default().labels(&format!("{}={user}", gpu_cloud_api::USER_LABEL));
+    let records = api
+        .list(&lp)
+        .await
+        .map_err(ReconcileError::kube("list usage records"))?
+        .items;
+    let written = match records::record_instance(&records, &user, inst, now) {
+        records::RecordWrite::Nothing => return Ok(None),
+        records::RecordWrite::Create(r) => api.create(&PostParams::default(), &r).await,
+        records::RecordWrite::Replace(r) => {
+            api.replace(&r.name_any(), &PostParams::default(), &r).await
+        }
     };
-    let uid = inst.uid().unwrap_or_default();
-    let folded = user_obj
-        .status
-        .as_ref()
-        .and_then(|s| s.usage.as_ref())
-        .is_some_and(|u| u.retired_uids.contains(&uid));
-    Ok((!folded).then(|| {
-        format!(
-            "usage of {ns}/{} not yet folded into GpuUser {user}",
-            inst.name_any()
-        )
-    }))
+    match written {
+        Ok(r) => {
+            info!(record = %r.name_any(), "usage recorded");
+            Ok(None)
+        }
+        // Another instance of the user was recorded at the same moment: read again.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Some(format!(
+            "usage record of {user} changed meanwhile: recording again"
+        ))),
+        Err(e) => Err(ReconcileError::kube("write usage record")(e)),
+    }
 }
 
 fn error_policy(inst: Arc<GpuInstance>, err: &ReconcileError, _ctx: Arc<Context>) -> Action {

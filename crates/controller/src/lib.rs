@@ -426,7 +426,8 @@ async fn run_active(
             ctx.clone(),
             feeds.users,
             feeds.user_instances,
-            feeds.namespaces
+            feeds.namespaces,
+            feeds.records
         ),
         instance::run(
             ctx.clone(),

@@ -29,10 +29,11 @@ use crate::metrics::CacheLabels;
 use gpu_cloud_api::USER_LABEL;
 use gpu_cloud_api::time;
 use gpu_cloud_api::v1::{
-    GpuInstance, GpuInstanceStatus, GpuUser, Phase, PreemptionNotice, StartPolicy,
+    GpuInstance, GpuInstanceStatus, GpuUsageRecord, GpuUser, Phase, PreemptionNotice, StartPolicy,
 };
 use gpu_cloud_core::policy::cost::PriceList;
 use gpu_cloud_core::policy::objects;
+use gpu_cloud_core::policy::records::Recorded;
 use gpu_cloud_core::scheduler::preemption::{self, Preemption};
 use gpu_cloud_core::scheduler::{
     self, Booking, InstanceKey, NodeGpus, Snapshot, UserPolicy, Waiting,
@@ -75,6 +76,7 @@ struct World {
     namespaces: Vec<Arc<PartialObjectMeta<Namespace>>>,
     users: Vec<Arc<GpuUser>>,
     instances: Vec<Arc<GpuInstance>>,
+    records: Vec<Arc<GpuUsageRecord>>,
 }
 
 /// One pass; returns when the next granted window opens, if any does.
@@ -283,7 +285,8 @@ fn budget_inputs(world: &World, now: Timestamp) -> BudgetInputs {
         let name = user.name_any();
         let ns = gpu_cloud_api::namespace_of(&name);
         let theirs = by_ns.get(&ns).cloned().unwrap_or_default();
-        let Some(Ok(status)) = objects::budget_status(user, &theirs, now) else {
+        let recorded = Recorded::of_user(world.records.iter().map(|r| r.as_ref()), &name);
+        let Some(Ok(status)) = objects::budget_status(user, &theirs, &recorded, now) else {
             continue;
         };
         let period = objects::budget(spec).period;
@@ -353,6 +356,7 @@ fn read_world(ctx: &Context) -> World {
         namespaces: c.namespaces.state(),
         users: c.users.state(),
         instances,
+        records: c.records.state(),
     };
     for (resource, n) in [
         ("nodes", world.nodes.len()),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
-use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
@@ -25,10 +25,11 @@ use super::{Context, FIELD_MANAGER, ReconcileError, apply_status};
 use crate::metrics::{UserCostLabels, UserLabels};
 use gpu_cloud_api::GPU_RESOURCE;
 use gpu_cloud_api::USER_LABEL;
-use gpu_cloud_api::v1::{GpuInstance, GpuUser, GpuUserStatus, Phase, SubjectKind};
+use gpu_cloud_api::v1::{GpuInstance, GpuUsageRecord, GpuUser, GpuUserStatus, Phase, SubjectKind};
 use gpu_cloud_api::{MANAGED_BY, namespace_of, user_of_namespace};
 use gpu_cloud_core::policy::chargeback;
 use gpu_cloud_core::policy::cost::CostError;
+use gpu_cloud_core::policy::records::{self, Recorded};
 use gpu_cloud_core::policy::rollup;
 use gpu_cloud_core::policy::{budget, figures, objects};
 
@@ -109,6 +110,7 @@ pub async fn run(
     users: super::cache::Feed<GpuUser>,
     instances: super::cache::Feed<GpuInstance>,
     namespaces: super::cache::Feed<PartialObjectMeta<Namespace>>,
+    records: super::cache::Feed<GpuUsageRecord>,
 ) {
     let config = kube::runtime::controller::Config::default()
         .concurrency(ctx.args.concurrency)
@@ -123,6 +125,8 @@ pub async fn run(
                 .and_then(|ns| user_of_namespace(&ns).map(str::to_owned))
                 .map(|user| ObjectRef::<GpuUser>::new(&user))
         })
+        // A deleted instance's usage recorded: its user's totals count it from the record.
+        .watches_shared_stream(records, |r| Some(ObjectRef::<GpuUser>::new(&r.spec.user)))
         .with_config(config)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone());
@@ -200,6 +204,29 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, ReconcileError> 
 
     let instances = instances_in(ctx, &ns);
     let (gpus_in_use, active) = holdings(&instances);
+    // The usage of its deleted instances: its records (carried over from the status once,
+    // where an older controller kept them).
+    if let Some(legacy) = old
+        .usage
+        .as_ref()
+        .and_then(|u| records::import_legacy(&name, u, now))
+    {
+        match Api::<GpuUsageRecord>::all(client.clone())
+            .create(&PostParams::default(), &legacy)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                return Err(ReconcileError::kube("import retired usage into a record")(
+                    e,
+                ));
+            }
+        }
+    }
+    close_records(ctx, now).await?;
+    let my_records = ctx.caches.records_of(&name);
+    let recorded = Recorded::of(my_records.iter().map(|r| r.as_ref()));
     let message = if user.spec.suspended {
         format!("suspended: no new instance starts; namespace {ns}")
     } else {
@@ -219,12 +246,12 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, ReconcileError> 
         namespace: Some(ns.clone()),
         gpus_in_use,
         instances: active,
-        usage: Some(rollup::user_usage(old.usage.as_ref(), &instances, now)),
+        usage: Some(rollup::user_usage(&instances, &recorded, now)),
         budget: None,
         cost: None,
     };
     let prices = ctx.caches.price_list();
-    let books = budget_and_cost(user, &status, &instances, prices.as_ref(), now);
+    let books = budget_and_cost(user, &instances, &recorded, prices.as_ref(), now);
     let mut status = status;
     status.budget = books.budget.as_ref().map(objects::budget_view);
     status.cost = books.cost.as_ref().ok().cloned().flatten();
@@ -240,8 +267,10 @@ async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, ReconcileError> 
         && exhausted(&status) == exhausted(&old)
         && status.observed_generation == old.observed_generation
         && status.namespace == old.namespace
-        && status.usage.as_ref().map(|u| &u.retired_uids)
-            == old.usage.as_ref().map(|u| &u.retired_uids);
+        && old
+            .usage
+            .as_ref()
+            .is_none_or(|u| u.retired_instances.is_empty());
     if status != old
         && figures_only
         && let Some(wait) = ctx.provisioned.figures_due_in(&name, FIGURES_EVERY)
@@ -317,20 +346,19 @@ struct BudgetAndCost {
     revisit: Option<Timestamp>,
 }
 
-/// Works out the budget and cost of `user` whose new status is `status` (pure).
+/// Works out the budget and cost of `user` from its `instances` and `recorded` usage (pure).
 fn budget_and_cost(
     user: &GpuUser,
-    status: &GpuUserStatus,
     instances: &[GpuInstance],
+    recorded: &Recorded<'_>,
     prices: Option<&gpu_cloud_core::policy::cost::PriceList>,
     now: Timestamp,
 ) -> BudgetAndCost {
-    let mut seen = user.clone();
-    seen.status = Some(status.clone());
+    let seen = user;
     let refs: Vec<&GpuInstance> = instances.iter().collect();
     let running = instances.iter().filter(|i| figures::holds_gpus(i)).count();
     let held = figures::held_gpus(instances);
-    let budget = match objects::budget_status(&seen, &refs, now) {
+    let budget = match objects::budget_status(seen, &refs, recorded, now) {
         Some(Ok(b)) => Some(b),
         Some(Err(e)) => {
             warn!(user = %user.name_any(), error = %e, "budget period");
@@ -343,7 +371,7 @@ fn budget_and_cost(
             .unwrap_or(b.period.end)
             .min(b.period.end)
     });
-    let figures = objects::user_figures(&seen, &refs, now);
+    let figures = objects::user_figures(seen, &refs, recorded, now);
     let month = gpu_cloud_core::policy::chargeback::ReportPeriod::month_of(now).ok();
     let gpu_hours_this_month = month
         .as_ref()
@@ -365,6 +393,23 @@ fn budget_and_cost(
         running,
         revisit,
     }
+}
+
+/// Closes every record of a month that is over (any user's: a deleted user's too), so
+/// that it can no longer change.
+async fn close_records(ctx: &Context, now: Timestamp) -> Result<(), ReconcileError> {
+    let all = ctx.caches.records.state();
+    let api = Api::<GpuUsageRecord>::all(ctx.client.clone());
+    for r in records::to_close(all.iter().map(|r| r.as_ref()), now) {
+        let close = serde_json::json!({"spec": {"closed": true}});
+        ignore_not_found(
+            api.patch(&r.name_any(), &PatchParams::default(), &Patch::Merge(close))
+                .await,
+        )
+        .map_err(ReconcileError::kube("close a usage record"))?;
+        tracing::info!(record = %r.name_any(), "usage record closed: its month is over");
+    }
+    Ok(())
 }
 
 /// Drops the gauges of a user being deleted.

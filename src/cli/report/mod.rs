@@ -2,9 +2,9 @@
 //! model, priced with the cluster's GpuPriceList.
 //!
 //! The figures are the controller's own (`gpu_cloud_core::policy::figures`): every live instance
-//! that its user has not folded in yet, plus the figures each user keeps of its deleted
-//! instances (`status.usage.retiredInstances`). So the report, the users' `status.cost`
-//! and their budgets agree.
+//! not yet recorded, plus every run in the GpuUsageRecords (deleted instances, of users
+//! that still exist or not). So the report, the users' `status.cost` and their budgets
+//! agree.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,10 +13,11 @@ use jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
-use gpu_cloud_api::v1::{GpuInstance, GpuPriceList, GpuUser, PRICE_LIST_NAME};
+use gpu_cloud_api::v1::{GpuInstance, GpuPriceList, GpuUsageRecord, GpuUser, PRICE_LIST_NAME};
 use gpu_cloud_core::policy::chargeback::{self, InstanceFigures, InvalidPeriod, ReportPeriod};
 use gpu_cloud_core::policy::cost::{CostError, PriceList};
-use gpu_cloud_core::policy::{figures, objects};
+use gpu_cloud_core::policy::figures;
+use gpu_cloud_core::policy::records::{self, Recorded};
 
 mod render;
 
@@ -89,8 +90,8 @@ pub(super) async fn run(args: ReportArgs) -> Result<(), crate::Error> {
         Some(p) => p,
         None => ReportPeriod::month_of(now).map_err(ReportError::from)?,
     };
-    let (prices, users, instances) = read(&client).await?;
-    let selected = select_figures(&users, &instances, now);
+    let (prices, users, instances, records) = read(&client).await?;
+    let selected = select_figures(&users, &instances, &records, now);
     for (ns, name) in &selected.orphans {
         tracing::warn!(
             instance = %format!("{ns}/{name}"),
@@ -112,8 +113,16 @@ pub(super) async fn run(args: ReportArgs) -> Result<(), crate::Error> {
     Ok(())
 }
 
-/// The price list, every user and every instance.
-async fn read(client: &Client) -> Result<(PriceList, Vec<GpuUser>, Vec<GpuInstance>), ReportError> {
+/// What a report reads.
+type Read = (
+    PriceList,
+    Vec<GpuUser>,
+    Vec<GpuInstance>,
+    Vec<GpuUsageRecord>,
+);
+
+/// The price list, every user, every instance and every usage record.
+async fn read(client: &Client) -> Result<Read, ReportError> {
     let prices = Api::<GpuPriceList>::all(client.clone())
         .get_opt(PRICE_LIST_NAME)
         .await
@@ -129,7 +138,12 @@ async fn read(client: &Client) -> Result<(PriceList, Vec<GpuUser>, Vec<GpuInstan
         .await
         .map_err(kube_err("list GpuInstances"))?
         .items;
-    Ok((PriceList::from(&prices.spec), users, instances))
+    let records = Api::<GpuUsageRecord>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("list GpuUsageRecords"))?
+        .items;
+    Ok((PriceList::from(&prices.spec), users, instances, records))
 }
 
 /// The figures a report sums, and the instances left out.
@@ -149,11 +163,16 @@ fn namespace_of(u: &GpuUser) -> String {
         .unwrap_or_else(|| format!("gpu-{}", u.name_any()))
 }
 
-/// Picks the figures of the report (pure): every instance that ran, by the user of its
-/// namespace (else the user its status names), unless that user has already folded it in
-/// (its uid is in `status.usage.retiredUids`: its figures are in `retiredInstances`), and
-/// every user's retired instances.
-pub fn select_figures(users: &[GpuUser], instances: &[GpuInstance], now: Timestamp) -> Selected {
+/// Picks the figures of the report (pure): every instance that ran and is not recorded
+/// yet, by the user of its namespace (else the user its status names), and every recorded
+/// run (`records`, whatever became of its user).
+pub fn select_figures(
+    users: &[GpuUser],
+    instances: &[GpuInstance],
+    records: &[GpuUsageRecord],
+    now: Timestamp,
+) -> Selected {
+    let recorded = Recorded::of(records);
     let by_namespace: BTreeMap<String, usize> = users
         .iter()
         .enumerate()
@@ -175,20 +194,21 @@ pub fn select_figures(users: &[GpuUser], instances: &[GpuInstance], now: Timesta
         match user {
             Some(&i) => theirs[i].push(inst),
             None => {
-                if !figures::instance_figures("", inst, now).is_empty() {
+                let uid = inst.uid().unwrap_or_default();
+                if !recorded.contains(&uid) && !figures::instance_figures("", inst, now).is_empty()
+                {
                     out.orphans.push((ns, inst.name_any()));
                 }
             }
         }
     }
-    // The same selection as the controller's (policy::objects): live ones not yet folded
-    // into their user, then every user's retired ones.
-    for (u, mine) in users.iter().zip(&theirs) {
-        out.figures.extend(objects::user_live_figures(u, mine, now));
-    }
-    for u in users {
-        out.figures.extend(objects::user_retired_figures(u));
-    }
+    // The same selection as the controller's: live ones not yet recorded, then every
+    // record.
+    out.figures = records::report_figures(
+        users.iter().zip(theirs.iter().map(Vec::as_slice)),
+        records,
+        now,
+    );
     out
 }
 
@@ -197,13 +217,30 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn user(name: &str, retired_uids: &[&str], retired: serde_json::Value) -> GpuUser {
+    fn user(name: &str) -> GpuUser {
         serde_json::from_value(json!({
             "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser", "metadata": {"name": name}, "spec": {},
-            "status": {"namespace": format!("gpu-{name}"), "usage": {
-                "lifetime": {"gpuHours": 0.0, "energyKwh": 0.0, "instances": 0},
-                "currentPeriod": {"gpuHours": 0.0, "energyKwh": 0.0, "instances": 0},
-                "period": "2026-11", "retiredUids": retired_uids, "retiredInstances": retired}}
+            "status": {"namespace": format!("gpu-{name}")}
+        }))
+        .unwrap()
+    }
+
+    fn record(user: &str, uid: &str, runs: serde_json::Value) -> GpuUsageRecord {
+        let runs: Vec<serde_json::Value> = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r["uid"] = json!(uid);
+                r["instance"] = json!(format!("gpu-{user}/x"));
+                r
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUsageRecord",
+            "metadata": {"name": format!("{user}-2026-11-0")},
+            "spec": {"user": user, "period": "2026-11", "runs": runs}
         }))
         .unwrap()
     }
@@ -219,14 +256,19 @@ mod tests {
     }
 
     #[test]
-    fn figures_skip_folded_instances_and_add_every_retired_one() {
+    fn figures_skip_recorded_instances_and_add_every_record_of_users_there_or_gone() {
         let now: Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
         let retired = json!([{"model": "M", "gpus": 2, "startedAt": "2026-11-25T08:00:00Z",
             "endedAt": "2026-11-25T09:00:00Z", "gpuSeconds": 7000.0, "energyJoules": 5.0}]);
-        let users = [user("ann", &["gone"], retired), user("ben", &[], json!([]))];
+        let users = [user("ann"), user("ben")];
+        let records = [
+            record("ann", "gone", retired.clone()),
+            // A user deleted since: its record still counts.
+            record("cat", "c1", retired),
+        ];
         let running = json!({"phase": "Running", "startedAt": "2026-11-25T11:00:00Z"});
         let instances = [
-            // Folded in already (deleted, finalizer not yet let go): counted once, retired.
+            // Recorded already (deleted, finalizer not yet let go): counted once, recorded.
             inst("gpu-ann", "old", "gone", running.clone()),
             inst("gpu-ann", "live", "u1", running.clone()),
             inst("gpu-ann", "queued", "u2", json!({"phase": "Queued"})),
@@ -240,7 +282,7 @@ mod tests {
             ),
             inst("gpu-nobody", "orphan", "u4", running),
         ];
-        let s = select_figures(&users, &instances, now);
+        let s = select_figures(&users, &instances, &records, now);
         let got: Vec<(&str, f64)> = s
             .figures
             .iter()
@@ -248,7 +290,12 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("ann", 7200.0), ("ben", 3600.0), ("ann", 7000.0)],
+            [
+                ("ann", 7200.0),
+                ("ben", 3600.0),
+                ("ann", 7000.0),
+                ("cat", 7000.0)
+            ],
             "{s:?}"
         );
         assert_eq!(s.orphans, [("gpu-nobody".to_owned(), "orphan".to_owned())]);
@@ -260,8 +307,8 @@ mod tests {
             ..PriceList::default()
         };
         let r = chargeback::report(&prices, &s.figures, &"2026-11".parse().unwrap()).unwrap();
-        assert_eq!(r.totals.instances, 3);
-        assert!((r.totals.gpu_hours - (7200.0 + 3600.0 + 7000.0) / 3600.0).abs() < 1e-9);
+        assert_eq!(r.totals.instances, 4);
+        assert!((r.totals.gpu_hours - (7200.0 + 3600.0 + 14000.0) / 3600.0).abs() < 1e-9);
     }
 
     #[test]

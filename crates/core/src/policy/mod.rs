@@ -13,6 +13,8 @@
 //! - [`figures`]: what one instance used and held (measured, else GPUs x time held): the
 //!   one definition budgets, cost, the report and the user's figures share.
 //! - [`rollup`]: a user's usage totals from their instances, live and retired.
+//! - [`records`]: the chargeback records (GpuUsageRecords) that outlive instances and
+//!   users: what a deleted instance writes, which records close, what they say of a user.
 //! - [`objects`]: the policies read off the CRD objects: a GpuUser's budget and its state,
 //!   a GpuInstance's idle rule and cost, the budget gate in front of the scheduler.
 
@@ -22,6 +24,7 @@ pub mod cost;
 pub mod figures;
 pub mod idle;
 pub mod objects;
+pub mod records;
 pub mod rollup;
 
 use jiff::Timestamp;

@@ -14,6 +14,7 @@ use kube::ResourceExt;
 use super::budget::{self, Budget, BudgetStatus, ExhaustedPolicy, Period, PeriodError};
 use super::figures;
 use super::idle::{self, IdlePolicy, IdlePolicyError, IdleSettings};
+use super::records::Recorded;
 use crate::scheduler::{InstanceKey, Snapshot, Wait, Waiting};
 use gpu_cloud_api::time;
 use gpu_cloud_api::v1::{
@@ -48,15 +49,8 @@ pub fn budget(spec: &GpuHourBudget) -> Budget {
     }
 }
 
-/// The instances of `instances` that still count as live for `user` (not folded into its
-/// retired records).
-fn live<'a>(user: &GpuUser, instances: &'a [&'a GpuInstance]) -> Vec<&'a GpuInstance> {
-    let retired: std::collections::HashSet<&str> = user
-        .status
-        .as_ref()
-        .and_then(|s| s.usage.as_ref())
-        .map(|u| u.retired_uids.iter().map(String::as_str).collect())
-        .unwrap_or_default();
+/// The instances of `instances` that still count as live (not in `recorded`).
+fn live<'a>(recorded: &Recorded<'_>, instances: &'a [&'a GpuInstance]) -> Vec<&'a GpuInstance> {
     instances
         .iter()
         .copied()
@@ -64,26 +58,25 @@ fn live<'a>(user: &GpuUser, instances: &'a [&'a GpuInstance]) -> Vec<&'a GpuInst
             i.metadata
                 .uid
                 .as_deref()
-                .is_none_or(|uid| !retired.contains(uid))
+                .is_none_or(|uid| !recorded.contains(uid))
         })
         .collect()
 }
 
 /// The user's budget in the period around `now`, from `instances` (all of the user's
-/// instances still in the cluster) and its retired records; `None` without a budget.
+/// instances still in the cluster) and `recorded` (its records); `None` without a budget.
 pub fn budget_status(
     user: &GpuUser,
     instances: &[&GpuInstance],
+    recorded: &Recorded<'_>,
     now: Timestamp,
 ) -> Option<Result<BudgetStatus, PeriodError>> {
     let spec = user.spec.quota.gpu_hours.as_ref()?;
-    let mut spans: Vec<_> = live(user, instances)
+    let mut spans: Vec<_> = live(recorded, instances)
         .into_iter()
         .flat_map(figures::spans)
         .collect();
-    if let Some(u) = user.status.as_ref().and_then(|s| s.usage.as_ref()) {
-        spans.extend(u.retired_instances.iter().map(figures::retired_span));
-    }
+    spans.extend(recorded.runs().map(|r| figures::retired_span(&r.figures)));
     Some(BudgetStatus::of(&budget(spec), &spans, now))
 }
 
@@ -368,43 +361,31 @@ fn round4(x: f64) -> f64 {
 }
 
 /// Every figure of `user` for reports: its live instances (those not yet folded into its
-/// retired records) and its retired records. `instances` are the user's instances.
+/// The figures of `user`'s instances: those of `instances` not in `recorded`, and the
+/// recorded ones.
 pub fn user_figures(
     user: &GpuUser,
     instances: &[&GpuInstance],
+    recorded: &Recorded<'_>,
     now: Timestamp,
 ) -> Vec<super::chargeback::InstanceFigures> {
-    let mut out = user_live_figures(user, instances, now);
-    out.extend(user_retired_figures(user));
+    let mut out = user_live_figures(user, instances, recorded, now);
+    out.extend(recorded.figures());
     out
 }
 
-/// The figures of `user`'s instances (of `instances`) not yet folded into its records.
+/// The figures of `user`'s instances (of `instances`) not yet in `recorded`.
 pub fn user_live_figures(
     user: &GpuUser,
     instances: &[&GpuInstance],
+    recorded: &Recorded<'_>,
     now: Timestamp,
 ) -> Vec<super::chargeback::InstanceFigures> {
     let name = user.name_any();
-    live(user, instances)
+    live(recorded, instances)
         .into_iter()
         .flat_map(|i| figures::instance_figures(&name, i, now))
         .collect()
-}
-
-/// The figures of `user`'s deleted instances, from its records.
-pub fn user_retired_figures(user: &GpuUser) -> Vec<super::chargeback::InstanceFigures> {
-    let name = user.name_any();
-    user.status
-        .as_ref()
-        .and_then(|s| s.usage.as_ref())
-        .map(|u| {
-            u.retired_instances
-                .iter()
-                .map(|r| figures::retired_instance_figures(&name, r))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// GPU-hours of `figures` inside `period`.

@@ -1,29 +1,31 @@
 //! A user's usage from the usage of their instances (pure).
 //!
-//! Live instances are summed as they are; an instance being deleted is folded into the
-//! user's `retired` totals once its last figures are in (the agent marked them `final`, or
-//! it has waited [`FOLD_GRACE`] for them), and its uid is remembered so that it is folded
-//! once only. Its finalizer lets it go when the uid shows up.
+//! Live instances are summed as they are; a deleted one counts from its GpuUsageRecord
+//! once its finalizer recorded it ([`super::records`]), and not before: an instance counts
+//! once, before and after its deletion. Its finalizer records it once its last figures are
+//! in ([`ready_to_fold`]).
 
 use jiff::Timestamp;
 use kube::ResourceExt;
 
+use super::records::Recorded;
 use gpu_cloud_api::time::month_of;
 use gpu_cloud_api::v1::{GpuInstance, UsageTotals, UserUsage};
 
 /// How long a deleted instance waits for the agent's final figures before what is there
-/// is folded anyway (an agent that is down must not block deletions for ever).
+/// is recorded anyway (an agent that is down must not block deletions for ever).
 pub const FOLD_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-/// How many folded uids a user keeps (enough to cover any deletion in flight).
-pub const RETIRED_UIDS_KEPT: usize = 1000;
-/// How many retired instances' figures a user keeps for budgets and reports.
-pub const RETIRED_INSTANCES_KEPT: usize = 2000;
-/// How long a retired instance's figures are kept after it ended (reports of the last
-/// twelve months, and then some).
-pub const RETIRED_INSTANCES_DAYS: i64 = 400;
+/// How many months of retired usage the user's status shows by month (the records keep
+/// everything).
+pub const RETIRED_MONTHS_SHOWN: usize = 12;
 
 /// Adds one run's figures; `new_instance` counts the instance (its first run).
-fn add(totals: &mut UsageTotals, gpu_seconds: f64, energy_joules: f64, new_instance: bool) {
+pub(super) fn add(
+    totals: &mut UsageTotals,
+    gpu_seconds: f64,
+    energy_joules: f64,
+    new_instance: bool,
+) {
     totals.gpu_hours += gpu_seconds / 3600.0;
     totals.energy_kwh += energy_joules / 3.6e6;
     totals.instances += u32::from(new_instance);
@@ -37,7 +39,7 @@ fn plus(a: &UsageTotals, b: &UsageTotals) -> UsageTotals {
     }
 }
 
-/// The deleted instance's last figures may be folded now.
+/// The deleted instance's last figures may be recorded now.
 pub fn ready_to_fold(inst: &GpuInstance, now: Timestamp) -> bool {
     let Some(deleted) = inst.metadata.deletion_timestamp.as_ref() else {
         return false;
@@ -47,15 +49,14 @@ pub fn ready_to_fold(inst: &GpuInstance, now: Timestamp) -> bool {
     usage.is_none_or(|u| u.final_) || waited
 }
 
-/// The user's usage after looking at `instances` (all of the user's) at `now`.
-pub fn user_usage(old: Option<&UserUsage>, instances: &[GpuInstance], now: Timestamp) -> UserUsage {
-    let mut out = old.cloned().unwrap_or_default();
+/// The user's usage at `now` from `instances` (all of the user's still in the cluster)
+/// and `recorded` (what its GpuUsageRecords say).
+pub fn user_usage(instances: &[GpuInstance], recorded: &Recorded<'_>, now: Timestamp) -> UserUsage {
     let period = month_of(now);
     let mut lifetime_live = UsageTotals::default();
     let mut period_live = UsageTotals::default();
     for inst in instances {
-        let uid = inst.uid().unwrap_or_default();
-        if out.retired_uids.contains(&uid) {
+        if recorded.contains(&inst.uid().unwrap_or_default()) {
             continue;
         }
         // Each run's figures: runs ended by preemption as recorded, the current one as
@@ -76,58 +77,29 @@ pub fn user_usage(old: Option<&UserUsage>, instances: &[GpuInstance], now: Times
             })
             .chain(current.map(|u| (u.gpu_seconds, u.energy_joules, u.sampled_at)));
         // An instance counts once in each total, however many runs it had there.
-        let mut months_seen = std::collections::BTreeSet::new();
-        if ready_to_fold(inst, now) {
-            for (k, (gpu_seconds, energy, at)) in runs.enumerate() {
-                let month = month_of(at);
-                add(&mut out.retired, gpu_seconds, energy, k == 0);
-                let new_in_month = months_seen.insert(month.clone());
-                add(
-                    out.retired_by_period.entry(month).or_default(),
-                    gpu_seconds,
-                    energy,
-                    new_in_month,
-                );
-            }
-            out.retired_instances
-                .extend(super::figures::retire(inst, now));
-            out.retired_uids.push(uid);
-            continue;
-        }
+        let mut in_period = false;
         for (k, (gpu_seconds, energy, at)) in runs.enumerate() {
             add(&mut lifetime_live, gpu_seconds, energy, k == 0);
             if month_of(at) == period {
-                let new_in_month = months_seen.insert(period.clone());
-                add(&mut period_live, gpu_seconds, energy, new_in_month);
+                add(&mut period_live, gpu_seconds, energy, !in_period);
+                in_period = true;
             }
         }
     }
-    let excess = out.retired_uids.len().saturating_sub(RETIRED_UIDS_KEPT);
-    out.retired_uids.drain(..excess);
-    let oldest = now
-        .checked_sub(jiff::SignedDuration::from_hours(
-            24 * RETIRED_INSTANCES_DAYS,
-        ))
-        .unwrap_or(Timestamp::MIN);
-    out.retired_instances.retain(|r| r.ended_at >= oldest);
-    let excess = out
-        .retired_instances
-        .len()
-        .saturating_sub(RETIRED_INSTANCES_KEPT);
-    out.retired_instances.drain(..excess);
-    // Keep the monthly record of retired usage to a year.
-    while out.retired_by_period.len() > 12 {
-        out.retired_by_period.pop_first();
+    let (retired, mut by_period) = recorded.totals();
+    while by_period.len() > RETIRED_MONTHS_SHOWN {
+        by_period.pop_first();
     }
-    out.lifetime = plus(&out.retired, &lifetime_live);
-    let retired_now = out
-        .retired_by_period
-        .get(&period)
-        .cloned()
-        .unwrap_or_default();
-    out.current_period = plus(&retired_now, &period_live);
-    out.period = period;
-    out
+    let retired_now = by_period.get(&period).cloned().unwrap_or_default();
+    UserUsage {
+        lifetime: plus(&retired, &lifetime_live),
+        current_period: plus(&retired_now, &period_live),
+        period,
+        retired,
+        retired_by_period: by_period,
+        retired_uids: vec![],
+        retired_instances: vec![],
+    }
 }
 
 #[cfg(test)]
@@ -153,7 +125,8 @@ mod tests {
     }
 
     #[test]
-    fn live_instances_are_summed_and_deleted_ones_folded_once() {
+    fn live_instances_are_summed_and_recorded_ones_counted_from_their_record_once() {
+        use crate::policy::records::{RecordWrite, record_instance};
         let now: Timestamp = "2026-11-25T12:00:00Z".parse().unwrap();
         let live = inst("a", 7200.0, "2026-11-25T11:59:00Z", None, false);
         let old_month = inst("b", 3600.0, "2026-10-31T23:00:00Z", None, false);
@@ -164,40 +137,33 @@ mod tests {
             Some("2026-11-25T11:59:50Z"),
             true,
         );
-        let waiting = inst(
-            "d",
-            3600.0,
-            "2026-11-25T11:00:00Z",
-            Some("2026-11-25T11:59:50Z"),
-            false,
-        );
-        let u = user_usage(
-            None,
-            &[
-                live.clone(),
-                old_month.clone(),
-                deleting.clone(),
-                waiting.clone(),
-            ],
-            now,
-        );
+        let all = [live.clone(), old_month.clone(), deleting.clone()];
+        let none = Recorded::default();
+        let u = user_usage(&all, &none, now);
         assert_eq!(u.period, "2026-11");
-        assert_eq!(u.retired_uids, ["c"]);
-        assert_eq!(u.lifetime.instances, 4);
-        assert!((u.lifetime.gpu_hours - 5.0).abs() < 1e-9);
-        assert!((u.current_period.gpu_hours - 4.0).abs() < 1e-9, "{u:?}");
-        assert!((u.lifetime.energy_kwh - 4.0).abs() < 1e-9);
+        assert_eq!(u.lifetime.instances, 3);
+        assert!((u.lifetime.gpu_hours - 4.0).abs() < 1e-9);
+        assert!((u.current_period.gpu_hours - 3.0).abs() < 1e-9, "{u:?}");
+        assert!((u.lifetime.energy_kwh - 3.0).abs() < 1e-9);
 
-        // The deleted instance is gone; the waiting one's grace runs out; nothing twice.
-        let later: Timestamp = "2026-11-25T12:00:30Z".parse().unwrap();
-        let u2 = user_usage(Some(&u), &[live, old_month, waiting], later);
-        assert_eq!(u2.retired_uids, ["c", "d"]);
-        assert_eq!(u2.lifetime.instances, 4);
-        assert!((u2.lifetime.gpu_hours - 5.0).abs() < 1e-9);
-        let again = user_usage(Some(&u2), &[], later);
+        // Recorded: the same totals whether the instance is still there or gone.
+        let RecordWrite::Create(record) = record_instance(&[], "u", &deleting, now) else {
+            panic!("a new record");
+        };
+        let records = [record];
+        let recorded = Recorded::of(&records);
+        for instances in [&all[..], &all[..2]] {
+            let u2 = user_usage(instances, &recorded, now);
+            assert_eq!(u2.lifetime.instances, 3);
+            assert!((u2.lifetime.gpu_hours - 4.0).abs() < 1e-9);
+            assert_eq!(u2.retired.instances, 1);
+            assert!((u2.retired.gpu_hours - 1.0).abs() < 1e-9);
+            assert!((u2.current_period.gpu_hours - 3.0).abs() < 1e-9);
+        }
+        let again = user_usage(&[], &recorded, now);
         assert!(
-            (again.lifetime.gpu_hours - 2.0).abs() < 1e-9,
-            "only retired ones remain: {again:?}"
+            (again.lifetime.gpu_hours - 1.0).abs() < 1e-9,
+            "only recorded ones remain: {again:?}"
         );
     }
 
@@ -213,7 +179,7 @@ mod tests {
                           "at": "2026-11-30T23:00:00Z"}}]))
         .unwrap();
         let now: Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
-        let u = user_usage(None, &[i], now);
+        let u = user_usage(&[i], &Recorded::default(), now);
         assert_eq!((u.lifetime.instances, u.lifetime.gpu_hours), (1, 2.0));
         assert_eq!(
             (u.current_period.instances, u.current_period.gpu_hours),
