@@ -215,7 +215,12 @@ pub fn router() -> Router {
     Router::new()
         .route(
             CONVERT_PATH,
-            post(|body: Bytes| async move { axum::Json(conversion::review(&body)) }),
+            post(|body: Bytes| async move {
+                let (code, review) = conversion::answer(&body);
+                let code = axum::http::StatusCode::from_u16(code)
+                    .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                (code, axum::Json(review))
+            }),
         )
         .route("/healthz", get(|| async { "ok" }))
         // A conversion of a whole list carries every object in it.
@@ -315,5 +320,44 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Random bodies to the served route: never a panic; 400 for anything that is not
+        /// a ConversionReview request, 200 with a failure for one whose objects are bad.
+        #[test]
+        fn random_bodies_get_a_review_and_malformed_ones_a_400(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            junk in ".{0,64}",
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let post = |body: Vec<u8>| {
+                rt.block_on(async {
+                    use tower::ServiceExt;
+                    let req = axum::http::Request::post(CONVERT_PATH)
+                        .body(axum::body::Body::from(body))
+                        .unwrap();
+                    let resp = router().oneshot(req).await.unwrap();
+                    let code = resp.status().as_u16();
+                    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+                    let review: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    (code, review)
+                })
+            };
+            let (code, review) = post(body.clone());
+            if serde_json::from_slice::<kube::core::conversion::ConversionReview>(&body).is_err() {
+                proptest::prop_assert_eq!(code, 400);
+            }
+            proptest::prop_assert_eq!(&review["kind"], "ConversionReview");
+            let wellformed = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "ConversionReview", "request": {"uid": "u1",
+                "desiredAPIVersion": "gpu-cloud.io/v1",
+                "objects": [{"apiVersion": "gpu-cloud.io/v1alpha1", "kind": "GpuInstance",
+                             "metadata": {"name": junk}, "spec": junk}]}});
+            let (code, review) = post(serde_json::to_vec(&wellformed).unwrap());
+            proptest::prop_assert_eq!(code, 200);
+            proptest::prop_assert_eq!(&review["response"]["uid"], "u1");
+            proptest::prop_assert_eq!(&review["response"]["result"]["status"], "Failure");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! test works in a namespace of its own (see [`harness::namespace`]).
 
 mod ahead;
+mod badinput;
 mod chart;
 mod cost;
 mod examples;

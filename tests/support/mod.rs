@@ -254,6 +254,15 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
     ))
 }
 
+/// The process id of the shared controller, while it runs.
+pub fn controller_pid() -> Option<u32> {
+    CONTROLLER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(Child::id)
+}
+
 /// SIGKILLs the shared controller and starts a new one (a crash and a restart).
 pub fn kill_and_restart_controller() {
     if let Some(mut c) = CONTROLLER.lock().unwrap_or_else(|p| p.into_inner()).take() {

@@ -65,4 +65,25 @@ mod tests {
         assert_eq!(pod_uid("0::/system.slice/podman.service\n"), None);
         assert_eq!(pod_uid(""), None);
     }
+
+    proptest::proptest! {
+        /// Whatever a cgroup file holds (random bytes, read lossily as the agent reads
+        /// them): no panic, and a uid found is one.
+        #[test]
+        fn any_bytes_parse_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1024)) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Some(uid) = pod_uid(&text) {
+                proptest::prop_assert!(is_uid(&uid));
+            }
+        }
+
+        /// Random lines around a real one: the real uid is still found.
+        #[test]
+        fn noise_around_a_pod_line_keeps_its_uid(noise in "[ -~\n]{0,200}") {
+            let line = "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1b4e5d3a_2f3c_4d5e_8f9a_0b1c2d3e4f5a.slice/cri-containerd-abc.scope";
+            let text = format!("{}\n{line}\n{noise}", noise.replace("pod", "p-d"));
+            let found = pod_uid(&text);
+            proptest::prop_assert_eq!(found.as_deref(), Some("1b4e5d3a-2f3c-4d5e-8f9a-0b1c2d3e4f5a"));
+        }
+    }
 }

@@ -250,6 +250,18 @@ pub fn convert(object: &Value, desired: &str) -> Result<Value, ConversionError> 
     out.map_err(malformed("converted object"))
 }
 
+/// Answers a ConversionReview (the request body as bytes) with its HTTP status: 400 for a
+/// body that is no ConversionReview request (never sent by an apiserver), else 200, a
+/// conversion that failed included (the apiserver reads the failure from the response).
+pub fn answer(body: &[u8]) -> (u16, ConversionReview) {
+    let out = review(body);
+    let malformed = out
+        .response
+        .as_ref()
+        .is_some_and(|r| r.result.reason == "BadRequest");
+    (if malformed { 400 } else { 200 }, out)
+}
+
 /// Answers a ConversionReview (the request body as bytes). Never panics: anything
 /// malformed gets a failure response, and the request's uid is echoed whenever it can be
 /// read at all.

@@ -75,10 +75,33 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
                 .and_then(|s| s.open_api_v3_schema.as_mut())
             {
                 drop_unknown_formats(schema);
+                name_metadata(schema);
             }
         }
     }
     crds
+}
+
+/// Declares `metadata.name` in the root schema (a CRD may describe it, as a string): a
+/// rule on the name can then report its error at `metadata.name` (its `fieldPath`), not
+/// at the object as a whole, which kubectl prints as `<nil>`.
+fn name_metadata(schema: &mut JSONSchemaProps) {
+    let Some(props) = schema.properties.as_mut() else {
+        return;
+    };
+    let meta = props
+        .entry("metadata".into())
+        .or_insert_with(|| JSONSchemaProps {
+            type_: Some("object".into()),
+            ..JSONSchemaProps::default()
+        });
+    meta.properties
+        .get_or_insert_with(Default::default)
+        .entry("name".into())
+        .or_insert_with(|| JSONSchemaProps {
+            type_: Some("string".into()),
+            ..JSONSchemaProps::default()
+        });
 }
 
 /// schemars marks unsigned integers with formats (`uint32`) that the apiserver does not

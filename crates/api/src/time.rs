@@ -95,6 +95,22 @@ pub fn month_of(t: Timestamp) -> String {
     t.to_zoned(TimeZone::UTC).strftime("%Y-%m").to_string()
 }
 
+/// Reads an optional timestamp that the apiserver may have let through malformed: it
+/// accepts an array for a nullable `date-time` string (seen with Kubernetes 1.37), and one
+/// object the controller cannot decode would stop its watch of every GpuInstance. Such a
+/// value reads as absent; a string that is no RFC 3339 time (the schema refuses those) is
+/// an error as before.
+pub fn lenient_timestamp<'de, D>(d: D) -> Result<Option<Timestamp>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::Deserialize;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+        _ => Ok(None),
+    }
+}
+
 /// A count of hours for messages: whole numbers without decimals (`100`), others with
 /// one (`3.5`), so that limits read as written and figures stay short.
 pub fn hours_text(h: f64) -> String {
@@ -160,5 +176,23 @@ mod tests {
         assert_eq!(go_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(show_length(Some(Duration::from_secs(5400))), "of 1h 30m");
         assert_eq!(show_length(None), "with no end");
+    }
+
+    #[test]
+    fn a_start_time_the_apiserver_let_through_malformed_reads_as_absent() {
+        let spec = |t: serde_json::Value| {
+            serde_json::from_value::<crate::v1::GpuInstanceSpec>(serde_json::json!({
+                "gpu": {"model": "M", "count": 1}, "image": "x", "duration": "1h", "startTime": t}))
+        };
+        assert_eq!(
+            spec(serde_json::json!(["a", 1, null])).unwrap().start_time,
+            None
+        );
+        assert_eq!(spec(serde_json::json!(null)).unwrap().start_time, None);
+        let at = spec(serde_json::json!("2026-12-01T13:00:00Z"))
+            .unwrap()
+            .start_time;
+        assert_eq!(at, Some("2026-12-01T13:00:00Z".parse().unwrap()));
+        assert!(spec(serde_json::json!("not a time")).is_err());
     }
 }

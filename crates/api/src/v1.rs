@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("size(self.metadata.name) <= 59 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
-        .message("metadata.name: a GpuUser name must be a DNS label (lower-case letters, digits, '-') of at most 59 characters, because it names the user's namespace gpu-<name>")
+        .message("a GpuUser name must be a DNS label (lower-case letters, digits, '-') of at most 59 characters, because it names the user's namespace gpu-<name>")
+        .field_path(".metadata.name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GpuUserSpec {
@@ -380,7 +381,11 @@ pub struct GpuInstanceSpec {
     /// Book ahead: when the booking starts (RFC 3339, e.g. `2026-12-01T13:00:00Z`). Its GPUs
     /// are held on one node for `[startTime, startTime + duration)`; absent or past: as soon
     /// as GPUs are free.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::time::lenient_timestamp"
+    )]
     pub start_time: Option<Timestamp>,
     /// When the window at `startTime` is taken: `Exact` (default: refused, naming the next
     /// free slot) or `EarliestAvailable` (booked at the next free slot).
@@ -873,7 +878,8 @@ pub struct Condition {
     printcolumn = r#"{"name":"Per kWh","type":"number","jsonPath":".spec.perKwh"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.metadata.name == 'default'")
-        .message("metadata.name: the cluster has one GpuPriceList, named default")
+        .message("the cluster has one GpuPriceList, named default")
+        .field_path(".metadata.name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GpuPriceListSpec {

@@ -173,4 +173,16 @@ mod tests {
             .unwrap_err();
         assert!(err.message().contains("PodResources socket"), "{err}");
     }
+
+    proptest::proptest! {
+        /// Random bytes as a kubelet answer: decoding fails or succeeds, never panics, and
+        /// what decodes is read without panic.
+        #[test]
+        fn random_bytes_decode_or_fail_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            use prost::Message;
+            if let Ok(resp) = ListPodResourcesResponse::decode(bytes.as_slice()) {
+                let _ = gpu_holders(&resp);
+            }
+        }
+    }
 }
