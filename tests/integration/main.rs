@@ -9,6 +9,7 @@ mod badinput;
 mod chart;
 mod cost;
 mod examples;
+mod faults;
 #[path = "../support/mod.rs"]
 mod harness;
 mod instances;

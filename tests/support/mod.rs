@@ -11,6 +11,8 @@
 //! If the control plane cannot be built or started, every test that asks for it fails
 //! with the reason; nothing is skipped.
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -509,17 +511,25 @@ pub async fn client_as(name: &str) -> Client {
 pub struct PrivateControlPlane {
     /// Admin kubeconfig.
     pub kubeconfig: PathBuf,
+    /// Its state directory (`hack/cluster --dir`).
+    pub dir: PathBuf,
     child: Option<Child>,
 }
 
 impl PrivateControlPlane {
     /// Starts one (no GPU nodes) and waits until it is ready.
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// [`Self::start`] with extra kube-apiserver flags.
+    pub fn start_with(name: &str, apiserver_args: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("gpu-cloud-test-{}-{name}", std::process::id()));
         let mut cmd = Command::new(repo_root().join("hack/cluster"));
         cmd.args(["up", "--attach", "--nodes", "0", "--dir"])
             .arg(&dir)
+            .env("GPU_CLOUD_APISERVER_ARGS", apiserver_args.join(" "))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -536,8 +546,34 @@ impl PrivateControlPlane {
         );
         PrivateControlPlane {
             kubeconfig: dir.join("admin.kubeconfig"),
+            dir,
             child: Some(child),
         }
+    }
+
+    /// `hack/cluster kill|revive NAME` on it: a component crashed, or started again.
+    pub fn component(&self, action: &str, name: &str) {
+        let out = Command::new(repo_root().join("hack/cluster"))
+            .args([action, name, "--dir"])
+            .arg(&self.dir)
+            .output()
+            .expect("run hack/cluster");
+        assert!(
+            out.status.success(),
+            "hack/cluster {action} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The port etcd serves clients on.
+    pub fn etcd_port(&self) -> u16 {
+        let cmd = std::fs::read_to_string(self.dir.join("cmd/kube-apiserver"))
+            .expect("the apiserver's command");
+        cmd.split("--etcd-servers=http://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+            .expect("etcd's port in the apiserver's command")
     }
 
     /// An admin client on it.

@@ -313,7 +313,9 @@ pub async fn run(
         .with_namespace(args.lease_namespace.clone())
         .with_identity(identity.clone())
         .with_duration(args.lease_duration)
-        .with_grace(2)
+        // Renewed well before it expires, so that the fence (below) sees each renewal
+        // with time to spare.
+        .with_grace(args.lease_duration.saturating_mul(2) / 5)
         .with_field_manager(FIELD_MANAGER)
         .build()
         .await?;
@@ -341,15 +343,83 @@ pub async fn run(
             }
         }
     };
+    let fenced = fence(
+        client.clone(),
+        args.lease_namespace.clone(),
+        identity.clone(),
+        Duration::from_secs(args.lease_duration.max(1)),
+    );
+    let mut fenced_out = false;
     let result = tokio::select! {
         r = run_active(client, args, metrics) => r,
         _ = lost => Err(ControllerError::LostLease),
+        why = fenced => {
+            tracing::error!(%identity, reason = why, "stepping down before the Lease can expire");
+            fenced_out = true;
+            Err(ControllerError::LostLease)
+        }
     };
-    // The watch channel is closed now: the Lease task releases the Lease (so a standby
-    // takes over at once on a clean stop) and ends.
     keeper.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
+    if fenced_out {
+        // Out of reach (or not the holder): there is nothing to release; stop now.
+        lease_task.abort();
+    } else {
+        // The watch channel is closed now: the Lease task releases the Lease (so a
+        // standby takes over at once on a clean stop) and ends.
+        let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
+    }
     result
+}
+
+/// How long before the Lease it last saw renewed expires a leader steps down when it
+/// cannot see a newer renewal.
+const FENCE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Resolves, saying why, when this replica must stop leading: it is not the Lease's holder
+/// any more, or the last renewal it saw is about to expire. kube-lease-manager goes on
+/// reporting "leader" while the apiserver is out of reach (its renewals fail and it
+/// retries), and a leader cut off for longer than the Lease would, once reconnected, place
+/// from its stale caches beside the standby that took over. Stopping [`FENCE_MARGIN`]
+/// before the expiry it saw, it stops before any standby may take the Lease.
+async fn fence(
+    client: Client,
+    namespace: String,
+    identity: String,
+    duration: Duration,
+) -> &'static str {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let api = Api::<Lease>::namespaced(client, &namespace);
+    let mut valid_until = jiff::Timestamp::now()
+        .checked_add(duration)
+        .unwrap_or(jiff::Timestamp::MAX);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A slow answer still tells of a renewal; only one slower than half the Lease is
+        // given up on.
+        let read = tokio::time::timeout(duration / 2, api.get_opt(LEASE_NAME)).await;
+        match read {
+            Ok(Ok(Some(lease))) => {
+                let spec = lease.spec.unwrap_or_default();
+                if spec.holder_identity.as_deref() != Some(identity.as_str()) {
+                    return "another replica holds the Lease";
+                }
+                let secs = spec
+                    .lease_duration_seconds
+                    .and_then(|s| u64::try_from(s).ok())
+                    .map_or(duration, Duration::from_secs);
+                if let Some(renewed) = spec.renew_time {
+                    valid_until = renewed.0.checked_add(secs).unwrap_or(jiff::Timestamp::MAX);
+                }
+            }
+            Ok(Ok(None)) => return "the Lease was deleted",
+            // Out of reach: judged by the last renewal seen.
+            Ok(Err(_)) | Err(_) => {}
+        }
+        let left = jiff::Timestamp::now().duration_until(valid_until);
+        if left <= jiff::SignedDuration::try_from(FENCE_MARGIN).unwrap_or_default() {
+            return "no renewal of the Lease seen in time (the apiserver is out of reach)";
+        }
+    }
 }
 
 /// Every `every`, puts the Lease back (empty, no holder) if it is gone.
