@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gpu_cloud_api::v1::{GpuInstance, Phase};
-use gpu_cloud_core::scheduler::pod_gpu_request;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -47,20 +45,9 @@ impl Invariants {
             while !s.load(Ordering::Relaxed) {
                 // The apiserver may be down: a failed read checks nothing.
                 if let Ok(list) = pods.list(&ListParams::default()).await {
-                    let mut per_node: BTreeMap<String, u32> = BTreeMap::new();
+                    let per_node = harness::gpus_held_per_node(&list.items);
                     let mut per_owner: BTreeMap<String, u32> = BTreeMap::new();
                     for p in &list.items {
-                        let done = p
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.phase.as_deref())
-                            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
-                        if done {
-                            continue;
-                        }
-                        let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-                        *per_node.entry(node.unwrap_or_default()).or_default() +=
-                            pod_gpu_request(p);
                         for o in p.owner_references() {
                             *per_owner.entry(o.uid.clone()).or_default() += 1;
                         }
@@ -139,20 +126,7 @@ impl Replicas {
         let (e, s) = (exits.clone(), stop.clone());
         tokio::spawn(async move {
             let run = |i: usize| {
-                let addr = format!("127.0.0.1:{}", harness::free_port());
-                let args = [
-                    "controller",
-                    "--leader-elect",
-                    "--lease-namespace",
-                    "default",
-                    "--resync",
-                    "2s",
-                    "--metrics-addr",
-                    &addr,
-                    "--node-lost-after",
-                    "20s",
-                ];
-                Background::start_with_env(&kubeconfigs[i], &args, &[("POD_NAME", IDS[i])])
+                harness::leader_replica(&kubeconfigs[i], IDS[i], &["--node-lost-after", "20s"])
             };
             let mut procs: Vec<Background> = (0..IDS.len()).map(run).collect();
             while !s.load(Ordering::Relaxed) {
@@ -194,11 +168,7 @@ impl Drop for Replicas {
 }
 
 async fn holder(client: &Client) -> Option<String> {
-    let lease = Api::<Lease>::namespaced(client.clone(), "default")
-        .get_opt("gpu-cloud-controller")
-        .await
-        .ok()??;
-    lease.spec?.holder_identity
+    harness::lease_holder(client).await
 }
 
 fn spec(model: &str, duration: &str) -> serde_json::Value {

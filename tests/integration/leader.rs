@@ -20,26 +20,11 @@ const INSTANCES: usize = 60;
 const GPUS_PER_NODE: u32 = 8;
 
 async fn holder(client: &Client) -> Option<String> {
-    let lease = Api::<Lease>::namespaced(client.clone(), "default")
-        .get_opt("gpu-cloud-controller")
-        .await
-        .ok()??;
-    lease.spec?.holder_identity
+    harness::lease_holder(client).await
 }
 
 fn controller(kubeconfig: &std::path::Path, identity: &str) -> Background {
-    let addr = format!("127.0.0.1:{}", harness::free_port());
-    let args = [
-        "controller",
-        "--leader-elect",
-        "--lease-namespace",
-        "default",
-        "--resync",
-        "2s",
-        "--metrics-addr",
-        &addr,
-    ];
-    Background::start_with_env(kubeconfig, &args, &[("POD_NAME", identity)])
+    harness::leader_replica(kubeconfig, identity, &[])
 }
 
 #[tokio::test]

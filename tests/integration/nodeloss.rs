@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gpu_cloud_api::v1::{GpuInstance, NodeLossReason, Phase};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
@@ -32,14 +32,10 @@ fn on_node(inst: &GpuInstance) -> Option<String> {
 
 /// The reasons of the Events on `name` in `ns`.
 async fn event_reasons(client: &Client, ns: &str, name: &str) -> Vec<String> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
+    harness::events_of(client, ns, name)
         .await
-        .expect("list events")
-        .items
         .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .filter_map(|e| e.reason)
+        .map(|(_, reason, _)| reason)
         .collect()
 }
 

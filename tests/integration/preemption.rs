@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use gpu_cloud_api::v1::{GpuInstance, Phase};
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use serde_json::json;
@@ -57,18 +57,11 @@ impl Overbooking {
                     let Ok(list) = pods.list(&lp).await else {
                         continue;
                     };
-                    let mut held = 0;
-                    for p in &list.items {
-                        let done = p
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.phase.as_deref())
-                            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
-                        if done {
-                            continue;
-                        }
-                        held += gpu_cloud_core::scheduler::pod_gpu_request(p);
-                    }
+                    let held = harness::gpus_held_per_node(&list.items)
+                        .values()
+                        .copied()
+                        .max()
+                        .unwrap_or(0);
                     m.fetch_max(held, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -86,15 +79,11 @@ impl Overbooking {
 
 /// The reasons and messages of the Warning Events on `name` in `ns`.
 async fn warnings(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
+    harness::events_of(client, ns, name)
         .await
-        .expect("list events")
-        .items
         .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .filter(|(t, _, _)| t == "Warning")
+        .map(|(_, reason, message)| (reason, message))
         .collect()
 }
 

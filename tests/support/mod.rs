@@ -773,3 +773,73 @@ pub async fn delete_for_final_usage(
     .await;
     found.unwrap_or_else(|_| panic!("no final usage of {name} within 60 s of its deletion"))
 }
+
+/// The Events on object `name` in `ns`: (type, reason, message) each.
+pub async fn events_of(client: &Client, ns: &str, name: &str) -> Vec<(String, String, String)> {
+    use k8s_openapi::api::core::v1::Event;
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// GPUs requested per node by the pods of `pods` that have not finished (terminating
+/// ones included: they still hold their GPUs).
+pub fn gpus_held_per_node(
+    pods: &[k8s_openapi::api::core::v1::Pod],
+) -> std::collections::BTreeMap<String, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in pods {
+        let done = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+        if done {
+            continue;
+        }
+        let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+        *out.entry(node.unwrap_or_default()).or_default() +=
+            gpu_cloud_core::scheduler::pod_gpu_request(p);
+    }
+    out
+}
+
+/// A controller replica with leader election (Lease in `default`) as identity `id`,
+/// against `kubeconfig`, with `extra` arguments.
+pub fn leader_replica(kubeconfig: &Path, id: &str, extra: &[&str]) -> Background {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "controller",
+        "--leader-elect",
+        "--lease-namespace",
+        "default",
+        "--resync",
+        "2s",
+        "--metrics-addr",
+        &addr,
+    ];
+    args.extend_from_slice(extra);
+    Background::start_with_env(kubeconfig, &args, &[("POD_NAME", id)])
+}
+
+/// Who holds the controllers' Lease (in `default`, as [`leader_replica`]s use it).
+pub async fn lease_holder(client: &Client) -> Option<String> {
+    let lease =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "default")
+            .get_opt("gpu-cloud-controller")
+            .await
+            .ok()??;
+    lease.spec?.holder_identity
+}
