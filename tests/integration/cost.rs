@@ -246,5 +246,9 @@ async fn the_report_sums_live_and_retired_instances_as_their_objects_say() {
         .replace(&rec.name_any(), &Default::default(), &rec)
         .await
         .expect_err("runs removed from a record");
-    assert!(refused.to_string().contains("only added to"), "{refused}");
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("only added to") && refused.contains("spec.runs"),
+        "{refused}"
+    );
 }

@@ -929,9 +929,11 @@ pub const PRICE_LIST_NAME: &str = "default";
     printcolumn = r#"{"name":"Closed","type":"boolean","jsonPath":".spec.closed"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("!has(oldSelf.spec) || !oldSelf.spec.closed || self.spec == oldSelf.spec")
-        .message("a closed GpuUsageRecord cannot change"),
+        .message("a closed GpuUsageRecord cannot change")
+        .field_path(".spec"),
     validation = Rule::new("!has(oldSelf.spec) || (self.spec.user == oldSelf.spec.user && self.spec.period == oldSelf.spec.period && self.spec.shard == oldSelf.spec.shard && size(self.spec.runs) >= size(oldSelf.spec.runs))")
         .message("a GpuUsageRecord keeps its user, period and shard, and its runs are only added to")
+        .field_path(".spec.runs")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GpuUsageRecordSpec {

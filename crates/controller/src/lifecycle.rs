@@ -132,6 +132,11 @@ fn loss_of(
     }
 }
 
+/// A moment as people read it (the status keeps the exact one).
+fn whole_seconds(t: Timestamp) -> Timestamp {
+    t.round(jiff::Unit::Second).unwrap_or(t)
+}
+
 /// What the instance is told of its node's loss, in words.
 fn node_loss_words(inst: &GpuInstance, loss: &NodeLoss) -> String {
     let how = match loss.reason {
@@ -144,7 +149,8 @@ fn node_loss_words(inst: &GpuInstance, loss: &NodeLoss) -> String {
     };
     format!(
         "its node {} was lost ({how}) at {}: its GPUs are billed until then; its pod is being removed, {then}",
-        loss.node, loss.at
+        loss.node,
+        whole_seconds(loss.at)
     )
 }
 
@@ -215,7 +221,8 @@ fn on_lost_node(
         OnNodeLost::Fail => {
             let message = format!(
                 "its node {} was lost ({reason}) at {}; it failed (spec.onNodeLost: Fail)",
-                loss.node, loss.at
+                loss.node,
+                whole_seconds(loss.at)
             );
             out.status = GpuInstanceStatus {
                 phase: Some(Phase::Failed),
