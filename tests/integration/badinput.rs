@@ -298,17 +298,26 @@ async fn generated_objects_are_refused_by_field_or_reach_a_phase_quietly() {
         "a corpus that tests both sides"
     );
 
-    // Names point at metadata.name, never <nil>.
-    for (url, obj) in [
+    // Names point at metadata.name, never <nil>; a count no type of ours could hold is
+    // refused at its field (taken, the controller could not have read the object).
+    for (url, obj, field) in [
         (
             "/apis/gpu-cloud.io/v1/gpuusers",
-            json!({"apiVersion": "gpu-cloud.io/v1",
-            "kind": "GpuUser", "metadata": {"name": "x".repeat(60)}, "spec": {}}),
+            json!({"apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser",
+                   "metadata": {"name": "x".repeat(60)}, "spec": {}}),
+            "metadata.name",
         ),
         (
             "/apis/gpu-cloud.io/v1/gpupricelists?dryRun=All",
-            json!({"apiVersion": "gpu-cloud.io/v1",
-            "kind": "GpuPriceList", "metadata": {"name": "other"}, "spec": {"currency": "EUR"}}),
+            json!({"apiVersion": "gpu-cloud.io/v1", "kind": "GpuPriceList",
+                   "metadata": {"name": "other"}, "spec": {"currency": "EUR"}}),
+            "metadata.name",
+        ),
+        (
+            "/apis/gpu-cloud.io/v1/gpuusers?dryRun=All",
+            json!({"apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser", "metadata": {"name": "huge"},
+                   "spec": {"quota": {"maxGpus": 5_000_000_000u64}}}),
+            "spec.quota.maxGpus",
         ),
     ] {
         let req = http::Request::post(url)
@@ -321,7 +330,7 @@ async fn generated_objects_are_refused_by_field_or_reach_a_phase_quietly() {
                     .details
                     .map(|d| d.causes.into_iter().map(|c| c.field).collect())
                     .unwrap_or_default();
-                assert_eq!(fields, ["metadata.name"], "{}", s.message);
+                assert_eq!(fields, [field], "{}", s.message);
             }
             other => panic!("{obj} not refused: {other:?}"),
         }

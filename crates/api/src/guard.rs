@@ -106,9 +106,13 @@ fn compare(
             format!("format {:?} became {:?}", old.format, new.format),
         );
     }
-    narrowed(push, path, "maximum", old.maximum, new.maximum, |o, n| {
-        n < o
-    });
+    // A maximum that is just what the field's type can hold refuses nothing an object
+    // could ever have carried (the controller could not have read it).
+    let type_limit = |m: f64| crate::UINT_MAXIMUMS.iter().any(|(_, l)| *l == m);
+    let new_max = new
+        .maximum
+        .filter(|m| old.maximum.is_some() || !type_limit(*m));
+    narrowed(push, path, "maximum", old.maximum, new_max, |o, n| n < o);
     narrowed(push, path, "minimum", old.minimum, new.minimum, |o, n| {
         n > o
     });
@@ -268,6 +272,31 @@ mod tests {
     }
 
     const SPEC: &str = "/1/spec/versions/0/schema/openAPIV3Schema/properties/spec";
+
+    #[test]
+    fn a_maximum_at_the_types_limit_is_no_narrowing_and_any_other_is() {
+        let path = "/0/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/quota/properties/maxGpus";
+        let now = serde_json::to_value(crds()).unwrap();
+        assert_eq!(
+            now.pointer(&format!("{path}/maximum")),
+            Some(&serde_json::json!(4294967295.0))
+        );
+        let mut before = now.clone();
+        before
+            .pointer_mut(path)
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .remove("maximum");
+        let read = |v: &serde_json::Value| {
+            serde_json::from_value::<Vec<CustomResourceDefinition>>(v.clone()).unwrap()
+        };
+        assert!(breaking_changes(&read(&before), &read(&now)).is_empty());
+        let mut tighter = now.clone();
+        *tighter.pointer_mut(&format!("{path}/maximum")).unwrap() = 100.0.into();
+        let found = breaking_changes(&read(&before), &read(&tighter));
+        assert_eq!(found[0].change, "maximum 100.0 added");
+    }
 
     #[test]
     fn removals_narrowing_and_new_requirements_are_caught() {

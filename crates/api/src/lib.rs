@@ -104,14 +104,28 @@ fn name_metadata(schema: &mut JSONSchemaProps) {
         });
 }
 
+/// The most an unsigned integer of each schemars format can hold: the `maximum` the CRD
+/// gives such a field (JSON numbers are exact only up to 2^53).
+pub const UINT_MAXIMUMS: [(&str, f64); 5] = [
+    ("uint8", u8::MAX as f64),
+    ("uint16", u16::MAX as f64),
+    ("uint32", u32::MAX as f64),
+    ("uint", u32::MAX as f64),
+    ("uint64", 9_007_199_254_740_991.0),
+];
+
 /// schemars marks unsigned integers with formats (`uint32`) that the apiserver does not
-/// know and warns about on every apply; the `minimum: 0` it also emits says the same.
+/// know and warns about on every apply; the `minimum: 0` it also emits says the lower
+/// bound, and a `maximum` says the upper one. Without it the apiserver took a value our
+/// types cannot hold (`maxGpus: 5000000000`), and the controller, unable to read that
+/// object, ignored it without a word.
 fn drop_unknown_formats(schema: &mut JSONSchemaProps) {
-    if matches!(
-        schema.format.as_deref(),
-        Some("uint8" | "uint16" | "uint32" | "uint64" | "uint")
-    ) {
+    if let Some(&(_, max)) = UINT_MAXIMUMS
+        .iter()
+        .find(|(f, _)| schema.format.as_deref() == Some(*f))
+    {
         schema.format = None;
+        schema.maximum = Some(schema.maximum.map_or(max, |m| m.min(max)));
     }
     for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
         drop_unknown_formats(child);

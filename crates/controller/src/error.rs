@@ -58,6 +58,20 @@ impl ReconcileError {
     }
 }
 
+/// The outcome of a reconcile run through kube's `finalizer`. Removing our finalizer from
+/// an object that is gone already is no failure: a second reconcile queued before the
+/// first removed it finds nothing left to do (this was a warning per deleted object).
+pub fn finalized(
+    r: Result<kube::runtime::controller::Action, finalizer::Error<ReconcileError>>,
+) -> Result<kube::runtime::controller::Action, ReconcileError> {
+    match r {
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(a))) if a.code == 404 => {
+            Ok(kube::runtime::controller::Action::await_change())
+        }
+        r => r.map_err(|e| ReconcileError::Finalizer(Box::new(e))),
+    }
+}
+
 /// `Ok(None)` for a 404, so that deleting something already gone is not an error.
 pub fn ignore_not_found<T>(r: Result<T, kube::Error>) -> Result<Option<T>, kube::Error> {
     match r {

@@ -118,14 +118,15 @@ async fn reconcile(inst: Arc<GpuInstance>, ctx: Arc<Context>) -> Result<Action, 
         .namespace()
         .ok_or(ReconcileError::Missing("metadata.namespace"))?;
     let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, inst, |event| async {
-        match event {
-            Event::Apply(inst) => apply(&inst, &ctx).await,
-            Event::Cleanup(inst) => cleanup(&inst, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| ReconcileError::Finalizer(Box::new(e)))
+    super::error::finalized(
+        finalizer(&api, FINALIZER, inst, |event| async {
+            match event {
+                Event::Apply(inst) => apply(&inst, &ctx).await,
+                Event::Cleanup(inst) => cleanup(&inst, &ctx).await,
+            }
+        })
+        .await,
+    )
 }
 
 async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileError> {

@@ -136,14 +136,15 @@ pub async fn run(
 #[instrument(skip_all, fields(user = %user.name_any()))]
 async fn reconcile(user: Arc<GpuUser>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let api = Api::<GpuUser>::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, user, |event| async {
-        match event {
-            Event::Apply(user) => apply(&user, &ctx).await,
-            Event::Cleanup(user) => cleanup(&user, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| ReconcileError::Finalizer(Box::new(e)))
+    super::error::finalized(
+        finalizer(&api, FINALIZER, user, |event| async {
+            match event {
+                Event::Apply(user) => apply(&user, &ctx).await,
+                Event::Cleanup(user) => cleanup(&user, &ctx).await,
+            }
+        })
+        .await,
+    )
 }
 
 async fn apply(user: &GpuUser, ctx: &Context) -> Result<Action, ReconcileError> {
