@@ -324,6 +324,15 @@ async fn book_ahead_and_find_free_windows_through_kubectl() {
     );
     assert!(!usage.contains("may not read"), "{usage}");
 
+    // Without -n: the caller's own user namespace (from the GpuUser naming them), not
+    // `default`.
+    assert_eq!(
+        kubectl_gpu(&["ls", "--as", &name]),
+        kubectl_gpu(&["ls", "-n", &ns, "--as", &name])
+    );
+    let out = kubectl_gpu(&["book", model, "--for", "10m", "--name", "no-ns", "--as", &name]);
+    assert!(out.starts_with(&format!("booked {ns}/no-ns:")), "{out}");
+
     // Speaking like kubectl: a model no node has is warned about at once, with the models
     // there are; a refusal reads as kubectl's, not as the client's Status struct.
     let out = kubectl_gpu_output(&["book", "NO-SUCH-GPU", "-n", &ns, "--as", &name]);

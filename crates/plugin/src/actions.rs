@@ -25,6 +25,34 @@ pub async fn client(as_user: Option<String>, as_group: Vec<String>) -> Result<Cl
     Client::try_from(config).map_err(PluginError::Client)
 }
 
+/// The namespace of the caller's own GpuUser (see [`crate::whoami`]), if the API says
+/// who they are and they may read a GpuUser that names them: the ones they may list, else
+/// the one named as they are (a user may read their own GpuUser, not list the others).
+pub async fn own_namespace(client: &Client) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&Default::default(), &SelfSubjectReview::default())
+        .await
+        .ok()?;
+    let info = review.status?.user_info?;
+    let caller = crate::whoami::Caller {
+        username: info.username.unwrap_or_default(),
+        groups: info.groups.unwrap_or_default(),
+    };
+    let api = Api::<GpuUser>::all(client.clone());
+    let users = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(_) => api
+            .get_opt(&caller.username)
+            .await
+            .ok()
+            .flatten()
+            .into_iter()
+            .collect(),
+    };
+    crate::whoami::own_namespace(&caller, &users)
+}
+
 /// What to book.
 pub struct Booking<'a> {
     pub model: &'a str,

@@ -17,7 +17,8 @@ use crate::tables::{instance_table, slots_text};
 #[derive(Debug, Parser)]
 #[command(name = "kubectl gpu", version, about)]
 pub struct PluginCli {
-    /// Namespace (default: the kubeconfig context's).
+    /// Namespace (default: the kubeconfig context's if it names one, else your own user
+    /// namespace, from the GpuUser that names you).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
     /// Act as this user, as `kubectl --as` does (impersonation).
@@ -131,10 +132,17 @@ impl PluginCli {
     /// Runs the chosen command.
     pub async fn run(self) -> Result<(), PluginError> {
         let client = actions::client(self.as_user.clone(), self.as_group.clone()).await?;
-        let ns = self
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_owned());
+        // As kubectl: -n, else the context's namespace; where that is only the `default`
+        // fallback, the caller's own user namespace (nobody books in `default`).
+        let ns = match (&self.namespace, client.default_namespace()) {
+            (Some(ns), _) => ns.clone(),
+            (None, "default") if !matches!(self.command, PluginCommand::Slots { .. }) => {
+                actions::own_namespace(&client)
+                    .await
+                    .unwrap_or_else(|| "default".to_owned())
+            }
+            (None, context) => context.to_owned(),
+        };
         let mut out = std::io::stdout().lock();
         match self.command {
             PluginCommand::Book {

@@ -5,6 +5,7 @@
 //! - [`commands`]: the command line and what each command does;
 //! - [`actions`]: what it asks of the API (as the person running it, or `--as` someone);
 //! - [`tables`]: what it prints (pure, tested without a cluster);
+//! - [`whoami`]: the caller's own namespace, for commands without `-n`;
 //! - [`table`]: the one table renderer, shared with `gpu-cloud nodes` and `gpu-cloud report`.
 //!
 //! A client of the API only: it depends on the api and core crates, never on the
@@ -15,6 +16,7 @@ pub mod commands;
 mod error;
 pub mod table;
 pub mod tables;
+pub mod whoami;
 
 pub use commands::PluginCli;
 pub use error::PluginError;
