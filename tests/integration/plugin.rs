@@ -330,7 +330,9 @@ async fn book_ahead_and_find_free_windows_through_kubectl() {
         kubectl_gpu(&["ls", "--as", &name]),
         kubectl_gpu(&["ls", "-n", &ns, "--as", &name])
     );
-    let out = kubectl_gpu(&["book", model, "--for", "10m", "--name", "no-ns", "--as", &name]);
+    let out = kubectl_gpu(&[
+        "book", model, "--for", "10m", "--name", "no-ns", "--as", &name,
+    ]);
     assert!(out.starts_with(&format!("booked {ns}/no-ns:")), "{out}");
 
     // Speaking like kubectl: a model no node has is warned about at once, with the models

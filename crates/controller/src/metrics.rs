@@ -48,6 +48,13 @@ pub struct PreemptionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of waiting instances.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WaitLabels {
+    /// Why they wait: their condition's reason (`WaitingForGpus`, `GpuQuotaExceeded`, ...).
+    pub reason: &'static str,
+}
+
 /// Labels of a node loss.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLostLabels {
@@ -72,6 +79,8 @@ pub struct ControllerMetrics {
     pub waiting: Gauge,
     /// Of those, the ones that cannot run until a person acts (Stalled).
     pub stalled: Gauge,
+    /// Instances waiting after the last pass, by why.
+    pub waiting_by_reason: Family<WaitLabels, Gauge>,
     /// API requests sent, by verb and resource (the client counts them).
     pub api_requests: gpu_cloud_runtime::client::RequestCounts,
     /// Objects in each watch cache.
@@ -110,6 +119,7 @@ impl ControllerMetrics {
             events_dropped: Counter::default(),
             waiting: Gauge::default(),
             stalled: Gauge::default(),
+            waiting_by_reason: Family::default(),
             api_requests: Family::default(),
             cached: Family::default(),
             user_gpu_hours: Family::default(),
@@ -153,6 +163,11 @@ impl ControllerMetrics {
             m.stalled.clone(),
         );
         r.register(
+            "instances_waiting_by_reason",
+            "Instances waiting after the last placement pass, by the reason of their condition",
+            m.waiting_by_reason.clone(),
+        );
+        r.register(
             "api_requests",
             "API requests sent, by verb and resource",
             m.api_requests.clone(),
@@ -192,6 +207,16 @@ impl ControllerMetrics {
             "GPUs each user holds beyond its guarantee (borrowed) after the last placement pass",
             m.borrowed_gpus.clone(),
         );
+        // Counters of events that may not have happened yet start at 0, so that their
+        // series exist (a `rate()` over them reads 0, not nothing).
+        for reason in gpu_cloud_core::scheduler::preemption::Reason::ALL {
+            let _ = m.preemptions.get_or_create(&PreemptionLabels {
+                reason: reason.word(),
+            });
+        }
+        for action in ["Requeue", "Fail"] {
+            let _ = m.node_lost.get_or_create(&NodeLostLabels { action });
+        }
         m.registry = registry;
         m
     }
@@ -201,6 +226,20 @@ impl ControllerMetrics {
         self.preemptions
             .get_or_create(&PreemptionLabels { reason })
             .inc();
+    }
+
+    /// Sets the waiting instances by reason, forgetting reasons none has now.
+    pub fn set_waiting_reasons(&self, reasons: impl IntoIterator<Item = &'static str>) {
+        let mut counts: std::collections::BTreeMap<&'static str, i64> = Default::default();
+        for r in reasons {
+            *counts.entry(r).or_default() += 1;
+        }
+        self.waiting_by_reason.clear();
+        for (reason, n) in counts {
+            self.waiting_by_reason
+                .get_or_create(&WaitLabels { reason })
+                .set(n);
+        }
     }
 
     /// Counts one instance on a lost node.

@@ -108,6 +108,8 @@ async fn pass(ctx: &Context) -> Result<Option<Timestamp>, ReconcileError> {
     ctx.metrics
         .stalled
         .set(i64::try_from(stalled).unwrap_or(i64::MAX));
+    ctx.metrics
+        .set_waiting_reasons(plan.waiting.iter().map(|w| w.wait.reason()));
 
     let by_key: BTreeMap<InstanceKey, &Arc<GpuInstance>> =
         world.instances.iter().map(|i| (key_of(i), i)).collect();

@@ -44,6 +44,9 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 3] = [Reason::Spot, Reason::Reclaim, Reason::Priority];
+
     /// The reason a [`Reason::word`] names, as read back from a status; an unknown word is
     /// taken as `Priority` (the rule that applies to any booking).
     pub fn of_word(word: &str) -> Reason {
