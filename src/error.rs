@@ -34,6 +34,10 @@ pub enum Error {
     #[error(transparent)]
     Webhook(#[from] crate::webhook::WebhookError),
 
+    /// The dashboard could not serve.
+    #[error(transparent)]
+    Dashboard(#[from] crate::dashboard::DashboardError),
+
     /// A storage migration stopped.
     #[error(transparent)]
     Migrate(#[from] crate::migrate::MigrateError),

@@ -4,6 +4,7 @@
 //! errors into one message.
 
 mod cli;
+mod dashboard;
 mod error;
 mod migrate;
 mod webhook;

@@ -43,6 +43,8 @@ enum Command {
     Agent(gpu_cloud_agent::AgentArgs),
     /// Serve CRD conversion between gpu-cloud.io versions (a TLS webhook for the apiserver).
     Webhook(crate::webhook::WebhookArgs),
+    /// Serve the read-only web dashboard (each viewer sees what their own token may).
+    Dashboard(crate::dashboard::DashboardArgs),
     /// Rewrite every stored object at the storage version, then trim storedVersions.
     Migrate(crate::migrate::MigrateArgs),
     /// Print the CustomResourceDefinitions generated from the Rust types (the source of crds/).
@@ -62,6 +64,7 @@ impl Cli {
             }
             Command::Agent(args) => Ok(gpu_cloud_agent::run(args).await?),
             Command::Webhook(args) => crate::webhook::run(client::plain().await?, args).await,
+            Command::Dashboard(args) => crate::dashboard::run(client::plain().await?, args).await,
             Command::Migrate(args) => crate::migrate::run(client::plain().await?, args).await,
             Command::Crd => {
                 let yaml = gpu_cloud_api::crds_yaml()?;

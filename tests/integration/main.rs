@@ -8,6 +8,7 @@ mod ahead;
 mod badinput;
 mod chart;
 mod cost;
+mod dashboard;
 mod examples;
 mod faults;
 #[path = "../support/mod.rs"]

@@ -230,6 +230,9 @@ async fn the_grafana_dashboard_queries_only_series_the_exporters_serve() {
     .await;
     let spec = json!({"gpu": {"model": model, "count": 1}, "image": "x", "duration": "1h"});
     harness::book(&client, &ns, "g", spec).await;
+    // And one that waits (no node has its model), for the queue's series.
+    let waits = json!({"gpu": {"model": "TEST-GRAFANA-NOWHERE", "count": 1}, "image": "x", "duration": "1h"});
+    harness::book(&client, &ns, "w", waits).await;
     // Both exporters with real samples: the agent measuring the instance.
     let agent = harness::poll(Duration::from_secs(60), "the agent's samples", || async {
         let (_, body) = harness::http_get(agent_port, "/metrics").map_err(|e| e.to_string())?;

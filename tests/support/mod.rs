@@ -241,6 +241,27 @@ pub fn controller_metrics_port() -> u16 {
     *PORT.get_or_init(free_port)
 }
 
+/// `GET path` on 127.0.0.1:port over plain HTTP/1.0 with extra `headers`; returns
+/// (status line, body).
+pub fn http_get_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{extra}\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((head.to_owned(), body.to_owned()))
+}
+
 /// `GET path` on 127.0.0.1:port over plain HTTP/1.0; returns (status line, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, String)> {
     use std::io::{Read, Write};

@@ -89,6 +89,21 @@ pub struct UserSubject {
     pub namespace: Option<String>,
 }
 
+impl GpuUser {
+    /// Its `subjects` name the identity `username` with `groups` (as a TokenReview or a
+    /// SelfSubjectReview gives it): the one rule for "this person acts as this user".
+    pub fn names(&self, username: &str, groups: &[String]) -> bool {
+        self.spec.subjects.iter().any(|s| match s.kind {
+            SubjectKind::User => s.name == username,
+            SubjectKind::Group => groups.contains(&s.name),
+            SubjectKind::ServiceAccount => {
+                let ns = s.namespace.as_deref().unwrap_or("default");
+                username == format!("system:serviceaccount:{ns}:{}", s.name)
+            }
+        })
+    }
+}
+
 /// Kinds of RBAC subject.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubjectKind {

@@ -1,7 +1,7 @@
 //! Which namespace a command without `-n` works in: the caller's own user namespace, as
 //! the GpuUser naming them says (pure choice; the lookup is in [`crate::actions`]).
 
-use gpu_cloud_api::v1::{GpuUser, SubjectKind};
+use gpu_cloud_api::v1::GpuUser;
 use kube::ResourceExt;
 
 /// Who the API says the caller is (a SelfSubjectReview).
@@ -13,25 +13,14 @@ pub struct Caller {
     pub groups: Vec<String>,
 }
 
-impl Caller {
-    /// `user` names the caller among its subjects.
-    fn is_subject_of(&self, user: &GpuUser) -> bool {
-        user.spec.subjects.iter().any(|s| match s.kind {
-            SubjectKind::User => s.name == self.username,
-            SubjectKind::Group => self.groups.contains(&s.name),
-            SubjectKind::ServiceAccount => {
-                let ns = s.namespace.as_deref().unwrap_or("default");
-                self.username == format!("system:serviceaccount:{ns}:{}", s.name)
-            }
-        })
-    }
-}
-
 /// The namespace of the caller's own GpuUser among `users` (those they may read): the one
 /// whose subjects name them, the one named as they are if several do, else none (the
 /// caller then says `-n`).
 pub fn own_namespace(caller: &Caller, users: &[GpuUser]) -> Option<String> {
-    let theirs: Vec<&GpuUser> = users.iter().filter(|u| caller.is_subject_of(u)).collect();
+    let theirs: Vec<&GpuUser> = users
+        .iter()
+        .filter(|u| u.names(&caller.username, &caller.groups))
+        .collect();
     let user = match theirs.as_slice() {
         [one] => *one,
         many => many

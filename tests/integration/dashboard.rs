@@ -1,0 +1,204 @@
+//! The web dashboard against the real control plane, over HTTP with two users' own
+//! tokens and an operator's: each sees their own instances, budget and cost and nothing of
+//! the other's; the operator sees both; the numbers on the pages are the objects'.
+
+use std::time::{Duration, Instant};
+
+use gpu_cloud_api::v1::Phase;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+use crate::harness::{self, Background, phase};
+
+/// A ServiceAccount `name` in `ns` and a token of it.
+async fn token(client: &Client, ns: &str, name: &str) -> String {
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("ServiceAccount");
+    sas.create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    sas.create_token_request(name, &PostParams::default(), &req)
+        .await
+        .expect("token request")
+        .status
+        .expect("token status")
+        .token
+}
+
+fn get(port: u16, path: &str, token: &str) -> (String, String) {
+    let auth = format!("Bearer {token}");
+    harness::http_get_with(port, path, &[("Authorization", &auth)]).expect("GET the dashboard")
+}
+
+#[tokio::test]
+async fn each_viewer_sees_their_own_and_operators_see_all() {
+    let client = harness::operator().await;
+    let kubeconfig = harness::control_plane().kubeconfig.clone();
+    let model = "TEST-DASH-GPU";
+    harness::gpu_nodes(&client, &harness::unique("t-dash"), model, 2, 4).await;
+    let home = harness::namespace(&client, "dash-people").await;
+    let ops_ns = harness::namespace(&client, "dash-ops").await;
+    let (ann, ben) = (harness::unique("ann"), harness::unique("ben"));
+    let ann_token = token(&client, &home, "ann").await;
+    let ben_token = token(&client, &home, "ben").await;
+    let ops_token = token(&client, &ops_ns, "ops").await;
+    let subject = |sa: &str| json!([{"kind": "ServiceAccount", "name": sa, "namespace": home}]);
+    let ann_ns = harness::user(
+        &client,
+        &ann,
+        json!({"subjects": subject("ann"), "quota": {"gpuHours": {"limit": 100.0}}}),
+    )
+    .await;
+    let ben_ns = harness::user(&client, &ben, json!({"subjects": subject("ben")})).await;
+    let spec =
+        |n: u32| json!({"gpu": {"model": model, "count": n}, "image": "x", "duration": "1h"});
+    harness::book(&client, &ann_ns, "ann-run", spec(3)).await;
+    harness::book(&client, &ben_ns, "ben-run", spec(4)).await;
+    harness::book(&client, &ben_ns, "ben-waits", spec(4)).await;
+    for (ns, name) in [(&ann_ns, "ann-run"), (&ben_ns, "ben-run")] {
+        harness::wait_instance(&client, ns, name, "Running", |i| {
+            phase(i) == Some(Phase::Running)
+        })
+        .await;
+    }
+
+    let port = harness::free_port();
+    let group = format!("system:serviceaccounts:{ops_ns}");
+    let _dashboard = Background::start(
+        &kubeconfig,
+        &[
+            "dashboard",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--operators-group",
+            &group,
+            "--calendar-namespace",
+            harness::CONTROLLER_NAMESPACE,
+        ],
+    );
+    harness::eventually(Duration::from_secs(30), "the dashboard serving", || async {
+        harness::http_get(port, "/healthz").is_ok_and(|(s, _)| s.contains(" 200 "))
+    })
+    .await;
+
+    // No token, or one the apiserver does not know: 401, saying how to get in.
+    let (status, body) = harness::http_get(port, "/").expect("GET /");
+    assert!(
+        status.contains(" 401 ") && body.contains("kubectl gpu dashboard"),
+        "{status}"
+    );
+    assert!(get(port, "/", "not-a-token").0.contains(" 401 "));
+
+    // Occupancy: the model's GPUs held are the running bookings' (3 + 4), for anyone.
+    let (status, body) = get(port, "/", &ann_token);
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        body.contains(&format!(
+            r#"data-model="{model}" data-used="7" data-total="8""#
+        )),
+        "{body}"
+    );
+
+    // Ann sees her instance, budget and cost; nothing of Ben's.
+    let (_, queue) = get(port, "/queue", &ann_token);
+    assert!(
+        !queue.contains("ben-waits") && !queue.contains(&ben_ns),
+        "{queue}"
+    );
+    let (_, people) = get(port, "/users", &ann_token);
+    assert!(
+        people.contains(&format!(r#"data-user="{ann}""#)),
+        "{people}"
+    );
+    assert!(!people.contains(&ben), "{people}");
+    let (status, page) = get(port, &format!("/users/{ann}"), &ann_token);
+    assert!(
+        status.contains(" 200 ") && page.contains("data-budget-remaining"),
+        "{page}"
+    );
+    assert!(page.contains(r#"data-chart="burn-down""#), "{page}");
+    assert!(
+        get(port, &format!("/users/{ben}"), &ann_token)
+            .0
+            .contains(" 404 ")
+    );
+    assert!(
+        get(port, &format!("/instances/{ben_ns}/ben-run"), &ann_token)
+            .0
+            .contains(" 404 ")
+    );
+    let (status, inst) = get(port, &format!("/instances/{ann_ns}/ann-run"), &ann_token);
+    assert!(
+        status.contains(" 200 ") && inst.contains(r#"data-phase="Running""#),
+        "{inst}"
+    );
+    assert!(
+        inst.contains("Running") && inst.contains("Conditions"),
+        "{inst}"
+    );
+
+    // Ben sees his queued booking with its reason and position.
+    let (_, queue) = get(port, "/queue", &ben_token);
+    assert!(
+        queue.contains("ben-waits") && queue.contains("waiting for 4"),
+        "{queue}"
+    );
+    assert!(!queue.contains(&ann_ns), "{queue}");
+
+    // The operator sees both.
+    let (_, people) = get(port, "/users", &ops_token);
+    assert!(people.contains(&ann) && people.contains(&ben), "{people}");
+    assert!(
+        get(port, &format!("/instances/{ben_ns}/ben-run"), &ops_token)
+            .0
+            .contains(" 200 ")
+    );
+    let (_, page) = get(port, "/reservations", &ops_token);
+    assert!(
+        page.contains(&format!(r#"data-booking="{ann_ns}/ann-run""#)),
+        "{page}"
+    );
+
+    // The live update: the fragment is `main` only, and it follows the cluster.
+    let auth = format!("Bearer {ann_token}");
+    let fragment = || {
+        harness::http_get_with(port, "/", &[("Authorization", &auth), ("X-Fragment", "1")])
+            .expect("GET a fragment")
+            .1
+    };
+    assert!(!fragment().contains("<html"), "a fragment is main only");
+    // Ann's booking ends: its node frees 4 GPUs and Ben's waiting booking takes them.
+    Api::<gpu_cloud_api::v1::GpuInstance>::namespaced(client.clone(), &ann_ns)
+        .delete("ann-run", &Default::default())
+        .await
+        .expect("delete ann-run");
+    let full = format!(r#"data-model="{model}" data-used="8" data-total="8""#);
+    harness::eventually(
+        Duration::from_secs(60),
+        "occupancy following the change",
+        || async { fragment().contains(&full) },
+    )
+    .await;
+
+    // A page loads quickly (watch caches, no API call but the cached TokenReview).
+    let t = Instant::now();
+    for _ in 0..10 {
+        get(port, "/queue", &ops_token);
+    }
+    println!(
+        "dashboard: /queue in {:.1} ms on average",
+        t.elapsed().as_secs_f64() * 100.0
+    );
+}
