@@ -163,18 +163,60 @@ fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-/// `/login?token=...`: keeps the token in a cookie for the pages (HttpOnly, this site only).
+/// `/login?token=...[&next=/path]`: keeps the token in a cookie for the pages (HttpOnly,
+/// this site only) and goes to `next` (a path of this site; default `/`).
 async fn login(uri: axum::http::Uri) -> Response {
-    let token = uri
-        .query()
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="));
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return (StatusCode::BAD_REQUEST, "login needs ?token=").into_response();
+    let query = uri.query().unwrap_or_default();
+    let param = |key: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .map(percent_decode)
+    };
+    let token = param("token");
+    let next = param("next")
+        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .unwrap_or_else(|| "/".to_owned());
+    // A bearer token is base64url and dots; anything else would not stay one cookie.
+    let token_like = |t: &String| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    };
+    let Some(token) = token.filter(token_like) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "login needs ?token= with your Kubernetes token",
+        )
+            .into_response();
     };
     let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/");
-    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&next)).into_response()
+}
+
+/// `%XX` escapes and `+` decoded (what a browser's query string carries).
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+                continue;
+            }
+            (b'+', _, _) => out.push(b' '),
+            (b, _, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn token_of(headers: &HeaderMap) -> Option<String> {
@@ -392,4 +434,24 @@ async fn instance(
         &v,
         pages::instance(inst, &events),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_decode_and_tokens_come_from_a_header_or_the_cookie() {
+        assert_eq!(percent_decode("%2Fqueue%3Fx+y%"), "/queue?x y%");
+        assert_eq!(percent_decode("%zz%e2%82%ac"), "%zz€");
+        let mut h = HeaderMap::new();
+        assert_eq!(token_of(&h), None);
+        h.insert(
+            header::COOKIE,
+            "a=b; gpu-cloud-token=abc.def".parse().unwrap(),
+        );
+        assert_eq!(token_of(&h).as_deref(), Some("abc.def"));
+        h.insert(header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
+        assert_eq!(token_of(&h).as_deref(), Some("xyz"));
+    }
 }

@@ -337,6 +337,18 @@ pub fn reservations(w: &World) -> String {
     out
 }
 
+/// GPUs `user`'s instances hold now (from the instances themselves: the user's status
+/// figures are written at most every few seconds).
+fn held_by(w: &World, user: &str) -> u32 {
+    let ns = gpu_cloud_api::namespace_of(user);
+    figures::held_gpus(
+        w.instances
+            .iter()
+            .copied()
+            .filter(|i| i.namespace().as_deref() == Some(ns.as_str())),
+    )
+}
+
 /// The users the viewer may see, each linked.
 pub fn users(w: &World) -> String {
     let mut out = String::from(
@@ -344,6 +356,7 @@ pub fn users(w: &World) -> String {
     );
     for u in &w.users {
         let s = u.status.clone().unwrap_or_default();
+        let held = held_by(w, &u.name_any());
         let hours = s.usage.as_ref().map_or(0.0, |u| u.current_period.gpu_hours);
         let cost = s.cost.as_ref().map_or("–".to_owned(), |c| {
             format!("{:.2} {}", c.current_period, c.currency)
@@ -352,7 +365,7 @@ pub fn users(w: &World) -> String {
             out,
             r#"<tr data-user="{n}"><td><a href="/users/{n}">{n}</a></td><td class="num">{g}</td><td class="num">{hours:.3}</td><td class="num">{cost}</td></tr>"#,
             n = esc(&u.name_any()),
-            g = s.gpus_in_use,
+            g = held,
             cost = esc(&cost),
         );
     }
@@ -369,7 +382,7 @@ pub fn user(w: &World, user: &GpuUser) -> String {
     let _ = write!(
         out,
         r#"<table><tr><th>GPUs held</th><td class="num" data-gpus-in-use="{g}">{g}</td></tr><tr><th>GPU-hours this month</th><td class="num" data-gpu-hours="{h:.3}">{h:.3}</td></tr><tr><th>GPU-hours in all</th><td class="num">{l:.3}</td></tr><tr><th>energy this month, kWh</th><td class="num">{e:.3}</td></tr>"#,
-        g = s.gpus_in_use,
+        g = held_by(w, &name),
         h = usage.current_period.gpu_hours,
         l = usage.lifetime.gpu_hours,
         e = usage.current_period.energy_kwh,

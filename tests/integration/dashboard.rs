@@ -179,11 +179,109 @@ async fn each_viewer_sees_their_own_and_operators_see_all() {
             .1
     };
     assert!(!fragment().contains("<html"), "a fragment is main only");
-    // Ann's booking ends: its node frees 4 GPUs and Ben's waiting booking takes them.
+    // In a real browser (Debian's headless Chromium, driven over the DevTools protocol by
+    // tests/browser/dashboard.mjs): every page, its screenshot and its numbers.
+    let shots = harness::repo_root().join("target/tmp/dashboard-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let chromium = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(chromium).exists(),
+        "no {chromium}: hack/prerequisites installs Debian's chromium"
+    );
+    let pages = [
+        ("occupancy", "/".to_owned()),
+        ("queue", "/queue".to_owned()),
+        ("reservations", "/reservations".to_owned()),
+        ("users", "/users".to_owned()),
+        ("user", format!("/users/{ann}")),
+        ("instance", format!("/instances/{ann_ns}/ann-run")),
+    ];
+    let mut browser = std::process::Command::new("node")
+        .arg("--experimental-websocket")
+        .arg("--no-warnings")
+        .arg(harness::repo_root().join("tests/browser/dashboard.mjs"))
+        .args([chromium, &format!("http://127.0.0.1:{port}"), &ops_token])
+        .arg(&shots)
+        .arg(model)
+        .args(pages.iter().map(|(n, p)| format!("{n}={p}")))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run node tests/browser/dashboard.mjs");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        browser.stdout.take().expect("browser stdout"),
+    ));
+    let mut seen = std::collections::BTreeMap::new();
+    let before = loop {
+        let line = lines
+            .next()
+            .expect("the browser test ended early (its errors are above)")
+            .expect("read the browser test");
+        if let Some(rest) = line.strip_prefix("PAGE ") {
+            let (name, json) = rest.split_once(' ').expect("PAGE name json");
+            let data: Vec<serde_json::Value> = serde_json::from_str(json).expect("page data");
+            seen.insert(name.to_owned(), data);
+        } else if let Some(used) = line.strip_prefix("READY ") {
+            break used.to_owned();
+        }
+    };
+    let has = |page: &str, want: serde_json::Value| {
+        let data = &seen[page];
+        let want = want.as_object().unwrap();
+        assert!(
+            data.iter()
+                .any(|d| want.iter().all(|(k, v)| d.get(k) == Some(v))),
+            "{page} shows no {want:?}: {data:?}"
+        );
+    };
+    has(
+        "occupancy",
+        json!({"model": model, "used": "7", "total": "8"}),
+    );
+    has("queue", json!({"instance": format!("{ben_ns}/ben-waits")}));
+    has(
+        "reservations",
+        json!({"booking": format!("{ann_ns}/ann-run"), "phase": "Running"}),
+    );
+    has("users", json!({"user": ann}));
+    has("users", json!({"user": ben}));
+    has("user", json!({"chart": "burn-down"}));
+    has(
+        "instance",
+        json!({"instance": format!("{ann_ns}/ann-run"), "phase": "Running"}),
+    );
+    for (name, _) in &pages {
+        let png = shots.join(format!("dashboard-{name}.png"));
+        let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000,
+            "{}",
+            png.display()
+        );
+    }
+    assert_eq!(before, "7");
+
+    // Ann's booking ends: its node frees 4 GPUs and Ben's waiting booking takes them; the
+    // page in the browser shows it without a reload.
     Api::<gpu_cloud_api::v1::GpuInstance>::namespaced(client.clone(), &ann_ns)
         .delete("ann-run", &Default::default())
         .await
         .expect("delete ann-run");
+    {
+        use std::io::Write;
+        let mut stdin = browser.stdin.take().expect("browser stdin");
+        writeln!(stdin, "go").expect("tell the browser test");
+    }
+    let live = lines
+        .next()
+        .expect("the browser's live update")
+        .expect("read the browser test");
+    assert!(
+        live.starts_with("LIVE "),
+        "the page did not update by itself: {live}"
+    );
+    assert!(browser.wait().expect("the browser test ends").success());
+    println!("dashboard screenshots in {}", shots.display());
     let full = format!(r#"data-model="{model}" data-used="8" data-total="8""#);
     harness::eventually(
         Duration::from_secs(60),

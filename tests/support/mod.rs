@@ -43,7 +43,7 @@ pub fn control_plane() -> &'static ControlPlane {
     }
 }
 
-fn repo_root() -> &'static Path {
+pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
