@@ -145,7 +145,7 @@ async fn each_component_has_exactly_what_it_needs() {
             .is_some(),
         "hack/install creates the namespace {NS}"
     );
-    let rendered = harness::render_chart(NS, &[]);
+    let rendered = harness::render_chart(NS, &["--set", "dashboard.enabled=true"]);
     let chart = cp.kubeconfig.with_file_name("chart.yaml");
     std::fs::write(&chart, &rendered).unwrap();
     let applied = Command::new(harness::kubectl())
@@ -163,6 +163,22 @@ async fn each_component_has_exactly_what_it_needs() {
     // Allowed and refused, per ServiceAccount.
     let g = "gpu-cloud.io";
     let cases: &[Case] = &[
+        // The dashboard reads, and asks who its viewers are; it writes nothing.
+        ("dashboard", "list", g, "gpuinstances", None, true),
+        ("dashboard", "watch", g, "gpuusers", None, true),
+        ("dashboard", "list", "", "events", None, true),
+        (
+            "dashboard",
+            "create",
+            "authentication.k8s.io",
+            "tokenreviews",
+            None,
+            true,
+        ),
+        ("dashboard", "patch", g, "gpuinstances", None, false),
+        ("dashboard", "patch", g, "gpuinstances/status", None, false),
+        ("dashboard", "get", "", "secrets", None, false),
+        ("dashboard", "delete", "", "pods", None, false),
         ("agent", "patch", g, "gpuinstances/status", None, true),
         ("agent", "list", g, "gpuinstances", None, true),
         ("agent", "create", "", "pods", None, false),
