@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use gpu_cloud_api::v1::Phase;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
 use kube::api::{Api, PostParams};
@@ -21,20 +20,7 @@ async fn token(client: &Client, ns: &str, name: &str) -> String {
     sas.create(&PostParams::default(), &sa)
         .await
         .expect("create ServiceAccount");
-    let req = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    sas.create_token_request(name, &PostParams::default(), &req)
-        .await
-        .expect("token request")
-        .status
-        .expect("token status")
-        .token
+    harness::sa_token(client, ns, name).await
 }
 
 fn get(port: u16, path: &str, token: &str) -> (String, String) {

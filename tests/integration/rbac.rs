@@ -8,9 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use gpu_cloud_api::v1::{GpuInstance, Phase};
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Client, ResourceExt};
@@ -86,16 +85,7 @@ async fn can_in(
 
 /// A kubeconfig that authenticates with a token of ServiceAccount `gpu-cloud-<name>`.
 async fn token_kubeconfig(client: &Client, admin: &Path, name: &str) -> PathBuf {
-    let req: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .unwrap();
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), NS)
-        .create_token_request(&format!("gpu-cloud-{name}"), &PostParams::default(), &req)
-        .await
-        .expect("TokenRequest")
-        .status
-        .expect("token")
-        .token;
+    let token = harness::sa_token(client, NS, &format!("gpu-cloud-{name}")).await;
     let kc = Kubeconfig::read_from(admin).expect("admin kubeconfig");
     let cluster = kc.clusters[0].cluster.clone().expect("cluster");
     let path = admin.with_file_name(format!("{name}.token.kubeconfig"));

@@ -864,3 +864,19 @@ pub async fn lease_holder(client: &Client) -> Option<String> {
             .ok()??;
     lease.spec?.holder_identity
 }
+
+/// A token (an hour) of ServiceAccount `name` in `ns` (TokenRequest).
+pub async fn sa_token(client: &Client, ns: &str, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    let req: TokenRequest = serde_json::from_value(
+        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
+    )
+    .expect("TokenRequest");
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(name, &PostParams::default(), &req)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{name}: {e}"))
+        .status
+        .expect("token")
+        .token
+}
