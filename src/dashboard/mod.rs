@@ -398,7 +398,8 @@ async fn instance(
     };
     let all = s.instances.state();
     let users = s.users.state();
-    let world = World::for_viewer(&v, vec![], &all, &users, None, jiff::Timestamp::now());
+    let now = jiff::Timestamp::now();
+    let world = World::for_viewer(&v, vec![], &all, &users, None, now);
     let Some(inst) = world
         .instances
         .iter()
@@ -432,7 +433,7 @@ async fn instance(
         &h,
         &format!("{ns}/{name}"),
         &v,
-        pages::instance(inst, &events),
+        pages::instance(inst, &events, now),
     )
 }
 

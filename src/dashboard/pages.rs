@@ -474,7 +474,11 @@ fn burn_down(w: &World, user: &str, b: &gpu_cloud_api::v1::BudgetView) -> String
 }
 
 /// One instance: its status, conditions, events and runs.
-pub fn instance(i: &GpuInstance, events: &[(String, String, String, String)]) -> String {
+pub fn instance(
+    i: &GpuInstance,
+    events: &[(String, String, String, String)],
+    now: Timestamp,
+) -> String {
     let s = i.status.clone().unwrap_or_default();
     let id = format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any());
     let mut out = format!(
@@ -522,7 +526,7 @@ pub fn instance(i: &GpuInstance, events: &[(String, String, String, String)]) ->
         );
     }
     out.push_str("</table><h2>Usage over its runs</h2>");
-    let runs = figures::runs(i, Timestamp::now());
+    let runs = figures::runs(i, now);
     let most = runs.iter().map(|r| r.gpu_seconds).fold(1.0, f64::max);
     let _ = write!(
         out,

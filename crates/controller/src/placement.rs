@@ -280,6 +280,11 @@ fn budget_inputs(world: &World, now: Timestamp) -> BudgetInputs {
             .or_default()
             .push(inst);
     }
+    // Each user's records, grouped once per pass (not one scan of every record per user).
+    let mut records_of: BTreeMap<&str, Vec<&GpuUsageRecord>> = BTreeMap::new();
+    for r in &world.records {
+        records_of.entry(r.spec.user.as_str()).or_default().push(r);
+    }
     for user in budgeted {
         let Some(spec) = user.spec.quota.gpu_hours.as_ref() else {
             continue;
@@ -287,7 +292,7 @@ fn budget_inputs(world: &World, now: Timestamp) -> BudgetInputs {
         let name = user.name_any();
         let ns = gpu_cloud_api::namespace_of(&name);
         let theirs = by_ns.get(&ns).cloned().unwrap_or_default();
-        let recorded = Recorded::of_user(world.records.iter().map(|r| r.as_ref()), &name);
+        let recorded = Recorded::of(records_of.get(name.as_str()).into_iter().flatten().copied());
         let Some(Ok(status)) = objects::budget_status(user, &theirs, &recorded, now) else {
             continue;
         };

@@ -175,11 +175,6 @@ impl<'a> Recorded<'a> {
         out
     }
 
-    /// What `records` say of `user`.
-    pub fn of_user(records: impl IntoIterator<Item = &'a GpuUsageRecord>, user: &str) -> Self {
-        Self::of(records.into_iter().filter(|r| r.spec.user == user))
-    }
-
     /// The instance with `uid` is recorded.
     pub fn contains(&self, uid: &str) -> bool {
         self.uids.contains(uid)
