@@ -589,6 +589,22 @@ async fn the_fault_matrix_recovers_without_breaking_an_invariant() {
         .metadata
         .resource_version
         .unwrap_or_default();
+    // Cut right after a renewal, so that the whole Lease (10 s) covers the work below
+    // however slow the machine is: the leader must not step down, its watches must resume.
+    let renewed = || async {
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "default")
+            .get("gpu-cloud-controller")
+            .await
+            .ok()
+            .and_then(|l| l.spec?.renew_time)
+    };
+    let last = renewed().await;
+    harness::eventually(
+        Duration::from_secs(15),
+        "a fresh renewal of the Lease",
+        || async { renewed().await != last },
+    )
+    .await;
     replicas.proxy(&leader).set(Mode::Cut);
     let cut = Instant::now();
     new.delete("measured", &DeleteParams::default())
