@@ -14,6 +14,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("gpu-cloud-api", &[]),
     ("gpu-cloud-core", &["gpu-cloud-api"]),
     ("gpu-cloud-runtime", &[]),
+    ("gpu-cloud-kubelet-api", &[]),
+    ("gpu-cloud-fake-gpus", &["gpu-cloud-kubelet-api"]),
     (
         "gpu-cloud-controller",
         &["gpu-cloud-api", "gpu-cloud-core", "gpu-cloud-runtime"],
@@ -21,7 +23,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The core only in its tests (the idle rule reads what the agent writes).
     (
         "gpu-cloud-agent",
-        &["gpu-cloud-api", "gpu-cloud-runtime", "gpu-cloud-core"],
+        &[
+            "gpu-cloud-api",
+            "gpu-cloud-runtime",
+            "gpu-cloud-kubelet-api",
+            "gpu-cloud-core",
+        ],
     ),
     ("gpu-cloud-plugin", &["gpu-cloud-api", "gpu-cloud-core"]),
     (

@@ -26,7 +26,28 @@ const browser = spawn(chromium, [
   `--user-data-dir=${profile}`, '--remote-debugging-port=0', '--window-size=1280,900',
   'about:blank',
 ], { stdio: ['ignore', 'ignore', 'pipe'] });
-const fail = (why) => { console.error(why); browser.kill('SIGKILL'); rmSync(profile, { recursive: true, force: true }); process.exit(1); };
+// Ends the test: Chromium is killed and waited for before its profile is removed, and a
+// profile that cannot be removed is only reported: Chromium's helper processes outlive a
+// SIGKILL of the browser for a moment and may still write there (rmSync then throws
+// ENOTEMPTY, which would end this script with 1 after the test itself passed).
+let ending = false;
+const finish = async (code, why) => {
+  if (ending) return;
+  ending = true;
+  if (why) console.error(why);
+  if (browser.exitCode === null && browser.signalCode === null) {
+    const gone = new Promise((r) => browser.once('exit', r));
+    browser.kill('SIGKILL');
+    await gone;
+  }
+  try {
+    rmSync(profile, { recursive: true, force: true, maxRetries: 5 });
+  } catch (e) {
+    console.error(`left the profile ${profile}: ${e.message}`);
+  }
+  process.exit(code);
+};
+const fail = (why) => finish(1, why);
 setTimeout(() => fail('the browser test took longer than 180 s'), 180_000).unref();
 
 const wsUrl = await new Promise((resolve) => {
@@ -36,7 +57,7 @@ const wsUrl = await new Promise((resolve) => {
     const m = text.match(/DevTools listening on (ws:\/\/\S+)/);
     if (m) resolve(m[1]);
   });
-  browser.on('exit', (c) => fail(`chromium exited (${c}): ${text}`));
+  browser.on('exit', (c, sig) => fail(`chromium exited (${c ?? sig}): ${text}`));
 });
 const ws = new WebSocket(wsUrl);
 await new Promise((r) => ws.addEventListener('open', r));
@@ -98,6 +119,4 @@ while (now === before && Date.now() < until) {
   now = await used();
 }
 console.log(`${now === before ? 'STALE' : 'LIVE'} ${now}`);
-browser.kill('SIGKILL');
-rmSync(profile, { recursive: true, force: true });
-process.exit(0);
+await finish(0);

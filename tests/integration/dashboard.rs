@@ -192,8 +192,30 @@ async fn each_viewer_sees_their_own_and_operators_see_all() {
         .args(pages.iter().map(|(n, p)| format!("{n}={p}")))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run node tests/browser/dashboard.mjs");
+    // Its errors are kept for the failure message (a CI log shows only its tail).
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let errors = errors.clone();
+        let stderr = browser.stderr.take().expect("browser stderr");
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok)
+            {
+                eprintln!("browser: {line}");
+                let mut all = errors.lock().unwrap_or_else(|e| e.into_inner());
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+    }
+    let errors_of = || {
+        // The reader thread gets the last lines once the process is gone.
+        std::thread::sleep(Duration::from_millis(200));
+        errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    };
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
         browser.stdout.take().expect("browser stdout"),
     ));
@@ -201,7 +223,10 @@ async fn each_viewer_sees_their_own_and_operators_see_all() {
     let before = loop {
         let line = lines
             .next()
-            .expect("the browser test ended early (its errors are above)")
+            .unwrap_or_else(|| {
+                let _ = browser.wait();
+                panic!("the browser test ended early: {}", errors_of())
+            })
             .expect("read the browser test");
         if let Some(rest) = line.strip_prefix("PAGE ") {
             let (name, json) = rest.split_once(' ').expect("PAGE name json");
@@ -260,13 +285,18 @@ async fn each_viewer_sees_their_own_and_operators_see_all() {
     }
     let live = lines
         .next()
-        .expect("the browser's live update")
+        .unwrap_or_else(|| panic!("no live update from the browser: {}", errors_of()))
         .expect("read the browser test");
     assert!(
         live.starts_with("LIVE "),
         "the page did not update by itself: {live}"
     );
-    assert!(browser.wait().expect("the browser test ends").success());
+    let ended = browser.wait().expect("the browser test ends");
+    assert!(
+        ended.success(),
+        "the browser test ended with {ended}: {}",
+        errors_of()
+    );
     println!("dashboard screenshots in {}", shots.display());
     let full = format!(r#"data-model="{model}" data-used="8" data-total="8""#);
     harness::eventually(

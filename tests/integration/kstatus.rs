@@ -7,6 +7,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use gpu_cloud_api::v1::{GpuInstance, Phase};
+use gpu_cloud_controller::cached_pod::{ProgramState, Termination};
 use gpu_cloud_controller::lifecycle::{NodeState, NodeWatch, PodView, Stop, decide};
 use gpu_cloud_controller::placement::{queued_status, reserved_status};
 use gpu_cloud_core::scheduler::{InstanceKey, Wait, Waiting};
@@ -34,6 +35,33 @@ fn pod(phase: &str) -> PodView {
         created: Some(ts(0)),
         terminating: false,
         user: Some("u".into()),
+        program: None,
+    }
+}
+
+/// A pod whose program the kubelet reports as waiting for `reason`.
+fn waiting_pod(reason: &str) -> PodView {
+    PodView {
+        program: Some(ProgramState {
+            waiting: Some((reason.into(), Some("connection refused".into()))),
+            ..Default::default()
+        }),
+        ..pod("Pending")
+    }
+}
+
+/// A failed pod whose program ended with `code` for `reason`.
+fn ended_pod(code: i32, reason: &str) -> PodView {
+    PodView {
+        program: Some(ProgramState {
+            terminated: Some(Termination {
+                exit_code: code,
+                reason: Some(reason.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..pod("Failed")
     }
 }
 
@@ -176,6 +204,48 @@ fn cases() -> Vec<(&'static str, GpuInstance, &'static str, &'static str)> {
             "Progressing",
         ),
         ("Failed", lost_fail, "Failed", "Degraded"),
+        // What only a real kubelet reports: an image being retried, one that failed, an
+        // exit code, an OOM kill.
+        (
+            "Scheduled",
+            decided(
+                "pull-retrying",
+                Some(&waiting_pod("ImagePullBackOff")),
+                30,
+                None,
+            ),
+            "InProgress",
+            "Progressing",
+        ),
+        (
+            "Failed",
+            decided("pull-failed", Some(&waiting_pod("ErrImagePull")), 600, None),
+            "Failed",
+            "Degraded",
+        ),
+        (
+            "Failed",
+            decided(
+                "image-invalid",
+                Some(&waiting_pod("InvalidImageName")),
+                5,
+                None,
+            ),
+            "Failed",
+            "Degraded",
+        ),
+        (
+            "Failed",
+            decided("exit-code", Some(&ended_pod(3, "Error")), 60, None),
+            "Failed",
+            "Degraded",
+        ),
+        (
+            "Failed",
+            decided("oom", Some(&ended_pod(137, "OOMKilled")), 60, None),
+            "Failed",
+            "Degraded",
+        ),
     ]
 }
 

@@ -12,6 +12,7 @@ mod metrics;
 pub mod nvml;
 pub mod podresources;
 pub mod simulated;
+pub mod simulated_devices;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -48,6 +49,12 @@ pub struct AgentArgs {
     /// then marked `source: simulated`.
     #[arg(long)]
     pub simulate: bool,
+    /// Simulated GPUs on a real node: the devices are the kubelet's (from a device plugin
+    /// such as gpu-cloud-fake-gpus), the processes on them the host's processes whose
+    /// NVIDIA_VISIBLE_DEVICES names them, attributed through the real PodResources and
+    /// cgroups; only the figures are invented (`source: simulated`).
+    #[arg(long, conflicts_with_all = ["simulate", "once"])]
+    pub simulate_devices: bool,
     /// How often to sample.
     #[arg(long, default_value = "1s", value_parser = gpu_cloud_api::time::parse_duration)]
     pub sample_interval: Duration,
@@ -96,6 +103,7 @@ pub enum AgentError {
 enum Source {
     Nvml(Box<NvmlSource>),
     Simulated,
+    SimulatedDevices(simulated_devices::SimulatedDevices),
 }
 
 /// What the agent remembers between samples (rebuilt from status after a restart).
@@ -109,6 +117,8 @@ struct Tracked {
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let mut source = if args.simulate {
         Source::Simulated
+    } else if args.simulate_devices {
+        Source::SimulatedDevices(Default::default())
     } else {
         Source::Nvml(Box::new(NvmlSource::open()?))
     };
@@ -124,7 +134,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         args.metrics_addr,
         metrics.clone(),
     ));
-    info!(nodes = ?args.nodes, simulate = args.simulate, "gpu-cloud agent starting");
+    info!(nodes = ?args.nodes, simulate = args.simulate, simulate_devices = args.simulate_devices, "gpu-cloud agent starting");
     let mut tracked: HashMap<String, Tracked> = HashMap::new();
     let mut tick = tokio::time::interval(args.sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,10 +187,26 @@ async fn cycle(
         })
         .collect();
 
-    let (kind, shares) = match source {
+    let (kind, readings) = match source {
         Source::Simulated => (UsageSource::Simulated, None),
-        Source::Nvml(nvml) => {
-            let readings = nvml.read();
+        Source::Nvml(nvml) => (UsageSource::Nvml, Some(nvml.read())),
+        Source::SimulatedDevices(devices) => {
+            let ids = match podresources::allocatable_gpus(&args.pod_resources_socket).await {
+                Ok(ids) => ids,
+                Err(e) => {
+                    warn!(socket = %args.pod_resources_socket.display(), error = %e, "the kubelet lists no GPUs; simulating none");
+                    vec![]
+                }
+            };
+            (
+                UsageSource::Simulated,
+                Some(devices.read(&args.proc_root, &ids)),
+            )
+        }
+    };
+    let shares = match readings {
+        None => None,
+        Some(readings) => {
             let pod_uid_of = pods_on_nodes(client, &args.nodes).await?;
             let pid_pods = pid_pods(&args.proc_root, &readings);
             let holders = gpu_holders(&args.pod_resources_socket).await;
@@ -197,7 +223,7 @@ async fn cycle(
                 .collect();
             let shares = attribution::attribute(&readings, &device_pods, &pid_pods);
             metrics.devices(&readings, &args.nodes, &holders);
-            (UsageSource::Nvml, Some((shares, pod_uid_of)))
+            Some((shares, pod_uid_of))
         }
     };
 
@@ -337,7 +363,7 @@ async fn pods_on_nodes(
 /// GPU UUID → the container the kubelet gave it to. Without the socket (or on error) the
 /// processes alone attribute use; that is logged, not fatal.
 async fn gpu_holders(socket: &std::path::Path) -> BTreeMap<String, podresources::Holder> {
-    match podresources::list(socket.to_path_buf()).await {
+    match podresources::list(socket).await {
         Ok(resp) => podresources::gpu_holders(&resp),
         Err(e) => {
             warn!(socket = %socket.display(), error = %e, "no PodResources; attributing by process only");

@@ -75,6 +75,8 @@ struct V1Fields {
     preemption: Option<v1::PreemptionPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     on_node_lost: Option<v1::OnNodeLost>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restart_policy: Option<v1::RestartPolicy>,
     /// The `hours` written next to this note: if a v1alpha1 client changed `hours`
     /// since, its value wins over `duration`.
     hours: u32,
@@ -153,6 +155,7 @@ pub fn to_v1(old: &v1alpha1::GpuInstance) -> Result<v1::GpuInstance, ConversionE
             preemptible: extra.preemptible,
             preemption: extra.preemption,
             on_node_lost: extra.on_node_lost,
+            restart_policy: extra.restart_policy,
         },
         status: old.status.clone(),
     })
@@ -186,6 +189,7 @@ pub fn to_v1alpha1(new: &v1::GpuInstance) -> Result<v1alpha1::GpuInstance, Conve
         preemptible: spec.preemptible,
         preemption: spec.preemption.clone(),
         on_node_lost: spec.on_node_lost,
+        restart_policy: spec.restart_policy,
         hours,
     };
     // Only what hours alone cannot say needs the note.
@@ -363,6 +367,7 @@ mod tests {
                     prop::option::of(prop::bool::ANY),
                 )),
                 prop::option::of(prop::bool::ANY),
+                prop::option::of(prop::bool::ANY),
             ),
         )
             .prop_map(
@@ -376,7 +381,7 @@ mod tests {
                     priority,
                     ann,
                     (start, earliest, idle_timeout, threshold, warn_only),
-                    (preemptible, preemption, node_lost),
+                    (preemptible, preemption, node_lost, restart),
                 )| {
                     v1::GpuInstance {
                         metadata: meta(ann),
@@ -421,6 +426,13 @@ mod tests {
                                     v1::OnNodeLost::Fail
                                 } else {
                                     v1::OnNodeLost::Requeue
+                                }
+                            }),
+                            restart_policy: restart.map(|r| {
+                                if r {
+                                    v1::RestartPolicy::OnFailure
+                                } else {
+                                    v1::RestartPolicy::Never
                                 }
                             }),
                         },

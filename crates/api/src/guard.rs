@@ -170,7 +170,15 @@ fn compare(
             .map(|r| r.rule.clone())
             .collect()
     };
-    for rule in rules(new).difference(&rules(old)) {
+    // A new rule on a field that exists already is ratcheted by the apiserver (CRD
+    // validation ratcheting, GA in Kubernetes 1.33, the oldest we support): an object
+    // stored before that fails it can still be updated, status included, as long as that
+    // field's value is unchanged; only writing a new failing value is refused, which is the
+    // point. Transition rules (`oldSelf`) are not ratcheted, and stay breaking.
+    for rule in rules(new)
+        .difference(&rules(old))
+        .filter(|r| r.contains("oldSelf"))
+    {
         push(
             path,
             format!("new validation rule {rule:?} (objects stored before may fail it)"),
@@ -296,6 +304,26 @@ mod tests {
         *tighter.pointer_mut(&format!("{path}/maximum")).unwrap() = 100.0.into();
         let found = breaking_changes(&read(&before), &read(&tighter));
         assert_eq!(found[0].change, "maximum 100.0 added");
+    }
+
+    #[test]
+    fn a_new_rule_is_ratcheted_unless_it_is_a_transition_rule() {
+        let add = |rule: &'static str| {
+            mutate(move |v| {
+                let field = v
+                    .pointer_mut(&format!("{SPEC}/properties/priority"))
+                    .unwrap();
+                field["x-kubernetes-validations"] = serde_json::json!([{"rule": rule}]);
+            })
+        };
+        assert!(add("self >= 0").is_empty());
+        let broken = add("self >= oldSelf");
+        assert_eq!(broken.len(), 1);
+        assert!(
+            broken[0].change.contains("new validation rule"),
+            "{}",
+            broken[0]
+        );
     }
 
     #[test]

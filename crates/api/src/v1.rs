@@ -357,6 +357,7 @@ pub struct UsageTotals {
     printcolumn = r#"{"name":"Preemptible","type":"boolean","jsonPath":".spec.preemptible"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Waiting","type":"string","priority":1,"jsonPath":".status.message"}"#,
+    printcolumn = r#"{"name":"Restarts","type":"integer","priority":1,"jsonPath":".status.restarts"}"#,
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.nodeName) || (self.spec.gpu == oldSelf.spec.gpu && self.spec.image == oldSelf.spec.image && self.spec.command == oldSelf.spec.command && self.spec.args == oldSelf.spec.args && self.spec.env == oldSelf.spec.env && self.spec.resources == oldSelf.spec.resources)")
         .message("spec.gpu, image, command, args, env and resources cannot change once the instance is placed on a node; delete it and book again")
 )]
@@ -364,8 +365,10 @@ pub struct UsageTotals {
 pub struct GpuInstanceSpec {
     /// The GPUs to book.
     pub gpu: GpuRequest,
-    /// Container image to run on them.
+    /// Container image to run on them: a reference such as `pytorch/pytorch:2.5.1`,
+    /// `registry.example.com:5000/team/trainer:v3` or `…@sha256:<64 hex digits>`.
     #[x_kube(validation = Rule::new("size(self) > 0").message("spec.image must name a container image"))]
+    #[x_kube(validation = Rule::new(IMAGE_REFERENCE_RULE).message("spec.image must be an image reference such as pytorch/pytorch:2.5.1 or registry.example.com:5000/team/trainer@sha256:<64 hex digits> (lower-case repository path; tag of letters, digits, '_', '.', '-')"))]
     #[schemars(length(max = 512))]
     pub image: String,
     /// Entrypoint (replaces the image's ENTRYPOINT).
@@ -437,6 +440,28 @@ pub struct GpuInstanceSpec {
     /// `Fail` (phase `Failed`, reason `NodeLost`). Either way billing stops at the loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_node_lost: Option<OnNodeLost>,
+    /// What happens when its program exits with an error (or is killed for memory):
+    /// `Never` (default: the instance fails, with the exit code or `OOMKilled`) or
+    /// `OnFailure` (the kubelet starts it again, with back-off; the restarts are counted
+    /// in `status.restarts` and the booking runs on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+}
+
+/// The CEL rule of `spec.image`: the grammar of an image reference (the one of
+/// distribution/reference, as container runtimes parse it): an optional registry host
+/// (with port), a lower-case path of components, an optional tag, an optional digest.
+pub const IMAGE_REFERENCE_RULE: &str = "self.matches('^(([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])([.]([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(:[0-9]+)?/)?[a-z0-9]+(([._]|__|[-]+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|[-]+)[a-z0-9]+)*)*(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$')";
+
+/// What the kubelet does when an instance's program exits with an error.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// The instance fails (its GPUs are freed); its status says how the program ended.
+    #[default]
+    Never,
+    /// The program is started again in the same pod (the GPUs stay held); restarts are
+    /// counted in `status.restarts`.
+    OnFailure,
 }
 
 /// What an instance whose node was lost does once its pod is gone.
@@ -504,6 +529,11 @@ impl GpuInstanceSpec {
     /// What it does once its node is lost.
     pub fn on_node_lost(&self) -> OnNodeLost {
         self.on_node_lost.unwrap_or_default()
+    }
+
+    /// What the kubelet does when its program fails.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.restart_policy.unwrap_or_default()
     }
 }
 
@@ -677,6 +707,28 @@ pub struct GpuInstanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub previous_runs: Vec<PreviousRun>,
+    /// How often the kubelet started its program again (`spec.restartPolicy: OnFailure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+    /// How its program last ended, once it has: exit code and the kubelet's reason
+    /// (`Completed`, `Error`, `OOMKilled`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<ProgramExit>,
+}
+
+/// How a program ended, as the kubelet reports its container's termination.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgramExit {
+    /// Its exit code (128 + the signal number when killed).
+    pub exit_code: i32,
+    /// The kubelet's reason: `Completed`, `Error`, `OOMKilled`, `ContainerCannotRun`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub reason: Option<String>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Timestamp>,
 }
 
 impl GpuInstanceStatus {

@@ -37,6 +37,69 @@ pub struct CachedPod {
     pub phase: Option<String>,
     /// The pod's effective `nvidia.com/gpu` request, whatever its phase.
     pub gpus: u32,
+    /// How its program is doing, from the status of its container `main` (or its first):
+    /// what the kubelet alone can tell (image pulls, exits, OOM kills, restarts).
+    pub program: Option<ProgramState>,
+}
+
+/// The kubelet's report of a pod's program (its container's status), reduced.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgramState {
+    /// `restartCount`.
+    pub restarts: u32,
+    /// `state.waiting`: reason (`ErrImagePull`, `ImagePullBackOff`, `CrashLoopBackOff`, …)
+    /// and message.
+    pub waiting: Option<(String, Option<String>)>,
+    /// `state.terminated`.
+    pub terminated: Option<Termination>,
+    /// `lastState.terminated`: how the run before a restart ended.
+    pub last_terminated: Option<Termination>,
+}
+
+/// A container's termination as the kubelet reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Termination {
+    /// Exit code (128 + signal when killed).
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`, `ContainerCannotRun`, …
+    pub reason: Option<String>,
+    /// The kubelet's or runtime's message, if any.
+    pub message: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<jiff::Timestamp>,
+}
+
+/// The container whose status tells how the program does: ours is `main`; a pod of
+/// another shape is read by its first container.
+const PROGRAM_CONTAINER: &str = "main";
+
+impl ProgramState {
+    /// From a full pod's container statuses.
+    fn of_pod(statuses: &[k8s_openapi::api::core::v1::ContainerStatus]) -> Option<Self> {
+        let c = statuses
+            .iter()
+            .find(|c| c.name == PROGRAM_CONTAINER)
+            .or(statuses.first())?;
+        let term = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated| Termination {
+            exit_code: t.exit_code,
+            reason: t.reason.clone(),
+            message: t.message.clone(),
+            finished_at: t.finished_at.as_ref().map(|f| f.0),
+        };
+        let state = c.state.as_ref();
+        Some(ProgramState {
+            restarts: u32::try_from(c.restart_count).unwrap_or(0),
+            waiting: state
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| Some((w.reason.clone()?, w.message.clone()))),
+            terminated: state.and_then(|s| s.terminated.as_ref()).map(term),
+            last_terminated: c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(term),
+        })
+    }
 }
 
 impl Resource for CachedPod {
@@ -108,6 +171,11 @@ impl From<&Pod> for CachedPod {
             },
             node_name: spec.and_then(|s| s.node_name.clone()),
             phase: pod.status.as_ref().and_then(|s| s.phase.clone()),
+            program: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_deref())
+                .and_then(ProgramState::of_pod),
             gpus: spec.map_or(0, |s| {
                 effective_request(
                     s.containers.iter().map(container_request),
@@ -168,13 +236,88 @@ struct WireResources {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct WireStatus {
     phase: Option<String>,
+    #[serde(default)]
+    container_statuses: Option<Vec<WireContainerStatus>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireContainerStatus {
+    name: String,
+    #[serde(default)]
+    restart_count: i32,
+    #[serde(default)]
+    state: Option<WireContainerState>,
+    #[serde(default)]
+    last_state: Option<WireContainerState>,
+}
+
+#[derive(Deserialize)]
+struct WireContainerState {
+    #[serde(default)]
+    waiting: Option<WireWaiting>,
+    #[serde(default)]
+    terminated: Option<WireTerminated>,
+}
+
+#[derive(Deserialize)]
+struct WireWaiting {
+    reason: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireTerminated {
+    exit_code: i32,
+    reason: Option<String>,
+    message: Option<String>,
+    finished_at: Option<Time>,
+}
+
+impl WireTerminated {
+    fn reduce(self) -> Termination {
+        Termination {
+            exit_code: self.exit_code,
+            reason: self.reason,
+            message: self.message,
+            finished_at: self.finished_at.map(|t| t.0),
+        }
+    }
+}
+
+impl WireStatus {
+    fn program(statuses: Vec<WireContainerStatus>) -> Option<ProgramState> {
+        let at = statuses
+            .iter()
+            .position(|c| c.name == PROGRAM_CONTAINER)
+            .or((!statuses.is_empty()).then_some(0))?;
+        let c = statuses.into_iter().nth(at)?;
+        let (waiting, terminated) = match c.state {
+            Some(s) => (
+                s.waiting.and_then(|w| Some((w.reason?, w.message))),
+                s.terminated.map(WireTerminated::reduce),
+            ),
+            None => (None, None),
+        };
+        Some(ProgramState {
+            restarts: u32::try_from(c.restart_count).unwrap_or(0),
+            waiting,
+            terminated,
+            last_terminated: c
+                .last_state
+                .and_then(|s| s.terminated)
+                .map(WireTerminated::reduce),
+        })
+    }
 }
 
 impl<'de> Deserialize<'de> for CachedPod {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let w = Wire::deserialize(d)?;
+        let mut w = Wire::deserialize(d)?;
         let gpus = |cs: Option<Vec<WireContainer>>| {
             cs.into_iter().flatten().map(|c| {
                 let r = c.resources.as_ref();
@@ -205,8 +348,13 @@ impl<'de> Deserialize<'de> for CachedPod {
                 ..ObjectMeta::default()
             },
             node_name,
-            phase: w.status.and_then(|s| s.phase),
             gpus,
+            program: w
+                .status
+                .as_mut()
+                .and_then(|s| s.container_statuses.take())
+                .and_then(WireStatus::program),
+            phase: w.status.and_then(|s| s.phase),
         })
     }
 }
@@ -219,12 +367,50 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    /// A container status: restarts, waiting reason, terminated (exit code, reason), last
+    /// terminated exit code, and its name.
+    type Status = (
+        i32,
+        Option<String>,
+        Option<(i32, Option<String>)>,
+        Option<i32>,
+        String,
+    );
+
+    fn container_status((restarts, waiting, terminated, last, name): &Status) -> serde_json::Value {
+        let mut state = serde_json::Map::new();
+        if let Some(reason) = waiting {
+            state.insert("waiting".into(), json!({"reason": reason, "message": "m"}));
+        }
+        if let Some((code, reason)) = terminated {
+            state.insert(
+                "terminated".into(),
+                json!({"exitCode": code, "reason": reason, "finishedAt": "2026-11-25T10:30:00Z",
+                       "containerID": "containerd://abc"}),
+            );
+        }
+        json!({"name": name, "image": "x", "imageID": "", "ready": false, "restartCount": restarts,
+               "state": state,
+               "lastState": last.map(|c| json!({"terminated": {"exitCode": c, "reason": "Error"}}))})
+    }
+
     fn wire(
         node: Option<&str>,
         phase: Option<&str>,
         containers: &[(Option<u32>, Option<u32>)],
         inits: &[u32],
         deleting: bool,
+    ) -> serde_json::Value {
+        wire_with(node, phase, containers, inits, deleting, &[])
+    }
+
+    fn wire_with(
+        node: Option<&str>,
+        phase: Option<&str>,
+        containers: &[(Option<u32>, Option<u32>)],
+        inits: &[u32],
+        deleting: bool,
+        statuses: &[Status],
     ) -> serde_json::Value {
         let container = |(lim, req): &(Option<u32>, Option<u32>)| {
             let mut r = serde_json::Map::new();
@@ -256,7 +442,8 @@ mod tests {
                 "initContainers": inits.iter().map(|n| container(&(Some(*n), None))).collect::<Vec<_>>(),
                 "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists"}]},
             "status": {"phase": phase, "hostIP": "10.0.0.1",
-                "conditions": [{"type": "Ready", "status": "True"}]}
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": statuses.iter().map(container_status).collect::<Vec<_>>()}
         })
     }
 
@@ -271,8 +458,15 @@ mod tests {
                 (proptest::option::of(0u32..9), proptest::option::of(0u32..9)), 0..4),
             inits in proptest::collection::vec(0u32..9, 0..3),
             deleting in any::<bool>(),
+            statuses in proptest::collection::vec((
+                0i32..5,
+                proptest::option::of(prop_oneof!["ErrImagePull", "ImagePullBackOff", "CrashLoopBackOff"]),
+                proptest::option::of((-1i32..140, proptest::option::of(prop_oneof!["Error", "OOMKilled", "Completed"]))),
+                proptest::option::of(0i32..140),
+                prop_oneof!["main", "side"],
+            ), 0..3),
         ) {
-            let v = wire(node.as_deref(), phase.as_deref(), &containers, &inits, deleting);
+            let v = wire_with(node.as_deref(), phase.as_deref(), &containers, &inits, deleting, &statuses);
             let full: Pod = serde_json::from_value(v.clone()).unwrap();
             let cached: CachedPod = serde_json::from_value(v).unwrap();
             prop_assert_eq!(&cached, &CachedPod::from(&full));

@@ -180,6 +180,7 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
             NodeState::of(ctx.caches.nodes.get(&ObjectRef::new(&n)).as_deref())
         }),
         lost_after: ctx.args.node_lost_after,
+        image_pull_timeout: ctx.args.image_pull_timeout,
     };
     let mut out = lifecycle::decide(inst, view.as_ref(), node, now, verdicts.stop.as_ref());
     let prices = ctx.caches.price_list();

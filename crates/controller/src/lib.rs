@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod placement;
 pub mod pod;
+pub mod program;
 pub mod publish_calendar;
 pub mod user;
 
@@ -68,6 +69,11 @@ pub struct ControllerArgs {
     /// fail, as `spec.onNodeLost` says). A deleted node's instances are lost at once.
     #[arg(long, default_value = "60s", value_parser = gpu_cloud_api::time::parse_duration, env = "GPU_CLOUD_NODE_LOST_AFTER")]
     pub node_lost_after: Duration,
+    /// How long the kubelet may fail to pull an instance's image (retrying with back-off)
+    /// before the instance fails with reason ImagePullFailed and its GPUs are freed. An
+    /// invalid reference fails at once.
+    #[arg(long, default_value = "2m", value_parser = gpu_cloud_api::time::parse_duration, env = "GPU_CLOUD_IMAGE_PULL_TIMEOUT")]
+    pub image_pull_timeout: Duration,
     /// Client-side rate limit of API requests.
     #[command(flatten)]
     pub api: gpu_cloud_runtime::client::ApiArgs,

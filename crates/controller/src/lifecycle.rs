@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use super::cached_pod::CachedPod;
+use super::cached_pod::{CachedPod, ProgramState};
+use super::program;
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
@@ -39,6 +40,8 @@ pub struct PodView {
     pub terminating: bool,
     /// The GpuUser named by its label.
     pub user: Option<String>,
+    /// What the kubelet reports of its program (none from kwok).
+    pub program: Option<ProgramState>,
 }
 
 impl PodView {
@@ -55,6 +58,7 @@ impl PodView {
             created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             user: pod.labels().get(USER_LABEL).cloned(),
+            program: pod.program.clone(),
         })
     }
 }
@@ -487,14 +491,17 @@ pub struct Stop {
     pub message: String,
 }
 
-/// How the node an instance runs on is watched: its state, and how long it may be not
-/// Ready before the instance counts as lost (`--node-lost-after`).
+/// How the node an instance runs on, and its kubelet, are watched: the node's state, how
+/// long it may be not Ready before the instance counts as lost (`--node-lost-after`), and
+/// how long the kubelet may fail to pull the instance's image (`--image-pull-timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodeWatch {
     /// The node's state now.
     pub state: NodeState,
     /// How long not Ready counts as lost.
     pub lost_after: Duration,
+    /// How long a failing image pull is retried before the instance fails.
+    pub image_pull_timeout: Duration,
 }
 
 impl NodeWatch {
@@ -502,6 +509,7 @@ impl NodeWatch {
     pub const READY: NodeWatch = NodeWatch {
         state: NodeState::Ready,
         lost_after: DEFAULT_NODE_LOST_AFTER,
+        image_pull_timeout: program::DEFAULT_IMAGE_PULL_TIMEOUT,
     };
 }
 
@@ -516,7 +524,7 @@ pub fn decide(
 ) -> Outcome {
     let old = inst.status.as_ref();
     if old.and_then(|s| s.phase).is_some_and(Phase::is_finished) {
-        return decide_on_node(inst, pod, now, stop);
+        return decide_on_node(inst, pod, now, stop, node.image_pull_timeout);
     }
     // Its node lost: ahead of everything else, since a pod on a lost node never finishes
     // stopping (a preempted one included).
@@ -534,7 +542,7 @@ pub fn decide(
     if let Some(loss) = loss {
         return on_lost_node(inst, pod, loss, now, unchanged(inst));
     }
-    let mut out = decide_on_node(inst, pod, now, stop);
+    let mut out = decide_on_node(inst, pod, now, stop, node.image_pull_timeout);
     if let Some(r) = recheck {
         out.requeue_after = Some(out.requeue_after.map_or(r, |a| a.min(r)));
     }
@@ -559,6 +567,7 @@ fn decide_on_node(
     pod: Option<&PodView>,
     now: Timestamp,
     stop: Option<&Stop>,
+    pull_timeout: Duration,
 ) -> Outcome {
     let old = inst.status.clone().unwrap_or_default();
     let mut status = old.clone();
@@ -683,10 +692,82 @@ fn decide_on_node(
     status.queue_position = None;
     status.nominated_node = None;
 
+    // Its image cannot be pulled: the kubelet retries with back-off, we wait up to
+    // `--image-pull-timeout` from placement (no wait when no retry can succeed), then the
+    // instance fails and its pod goes, freeing the GPUs.
+    let starting = pod.phase.as_deref().is_none_or(|p| p == "Pending");
+    if let Some(f) = program::pull_failure(pod.program.as_ref())
+        .filter(|_| starting && stop.is_none() && now < expires)
+    {
+        let waited = Duration::try_from(now.duration_since(started)).unwrap_or_default();
+        if f.hopeless || waited >= pull_timeout {
+            let msg = program::pull_failed_message(inst, &f, waited);
+            status.phase = Some(Phase::Failed);
+            status.finished_at = Some(now);
+            status.message = Some(msg.clone());
+            status.conditions = with_health(
+                &old.conditions,
+                Health::Stalled {
+                    reason: "ImagePullFailed",
+                    message: &msg,
+                },
+                generation,
+                now,
+            );
+            out.events.push(Note {
+                type_: EventType::Warning,
+                reason: "ImagePullFailed",
+                message: msg,
+            });
+            out.pod = PodAction::Delete;
+            out.wake_scheduler = true;
+            out.status = status;
+            return out;
+        }
+        // Said once (the kubelet's message changes with each retry; the status does not).
+        let msg = format!(
+            "placed on {}; its image {} cannot be pulled yet ({}): retrying until {}",
+            status.node_name.as_deref().unwrap_or_default(),
+            inst.spec.image,
+            f.reason.trim_start_matches("Err"),
+            whole_seconds(
+                started
+                    .checked_add(
+                        SignedDuration::try_from(pull_timeout).unwrap_or(SignedDuration::ZERO)
+                    )
+                    .unwrap_or(Timestamp::MAX)
+            ),
+        );
+        status.phase = Some(Phase::Scheduled);
+        status.message = Some(msg.clone());
+        status.conditions = with_health(
+            &old.conditions,
+            Health::Progressing {
+                reason: "ImagePullBackOff",
+                message: &msg,
+            },
+            generation,
+            now,
+        );
+        if old.message.as_deref() != Some(msg.as_str()) {
+            out.events.push(Note {
+                type_: EventType::Warning,
+                reason: "ImagePullBackOff",
+                message: msg,
+            });
+        }
+        out.requeue_after = Some(
+            pull_timeout
+                .saturating_sub(waited)
+                .max(Duration::from_secs(1)),
+        );
+        out.status = status;
+        return out;
+    }
+
     // A pod that starts within moments is reported once, as Running: a `Scheduled` status
     // first would be one more write per booking. One slow to start (pulling its image) is
     // reported as Scheduled once the grace has passed.
-    let starting = pod.phase.as_deref().is_none_or(|p| p == "Pending");
     if starting && stop.is_none() && phase != Some(Phase::Scheduled) && now < expires {
         let age = now.duration_since(started);
         let grace = SignedDuration::try_from(STARTING_GRACE).unwrap_or(SignedDuration::ZERO);
@@ -697,6 +778,20 @@ fn decide_on_node(
     }
 
     let node = status.node_name.clone().unwrap_or_default();
+    let (restarts, restarted) = program::restarts(pod.program.as_ref(), old.restarts.unwrap_or(0));
+    status.restarts = (restarts > 0).then_some(restarts);
+    if let Some(exit) = program::last_exit(pod.program.as_ref()) {
+        status.last_exit = Some(exit);
+    }
+    if let Some(note) = restarted {
+        out.events.push(Note {
+            type_: EventType::Warning,
+            reason: "Restarted",
+            message: note,
+        });
+    }
+    // A reason other than the phase's own (why a program failed).
+    let mut failed_reason = None;
     // The new phase, what to tell people, and the event type of the transition (if any).
     let (new_phase, message, event) = if let Some(stop) = stop {
         out.pod = PodAction::Delete;
@@ -721,11 +816,11 @@ fn decide_on_node(
                 "its program exited successfully".into(),
                 Some(EventType::Normal),
             ),
-            Some("Failed") => (
-                Phase::Failed,
-                "its program failed (see the pod's logs)".into(),
-                Some(EventType::Warning),
-            ),
+            Some("Failed") => {
+                let (reason, message) = program::failure(inst, pod.program.as_ref());
+                failed_reason = Some(reason);
+                (Phase::Failed, message, Some(EventType::Warning))
+            }
             _ => (
                 Phase::Scheduled,
                 format!("placed on {node}, its pod is starting"),
@@ -740,7 +835,7 @@ fn decide_on_node(
     status.message = None;
     let reason = match stop {
         Some(s) => s.reason,
-        None => new_phase.as_str(),
+        None => failed_reason.unwrap_or(new_phase.as_str()),
     };
     let health = match new_phase {
         Phase::Running => Health::Ready {
@@ -837,6 +932,7 @@ mod tests {
 
     fn pod(phase: &str) -> PodView {
         PodView {
+            program: None,
             name: "a".into(),
             node: Some("gpu-l4-0".into()),
             phase: Some(phase.into()),
@@ -1019,6 +1115,7 @@ mod tests {
         NodeWatch {
             state,
             lost_after: Duration::from_secs(60),
+            ..NodeWatch::READY
         }
     }
 

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use gpu_cloud_api::v1::GpuInstance;
+use gpu_cloud_api::v1::{GpuInstance, RestartPolicy};
 use gpu_cloud_api::{GPU_RESOURCE, TOLERATED_TAINT};
 use gpu_cloud_api::{INSTANCE_LABEL, MANAGED_BY, USER_LABEL};
 
@@ -44,7 +44,10 @@ pub fn build(inst: &GpuInstance, user: &str, node: &str) -> Result<Pod, serde_js
         },
         "spec": {
             "nodeName": node,
-            "restartPolicy": "Never",
+            "restartPolicy": match spec.restart_policy() {
+                RestartPolicy::Never => "Never",
+                RestartPolicy::OnFailure => "OnFailure",
+            },
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
             "nodeSelector": {"nvidia.com/gpu.product": spec.gpu.model},

@@ -1,64 +1,15 @@
 //! The kubelet's PodResources API (`v1.PodResourcesLister`) over its unix socket: which
-//! devices the device plugin gave to which pod's container.
-//!
-//! `api.proto` beside this file is the upstream definition (k8s.io/kubelet v0.37.2,
-//! pkg/apis/podresources/v1). The messages and the client below are what prost and
-//! tonic-build generate from it, kept in the repository (only the `List` call and the
-//! fields the agent reads; protobuf ignores the rest), so that the build needs no protoc.
+//! devices the device plugin gave to which pod's container, and which devices the node has.
+//! The messages and the client are generated from the vendored proto
+//! (`gpu-cloud-kubelet-api`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Endpoint, Uri};
-
-/// `ListPodResourcesRequest {}`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ListPodResourcesRequest {}
-
-/// `ListPodResourcesResponse`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ListPodResourcesResponse {
-    /// Every pod on the node.
-    #[prost(message, repeated, tag = "1")]
-    pub pod_resources: Vec<PodResources>,
-}
-
-/// `PodResources`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PodResources {
-    /// Pod name.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Pod namespace.
-    #[prost(string, tag = "2")]
-    pub namespace: String,
-    /// Its containers.
-    #[prost(message, repeated, tag = "3")]
-    pub containers: Vec<ContainerResources>,
-}
-
-/// `ContainerResources`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ContainerResources {
-    /// Container name.
-    #[prost(string, tag = "1")]
-    pub name: String,
-    /// Devices assigned to it.
-    #[prost(message, repeated, tag = "2")]
-    pub devices: Vec<ContainerDevices>,
-}
-
-/// `ContainerDevices`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ContainerDevices {
-    /// Extended resource, e.g. `nvidia.com/gpu`.
-    #[prost(string, tag = "1")]
-    pub resource_name: String,
-    /// Device IDs (for NVIDIA GPUs: their UUIDs).
-    #[prost(string, repeated, tag = "2")]
-    pub device_ids: Vec<String>,
-}
+use gpu_cloud_kubelet_api::podresources::pod_resources_lister_client::PodResourcesListerClient;
+pub use gpu_cloud_kubelet_api::podresources::{
+    AllocatableResourcesRequest, ListPodResourcesRequest, ListPodResourcesResponse,
+};
 
 /// Where a device went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,31 +46,42 @@ pub fn gpu_holders(resp: &ListPodResourcesResponse) -> BTreeMap<String, Holder> 
     out
 }
 
-/// Asks the kubelet at `socket` (usually `/var/lib/kubelet/pod-resources/kubelet.sock`).
-pub async fn list(socket: PathBuf) -> Result<ListPodResourcesResponse, tonic::Status> {
-    // The URI is required by the API and ignored by the connector.
-    let endpoint = Endpoint::try_from("http://localhost")
-        .map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let channel = endpoint
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                tokio::net::UnixStream::connect(socket)
-                    .await
-                    .map(TokioIo::new)
-            }
-        }))
+async fn client(
+    socket: &Path,
+) -> Result<PodResourcesListerClient<tonic::transport::Channel>, tonic::Status> {
+    let channel = gpu_cloud_kubelet_api::unix_channel(socket)
         .await
         .map_err(|e| tonic::Status::unavailable(format!("kubelet PodResources socket: {e}")))?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let path = http::uri::PathAndQuery::from_static("/v1.PodResourcesLister/List");
-    let codec = tonic_prost::ProstCodec::default();
-    grpc.unary(tonic::Request::new(ListPodResourcesRequest {}), path, codec)
+    Ok(PodResourcesListerClient::new(channel))
+}
+
+/// Asks the kubelet at `socket` (usually `/var/lib/kubelet/pod-resources/kubelet.sock`)
+/// which devices each pod's containers hold.
+pub async fn list(socket: &Path) -> Result<ListPodResourcesResponse, tonic::Status> {
+    client(socket)
+        .await?
+        .list(ListPodResourcesRequest {})
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// The IDs of the node's GPUs as the kubelet knows them from the device plugin (every one,
+/// held or not), sorted.
+pub async fn allocatable_gpus(socket: &Path) -> Result<Vec<String>, tonic::Status> {
+    let resp = client(socket)
+        .await?
+        .get_allocatable_resources(AllocatableResourcesRequest {})
+        .await?
+        .into_inner();
+    let mut ids: Vec<String> = resp
+        .devices
+        .into_iter()
+        .filter(|d| d.resource_name == gpu_cloud_api::GPU_RESOURCE)
+        .flat_map(|d| d.device_ids)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -168,7 +130,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_socket_is_a_clear_error() {
-        let err = list(PathBuf::from("/nonexistent/kubelet.sock"))
+        let err = list(Path::new("/nonexistent/kubelet.sock"))
             .await
             .unwrap_err();
         assert!(err.message().contains("PodResources socket"), "{err}");
