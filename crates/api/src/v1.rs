@@ -357,7 +357,6 @@ pub struct UsageTotals {
     printcolumn = r#"{"name":"Preemptible","type":"boolean","jsonPath":".spec.preemptible"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Waiting","type":"string","priority":1,"jsonPath":".status.message"}"#,
-    printcolumn = r#"{"name":"Restarts","type":"integer","priority":1,"jsonPath":".status.restarts"}"#,
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.nodeName) || (self.spec.gpu == oldSelf.spec.gpu && self.spec.image == oldSelf.spec.image && self.spec.command == oldSelf.spec.command && self.spec.args == oldSelf.spec.args && self.spec.env == oldSelf.spec.env && self.spec.resources == oldSelf.spec.resources)")
         .message("spec.gpu, image, command, args, env and resources cannot change once the instance is placed on a node; delete it and book again")
 )]
