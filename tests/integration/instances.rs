@@ -348,6 +348,41 @@ async fn bad_input_is_refused_or_reported_without_a_hot_loop() {
         msg.contains("spec.duration must look like 30m, 8h or 1h30m"),
         "{msg}"
     );
+    // An image that is no image reference (kwok would report it Running).
+    for image in ["::bad::", "Upper/Case:1", "a//b", "x:"] {
+        let bad: GpuInstance = serde_json::from_value(json!({
+            "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance", "metadata": {"name": "bad-image"},
+            "spec": {"gpu": {"model": "NVIDIA-L4", "count": 1}, "image": image, "duration": "1h"}
+        }))
+        .unwrap();
+        let msg = api
+            .create(&Default::default(), &bad)
+            .await
+            .expect_err("a bad image reference is refused")
+            .to_string();
+        assert!(
+            msg.contains("spec.image must be an image reference"),
+            "{image}: {msg}"
+        );
+    }
+    for image in [
+        "pytorch/pytorch:2.5.1",
+        "registry.example.com:5000/team/trainer:v3",
+        &format!("nvcr.io/nvidia/pytorch@sha256:{}", "a".repeat(64)),
+    ] {
+        let ok: GpuInstance = serde_json::from_value(json!({
+            "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance", "metadata": {"name": "good-image"},
+            "spec": {"gpu": {"model": "NVIDIA-L4", "count": 1}, "image": image, "duration": "1h"}
+        }))
+        .unwrap();
+        let dry = kube::api::PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        api.create(&dry, &ok)
+            .await
+            .unwrap_or_else(|e| panic!("{image} is an image reference: {e}"));
+    }
 
     // A model no node has: queued with the reason, stalled, and left alone.
     harness::book(&client, &ns, "b200", spec("NVIDIA-B200-NOWHERE", 1, "1h")).await;
