@@ -1,4 +1,4 @@
-//! `kubectl-gpu`: the kubectl plugin (`kubectl gpu book|ls|usage|slots`); all of it lives
+//! `kubectl-gpu`: the kubectl plugin (`kubectl gpu book|ls|usage|slots|shell|forward|logs`); all of it lives
 //! in the `gpu-cloud-plugin` crate, a client of the API only.
 
 use std::process::ExitCode;
@@ -11,6 +11,10 @@ async fn main() -> ExitCode {
     gpu_cloud_plugin::init_logging();
     match PluginCli::parse().run().await {
         Ok(()) => ExitCode::SUCCESS,
+        // kubectl (shell, forward, logs) has said why; pass its status on.
+        Err(gpu_cloud_plugin::PluginError::KubectlFailed(code)) => {
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Err(err) => {
             // The server's refusals already read as kubectl prints them.
             let text = err.to_string();

@@ -2,14 +2,31 @@
 //! their own namespace only, reads their pods, and never writes status.
 
 use gpu_cloud_api::v1::GpuInstance;
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::Client;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::harness;
 
 fn is_forbidden(r: Result<impl Sized, kube::Error>) -> bool {
     matches!(r, Err(kube::Error::Api(e)) if e.code == 403)
+}
+
+/// May the caller of `client` `create` pods/`subresource` in `namespace`?
+async fn may_connect(client: &Client, namespace: &str, subresource: &str) -> bool {
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"resourceAttributes": {"verb": "create", "resource": "pods",
+                                        "subresource": subresource, "namespace": namespace}}
+    }))
+    .expect("review");
+    Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectAccessReview")
+        .status
+        .is_some_and(|s| s.allowed)
 }
 
 #[tokio::test]
@@ -50,6 +67,21 @@ async fn a_user_sees_and_touches_only_their_own_instances() {
         .list(&ListParams::default())
         .await
         .expect("alice lists her pods");
+
+    // Connecting to her instances' pods (shell, attach, port-forward) only in her namespace:
+    // tests/integration/realnode.rs does it on a real kubelet.
+    for sub in ["exec", "attach", "portforward"] {
+        assert!(
+            may_connect(&as_alice, &alice_ns, sub).await,
+            "alice pods/{sub}"
+        );
+        for ns in [bob_ns.as_str(), "kube-system", "default"] {
+            assert!(
+                !may_connect(&as_alice, ns, sub).await,
+                "alice may pods/{sub} in {ns}"
+            );
+        }
+    }
 
     // Refused: anything in bob's namespace, anything cluster-wide, any status write.
     assert!(

@@ -11,6 +11,7 @@ use kube::api::{Api, ListParams};
 
 use crate::PluginError;
 use crate::actions::{self, Booking};
+use crate::connect::{Connection, Identity, kubectl_args};
 use crate::tables::{instance_table, slots_text};
 
 /// Book and watch GPUs of the gpu-cloud operator.
@@ -101,6 +102,72 @@ enum PluginCommand {
         #[arg(long, env = "GPU_CLOUD_NAMESPACE", default_value = "gpu-cloud")]
         calendar_namespace: String,
     },
+    /// A shell in an instance's container (`kubectl gpu shell nb`), or one command in it
+    /// (`kubectl gpu shell nb -- nvidia-smi`). Runs `kubectl exec` on its pod.
+    Shell {
+        /// The GpuInstance.
+        instance: String,
+        /// Command to run instead of a shell, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Forward local ports to an instance (`kubectl gpu forward nb 8888`, or `9000:8888`
+    /// for local port 9000). Runs `kubectl port-forward` on its pod until interrupted.
+    Forward {
+        /// The GpuInstance.
+        instance: String,
+        /// Ports: `PORT` or `LOCAL:REMOTE`.
+        #[arg(required = true)]
+        ports: Vec<String>,
+        /// Local addresses to listen on (default: localhost).
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// An instance's logs (`kubectl gpu logs nb -f`). Runs `kubectl logs` on its pod.
+    Logs {
+        /// The GpuInstance.
+        instance: String,
+        /// Follow the log as it grows.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// The logs of the program's previous run (after a restart).
+        #[arg(short = 'p', long)]
+        previous: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<i64>,
+    },
+}
+
+/// Finds `instance`'s pod (as the caller: a refusal is theirs) and hands `connection` over
+/// to kubectl, with the terminal; returns when kubectl does.
+async fn connect(
+    client: &kube::Client,
+    ns: &str,
+    instance: &str,
+    who: &Identity,
+    connection: &Connection,
+) -> Result<(), PluginError> {
+    let inst = Api::<GpuInstance>::namespaced(client.clone(), ns)
+        .get(instance)
+        .await
+        .map_err(PluginError::kube("read the GpuInstance"))?;
+    let need_running = !matches!(connection, Connection::Logs { .. });
+    let target = crate::connect::target(&inst, need_running)?;
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
+    let status = std::process::Command::new(&kubectl)
+        .args(kubectl_args(&target, who, connection))
+        .status()
+        .map_err(|source| PluginError::NoKubectl {
+            kubectl: kubectl.clone(),
+            source,
+        })?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => Err(PluginError::KubectlFailed(code)),
+        // Ended by a signal (e.g. ^C on a forward): as a shell says it.
+        None => Err(PluginError::KubectlFailed(130)),
+    }
 }
 
 /// `text` as a time: RFC 3339, or `+<duration>` from `now`; to the second.
@@ -142,6 +209,10 @@ impl PluginCli {
                     .unwrap_or_else(|| "default".to_owned())
             }
             (None, context) => context.to_owned(),
+        };
+        let who = Identity {
+            as_user: self.as_user.clone(),
+            as_group: self.as_group.clone(),
         };
         let mut out = std::io::stdout().lock();
         match self.command {
@@ -241,6 +312,35 @@ impl PluginCli {
                 let cal = actions::read_calendar(&client, &calendar_namespace).await?;
                 let text = slots_text(&cal, &model, count, length, from.unwrap_or(now), show, now);
                 write!(out, "{text}")?;
+            }
+            PluginCommand::Shell { instance, command } => {
+                let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+                let connection = Connection::Shell { command, tty };
+                drop(out);
+                connect(&client, &ns, &instance, &who, &connection).await?;
+            }
+            PluginCommand::Forward {
+                instance,
+                ports,
+                address,
+            } => {
+                let connection = Connection::Forward { ports, address };
+                drop(out);
+                connect(&client, &ns, &instance, &who, &connection).await?;
+            }
+            PluginCommand::Logs {
+                instance,
+                follow,
+                previous,
+                tail,
+            } => {
+                let connection = Connection::Logs {
+                    follow,
+                    previous,
+                    tail,
+                };
+                drop(out);
+                connect(&client, &ns, &instance, &who, &connection).await?;
             }
         }
         Ok(())

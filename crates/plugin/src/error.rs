@@ -50,6 +50,19 @@ pub enum PluginError {
     /// Building the object to send failed (a bug: please report it).
     #[error("cannot build the GpuInstance: {0}")]
     Render(#[source] serde_json::Error),
+    /// The instance has no pod to connect to (not placed yet, starting, or finished).
+    #[error(transparent)]
+    NoPod(#[from] crate::connect::NoPod),
+    /// kubectl, which `shell`, `forward` and `logs` hand over to, could not be started.
+    #[error("cannot run {kubectl} ({source}): put kubectl on the PATH or name it in KUBECTL")]
+    NoKubectl {
+        kubectl: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// kubectl ran and failed; it has said why on stderr. Its exit status is ours.
+    #[error("kubectl exited with status {0}")]
+    KubectlFailed(i32),
     /// Writing the output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

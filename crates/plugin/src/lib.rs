@@ -1,8 +1,9 @@
 //! `kubectl gpu`: the GPU cloud in a person's words — book (now or ahead), list, usage and
-//! cost, free windows. Installed as the `kubectl-gpu` binary on the PATH, so kubectl finds
+//! cost, free windows, and a shell, a port or the logs of an instance. Installed as the `kubectl-gpu` binary on the PATH, so kubectl finds
 //! it as a plugin.
 //!
 //! - [`commands`]: the command line and what each command does;
+//! - [`connect`]: a shell in an instance, a port forwarded to it, its logs (through kubectl);
 //! - [`actions`]: what it asks of the API (as the person running it, or `--as` someone);
 //! - [`tables`]: what it prints (pure, tested without a cluster);
 //! - [`whoami`]: the caller's own namespace, for commands without `-n`;
@@ -13,6 +14,7 @@
 
 pub mod actions;
 pub mod commands;
+pub mod connect;
 mod error;
 pub mod table;
 pub mod tables;
