@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::harness::{self, PrivateControlPlane};
 
-fn helm(kubeconfig: &Path, args: &[&str]) -> String {
+pub(crate) fn helm(kubeconfig: &Path, args: &[&str]) -> String {
     let out = Command::new(harness::kubectl().with_file_name("helm"))
         .args(args)
         .env("KUBECONFIG", kubeconfig)

@@ -23,6 +23,7 @@ mod observability;
 mod plugin;
 mod preemption;
 mod rbac;
+mod realnode;
 mod scale;
 mod smoke;
 mod usage;

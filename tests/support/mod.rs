@@ -545,12 +545,38 @@ impl PrivateControlPlane {
 
     /// [`Self::start`] with extra kube-apiserver flags.
     pub fn start_with(name: &str, apiserver_args: &[&str]) -> Self {
+        let mut cmd = Command::new(repo_root().join("hack/cluster"));
+        cmd.env("GPU_CLOUD_APISERVER_ARGS", apiserver_args.join(" "));
+        Self::start_cluster(name, cmd, &[])
+    }
+
+    /// [`Self::start`] with a real node (`hack/real-node`: kubelet, containerd, fake GPUs;
+    /// needs root) that has the docker-archive `images` imported. Its fake device plugin
+    /// is the one built beside this test binary.
+    pub fn start_real_node(name: &str, images: &[&Path]) -> Self {
+        let mut cmd = Command::new(repo_root().join("hack/cluster"));
+        let fake_gpus =
+            Path::new(env!("CARGO_BIN_EXE_gpu-cloud")).with_file_name("gpu-cloud-fake-gpus");
+        assert!(
+            fake_gpus.is_file(),
+            "no {}: build it with `cargo build -p gpu-cloud-fake-gpus` (hack/test does)",
+            fake_gpus.display()
+        );
+        let args: Vec<String> = images
+            .iter()
+            .map(|i| format!("--image {}", i.display()))
+            .collect();
+        cmd.env("GPU_CLOUD_REAL_NODE_ARGS", args.join(" "))
+            .env("GPU_CLOUD_FAKE_GPUS", fake_gpus);
+        Self::start_cluster(name, cmd, &["--real-node"])
+    }
+
+    fn start_cluster(name: &str, mut cmd: Command, extra: &[&str]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("gpu-cloud-test-{}-{name}", std::process::id()));
-        let mut cmd = Command::new(repo_root().join("hack/cluster"));
         cmd.args(["up", "--attach", "--nodes", "0", "--dir"])
             .arg(&dir)
-            .env("GPU_CLOUD_APISERVER_ARGS", apiserver_args.join(" "))
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -308,9 +308,28 @@ pub async fn run(
     args: ControllerArgs,
     metrics: Arc<ControllerMetrics>,
 ) -> Result<(), ControllerError> {
-    if !args.leader_elect {
-        return run_active(client, args, metrics).await;
-    }
+    // Health and metrics from the start, standby or not: the liveness probe asks a standby
+    // too (a real kubelet restarted one that served nothing until it led).
+    let server = tokio::spawn(gpu_cloud_runtime::metrics::serve(
+        args.metrics_addr,
+        metrics.clone(),
+    ));
+    let result = if args.leader_elect {
+        run_elected(client, args, metrics).await
+    } else {
+        run_active(client, args, metrics).await
+    };
+    server.abort();
+    result
+}
+
+/// [`run`] with leader election: stands by (ready: it can take over) until this replica
+/// holds the Lease, then runs the controllers until it loses it.
+async fn run_elected(
+    client: Client,
+    args: ControllerArgs,
+    metrics: Arc<ControllerMetrics>,
+) -> Result<(), ControllerError> {
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -335,6 +354,9 @@ pub async fn run(
         Duration::from_secs(args.lease_duration.max(1)),
     ));
     tracing::info!(%identity, lease = LEASE_NAME, "waiting to lead");
+    metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     while !*leading.borrow_and_update() {
         tokio::select! {
             changed = leading.changed() => if changed.is_err() { return Err(ControllerError::LostLease); },
@@ -342,6 +364,10 @@ pub async fn run(
         }
     }
     tracing::info!(%identity, "leading: starting the controllers");
+    // Not ready again until its caches are filled (run_active says when).
+    metrics
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let lost = async move {
         loop {
             if leading.changed().await.is_err() || !*leading.borrow_and_update() {
@@ -470,10 +496,6 @@ async fn run_active(
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let server = tokio::spawn(gpu_cloud_runtime::metrics::serve(
-        args.metrics_addr,
-        metrics.clone(),
-    ));
     let (caches, feeds, watches) = cache::Caches::start(&client);
     tracing::info!("gpu-cloud controller starting: filling the watch caches");
     tokio::select! {
@@ -514,7 +536,6 @@ async fn run_active(
         )
     );
     placement.abort();
-    server.abort();
     drop(watches);
     tracing::info!("gpu-cloud controller stopped");
     Ok(())

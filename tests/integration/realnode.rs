@@ -1,0 +1,631 @@
+//! The chart on a real node: the image `hack/image` builds from this test's own binaries,
+//! installed with Helm on a control plane of the test's own whose only node is a real
+//! kubelet with containerd and runc (`hack/real-node`, fake GPUs from
+//! gpu-cloud-fake-gpus). Every component runs in a real container; a booking's pod runs a
+//! real program; the agent attributes it through the kubelet's PodResources socket and
+//! the container's cgroups; the failures only a kubelet shows (an image it cannot pull, a
+//! program exiting non-zero, an OOM kill, restarts) reach the instances' status; a user
+//! connects to their instance (`kubectl gpu shell|forward|logs`) and another user cannot.
+//! Needs root (a kubelet).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gpu_cloud_api::v1::{GpuInstance, Phase, UsageSource};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+
+use crate::chart::helm;
+use crate::harness::{self, PrivateControlPlane, phase, poll};
+
+const MODEL: &str = "gpu-cloud-fake-gpu";
+const BUSYBOX: &str = "gpu-cloud.local/busybox:1";
+
+/// `hack/image` from the binaries beside this test: the archive's path.
+fn build_image(out: &Path) -> PathBuf {
+    let binaries = Path::new(env!("CARGO_BIN_EXE_gpu-cloud"))
+        .parent()
+        .expect("the binaries' folder");
+    let run = Command::new(harness::repo_root().join("hack/image"))
+        .args(["--binaries"])
+        .arg(binaries)
+        .args(["--tag", "dev", "--out"])
+        .arg(out)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run hack/image");
+    assert!(run.status.success(), "hack/image failed (see above)");
+    PathBuf::from(String::from_utf8_lossy(&run.stdout).trim())
+}
+
+/// The image holds what the Dockerfile's image holds: its COPY destinations, its user and
+/// entrypoint, and what its base (distroless/cc, nonroot) gives the binaries: the loader
+/// and libraries they link, the CA bundle, a passwd naming 65532, a writable /tmp.
+fn image_matches_the_dockerfile(archive: &Path) {
+    let dockerfile = std::fs::read_to_string(harness::repo_root().join("Dockerfile"))
+        .expect("read the Dockerfile");
+    // The final stage: from its FROM on.
+    let last = dockerfile
+        .rsplit_once("\nFROM ")
+        .map(|(_, s)| format!("FROM {s}"))
+        .expect("a final stage");
+    assert!(
+        last.starts_with("FROM gcr.io/distroless/cc-debian12:nonroot"),
+        "hack/image copies what distroless/cc gives; a new base needs it to follow: {last}"
+    );
+    let directive = |name: &str| -> Vec<String> {
+        last.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .map(|l| l.trim().to_owned())
+            .collect()
+    };
+    let copies: Vec<String> = directive("COPY ")
+        .iter()
+        .map(|l| {
+            l.split_whitespace()
+                .last()
+                .expect("COPY destination")
+                .to_owned()
+        })
+        .collect();
+    assert!(!copies.is_empty(), "the Dockerfile copies the binaries");
+    let user = directive("USER ").pop().expect("USER");
+    let entrypoint: serde_json::Value =
+        serde_json::from_str(&directive("ENTRYPOINT ").pop().expect("ENTRYPOINT"))
+            .expect("exec form");
+
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("docker-archive:{}", archive.display()))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        inspect.status.success(),
+        "skopeo inspect: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let config: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("image config");
+    assert_eq!(config["config"]["User"], json!(user), "USER");
+    assert_eq!(config["config"]["Entrypoint"], entrypoint, "ENTRYPOINT");
+
+    // Its files: every layer's listing (docker-archive: manifest.json names the layers).
+    let tar = |args: &[&str]| -> Vec<u8> {
+        let out = Command::new("tar").args(args).output().expect("run tar");
+        assert!(
+            out.status.success(),
+            "tar {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let archive_s = archive.to_str().expect("utf-8 path");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&tar(&["-xOf", archive_s, "manifest.json"])).expect("manifest.json");
+    let scratch = archive.with_extension("layers");
+    std::fs::create_dir_all(&scratch).expect("scratch folder");
+    let mut files = std::collections::BTreeSet::new();
+    let mut etc_passwd = String::new();
+    for layer in manifest[0]["Layers"].as_array().expect("layers") {
+        let layer = layer.as_str().expect("layer path");
+        let path = scratch.join("layer.tar");
+        std::fs::write(&path, tar(&["-xOf", archive_s, layer])).expect("write the layer");
+        let listing = tar(&["-tf", path.to_str().expect("utf-8 path")]);
+        for f in String::from_utf8_lossy(&listing).lines() {
+            let name = f.trim_start_matches("./").trim_end_matches('/');
+            if name == "etc/passwd" {
+                let text = tar(&["-xOf", path.to_str().expect("utf-8 path"), f]);
+                etc_passwd = String::from_utf8_lossy(&text).into_owned();
+            }
+            files.insert(format!("/{name}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    for dest in &copies {
+        assert!(
+            files.contains(dest),
+            "{dest} (COPY in the Dockerfile) is not in the image"
+        );
+    }
+    // What the base gives: the binaries' loader and libraries (ldd), CA bundle, passwd, /tmp.
+    let ldd = Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_gpu-cloud"))
+        .output()
+        .expect("run ldd");
+    let mut needed: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| {
+            let path = l.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect();
+    assert!(
+        needed.iter().any(|l| l.contains("ld-linux")),
+        "ldd names the loader: {needed:?}"
+    );
+    needed.extend([
+        "/etc/ssl/certs/ca-certificates.crt".into(),
+        "/etc/passwd".into(),
+        "/tmp".into(),
+    ]);
+    for f in &needed {
+        assert!(
+            files.contains(f),
+            "{f} is not in the image; it has {files:?}"
+        );
+    }
+    assert!(
+        etc_passwd
+            .lines()
+            .any(|l| l.starts_with("nonroot:x:65532:65532:")),
+        "passwd names nonroot 65532: {etc_passwd}"
+    );
+}
+
+/// `kubectl ARGS` against the test's cluster: (success, stdout, stderr).
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(harness::kubectl())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("PATH", plugin_path())
+        .env("KUBECTL", harness::kubectl())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// PATH with kubectl-gpu in front, so that `kubectl gpu` finds this build's plugin.
+fn plugin_path() -> String {
+    let bin = Path::new(env!("CARGO_BIN_EXE_kubectl-gpu"));
+    format!(
+        "{}:{}",
+        bin.parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Waits until every pod of the release runs with all containers ready (or has
+/// completed), and there are `expected` of them.
+async fn release_pods_ready(pods: &Api<Pod>, expected: usize) {
+    poll(
+        Duration::from_secs(120),
+        "the release's pods Running and ready",
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app.kubernetes.io/instance=gpu-cloud"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut seen = vec![];
+            let mut running = 0;
+            for p in &list.items {
+                let name = p.metadata.name.clone().unwrap_or_default();
+                let status = p.status.clone().unwrap_or_default();
+                let phase = status.phase.clone().unwrap_or_default();
+                let ready = status.container_statuses.iter().flatten().all(|c| c.ready);
+                let deleting = p.metadata.deletion_timestamp.is_some();
+                if phase == "Running" && ready && !deleting {
+                    running += 1;
+                } else if phase != "Succeeded" {
+                    seen.push(format!(
+                        "{name}: {phase}, ready {ready}, deleting {deleting}"
+                    ));
+                }
+            }
+            if seen.is_empty() && running == expected {
+                Ok(())
+            } else {
+                Err(format!("{running} running; {seen:?}"))
+            }
+        },
+    )
+    .await
+}
+
+fn reason_of(inst: &GpuInstance) -> Option<String> {
+    let status = inst.status.as_ref()?;
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled" && c.status == "True")
+        .or_else(|| status.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| format!("{}: {}", c.reason, c.message))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_and_instances_in_real_containers() {
+    let t0 = Instant::now();
+    let scratch = std::env::temp_dir().join(format!("gpu-cloud-test-{}-image", std::process::id()));
+    let archive = build_image(&scratch);
+    image_matches_the_dockerfile(&archive);
+    let image_built = t0.elapsed();
+    let cp = PrivateControlPlane::start_real_node("realnode", &[&archive]);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let cluster_up = t0.elapsed() - image_built;
+    let client = cp.client().await;
+    let kc = &cp.kubeconfig;
+
+    // ---- helm install: every component in a real container ---------------------------
+    let chart = harness::repo_root().join("charts/gpu-cloud");
+    let chart = chart.to_str().expect("utf-8 path");
+    let t_install = Instant::now();
+    let values = [
+        "--set",
+        "image.tag=dev",
+        "--set",
+        "agent.simulateDevices=true",
+        "--set",
+        "agent.runtimeClassName=",
+        "--set",
+        "agent.writeInterval=2s",
+        "--set",
+        "controller.imagePullTimeout=15s",
+    ];
+    let mut install = vec![
+        "install",
+        "gpu-cloud",
+        chart,
+        "-n",
+        "gpu-cloud",
+        "--create-namespace",
+        "--wait",
+        "--wait-for-jobs",
+        "--timeout",
+        "180s",
+    ];
+    install.extend(values);
+    let out = helm(kc, &install);
+    assert!(out.contains("STATUS: deployed"), "{out}");
+    let installed = t_install.elapsed();
+    let pods = Api::<Pod>::namespaced(client.clone(), "gpu-cloud");
+    // Two controllers, the webhook, one agent (the real node is the only node).
+    release_pods_ready(&pods, 4).await;
+    for p in pods.list(&ListParams::default()).await.expect("pods").items {
+        let node = p.spec.and_then(|s| s.node_name);
+        assert_eq!(node.as_deref(), Some("real-node"), "{:?}", p.metadata.name);
+    }
+    // Leader election: the Lease is held by one of the two controller pods.
+    let controllers = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=controller"))
+        .await
+        .expect("controller pods");
+    assert_eq!(controllers.items.len(), 2, "two controller replicas");
+    let leases = Api::<Lease>::namespaced(client.clone(), "gpu-cloud");
+    let holder = poll(Duration::from_secs(60), "a leader", || async {
+        leases
+            .get_opt("gpu-cloud-controller")
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|l| l.spec?.holder_identity)
+            .ok_or_else(|| "no holder".to_owned())
+    })
+    .await;
+    assert!(
+        controllers
+            .items
+            .iter()
+            .any(|p| p.metadata.name.as_deref() == Some(holder.as_str())),
+        "the Lease's holder {holder} is a controller pod"
+    );
+
+    // ---- a booking whose pod runs a real program ---------------------------------------
+    let alice = "alice";
+    let ns = harness::user(
+        &client,
+        alice,
+        json!({"subjects": [{"kind": "User", "name": alice}]}),
+    )
+    .await;
+    let bob = "bob";
+    harness::user(
+        &client,
+        bob,
+        json!({"subjects": [{"kind": "User", "name": bob}]}),
+    )
+    .await;
+    let web = "mkdir -p /tmp/www && echo real-node-says-hi > /tmp/www/index.html \
+               && echo serving && exec httpd -f -p 8080 -h /tmp/www";
+    let t_book = Instant::now();
+    harness::book(
+        &client,
+        &ns,
+        "web",
+        json!({"gpu": {"model": MODEL, "count": 2}, "image": BUSYBOX,
+               "command": ["/bin/sh", "-c", web],
+               "duration": "1h"}),
+    )
+    .await;
+    let inst = harness::wait_instance(&client, &ns, "web", "Running", |i| {
+        phase(i) == Some(Phase::Running)
+    })
+    .await;
+    let apply_to_running = t_book.elapsed();
+    let pod_name = inst
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_name.clone())
+        .expect("its pod");
+    let user_pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let pod = user_pods.get(&pod_name).await.expect("the instance's pod");
+    let pod_uid = pod.metadata.uid.clone();
+    assert_eq!(
+        pod.spec.and_then(|s| s.node_name).as_deref(),
+        Some("real-node")
+    );
+
+    // The conversion webhook, reached through its Service: read it at v1alpha1.
+    let (ok, out, err) = kubectl(
+        kc,
+        &[
+            "get",
+            "gpuinstances.v1alpha1.gpu-cloud.io",
+            "web",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.apiVersion}",
+        ],
+    );
+    assert!(ok && out == "gpu-cloud.io/v1alpha1", "{out}{err}");
+
+    // The agent found its processes through PodResources and the cgroups.
+    let inst = harness::wait_instance(&client, &ns, "web", "usage from the agent", |i| {
+        i.status
+            .as_ref()
+            .and_then(|s| s.usage.as_ref())
+            .is_some_and(|u| u.source == UsageSource::Simulated && u.devices.len() == 2)
+    })
+    .await;
+    let usage = inst.status.and_then(|s| s.usage).expect("usage");
+    assert!(usage.gpu_seconds > 0.0, "{usage:?}");
+
+    // ---- connect as its user, and not as another ---------------------------------------
+    let (ok, out, err) = kubectl(
+        kc,
+        &[
+            "gpu",
+            "shell",
+            "web",
+            "-n",
+            &ns,
+            "--as",
+            alice,
+            "--",
+            "cat",
+            "/tmp/www/index.html",
+        ],
+    );
+    assert!(ok && out.trim() == "real-node-says-hi", "shell: {out}{err}");
+    let (ok, out, err) = kubectl(kc, &["gpu", "logs", "web", "-n", &ns, "--as", alice]);
+    assert!(ok && out.contains("serving"), "logs: {out}{err}");
+    let port = harness::free_port();
+    let mut forward = Command::new(harness::kubectl())
+        .args([
+            "gpu",
+            "forward",
+            "web",
+            &format!("{port}:8080"),
+            "-n",
+            &ns,
+            "--as",
+            alice,
+        ])
+        .env("KUBECONFIG", kc)
+        .env("PATH", plugin_path())
+        .env("KUBECTL", harness::kubectl())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("kubectl gpu forward");
+    let page = poll(
+        Duration::from_secs(30),
+        "the page through the forward",
+        || async {
+            harness::http_get(port, "/index.html")
+                .map_err(|e| e.to_string())
+                .and_then(|(head, body)| {
+                    if head.contains("200") {
+                        Ok(body)
+                    } else {
+                        Err(head)
+                    }
+                })
+        },
+    )
+    .await;
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(page.trim(), "real-node-says-hi");
+    let (ok, out, err) = kubectl(
+        kc,
+        &[
+            "gpu",
+            "shell",
+            "web",
+            "-n",
+            &ns,
+            "--as",
+            bob,
+            "--",
+            "cat",
+            "/etc/hostname",
+        ],
+    );
+    assert!(
+        !ok && err.to_lowercase().contains("forbidden"),
+        "bob's shell: {out}{err}"
+    );
+    let (ok, out, err) = kubectl(
+        kc,
+        &[
+            "exec",
+            "-n",
+            &ns,
+            &pod_name,
+            "--as",
+            bob,
+            "--",
+            "cat",
+            "/etc/hostname",
+        ],
+    );
+    assert!(!ok && err.contains("forbidden"), "bob's exec: {out}{err}");
+
+    // ---- failures only a kubelet shows ---------------------------------------------------
+    let one = |image: &str, command: &str| {
+        json!({"gpu": {"model": MODEL, "count": 1}, "image": image,
+               "command": ["/bin/sh", "-c", command], "duration": "1h"})
+    };
+    harness::book(
+        &client,
+        &ns,
+        "unpullable",
+        one("gpu-cloud.local/missing:1", "true"),
+    )
+    .await;
+    harness::book(&client, &ns, "exits", one(BUSYBOX, "echo bye; exit 3")).await;
+    let mut oom = one(
+        BUSYBOX,
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+    );
+    oom["resources"] = json!({"memory": "32Mi"});
+    harness::book(&client, &ns, "oom", oom).await;
+    let mut flaky = one(BUSYBOX, "sleep 1; exit 1");
+    flaky["restartPolicy"] = json!("OnFailure");
+    harness::book(&client, &ns, "flaky", flaky).await;
+
+    let failed = |inst: &GpuInstance| phase(inst) == Some(Phase::Failed);
+    let inst = harness::wait_instance(&client, &ns, "exits", "Failed", failed).await;
+    let why = reason_of(&inst).unwrap_or_default();
+    assert!(
+        why.starts_with("ProgramFailed") && why.contains("exited with code 3"),
+        "{why}"
+    );
+    assert_eq!(
+        inst.status.and_then(|s| s.last_exit).map(|e| e.exit_code),
+        Some(3)
+    );
+    let inst = harness::wait_instance(&client, &ns, "oom", "Failed", failed).await;
+    let why = reason_of(&inst).unwrap_or_default();
+    assert!(why.starts_with("OOMKilled"), "{why}");
+    let t_pull = Instant::now();
+    let inst = harness::wait_instance(&client, &ns, "unpullable", "Failed", failed).await;
+    let why = reason_of(&inst).unwrap_or_default();
+    assert!(
+        why.starts_with("ImagePullFailed"),
+        "{why} (after {:?})",
+        t_pull.elapsed()
+    );
+    let inst = harness::wait_instance(&client, &ns, "flaky", "restarted", |i| {
+        phase(i) == Some(Phase::Running)
+            && i.status
+                .as_ref()
+                .and_then(|s| s.restarts)
+                .is_some_and(|r| r >= 1)
+    })
+    .await;
+    assert!(
+        inst.status
+            .and_then(|s| s.last_exit)
+            .is_some_and(|e| e.exit_code == 1)
+    );
+    // The failed three freed their GPUs: web (2) and flaky (1) hold 3 of 8, so 5 fit.
+    harness::book(
+        &client,
+        &ns,
+        "rest",
+        json!({"gpu": {"model": MODEL, "count": 5}, "image": BUSYBOX,
+               "command": ["/bin/sh", "-c", "sleep 3600"], "duration": "1h"}),
+    )
+    .await;
+    harness::wait_instance(&client, &ns, "rest", "Running on the freed GPUs", |i| {
+        phase(i) == Some(Phase::Running)
+    })
+    .await;
+
+    // ---- helm upgrade: the components roll, the bookings run on ---------------------------
+    let mut upgrade = vec![
+        "upgrade",
+        "gpu-cloud",
+        chart,
+        "-n",
+        "gpu-cloud",
+        "--wait",
+        "--wait-for-jobs",
+        "--timeout",
+        "180s",
+        "--set",
+        "logFormat=json",
+    ];
+    upgrade.extend(values);
+    let out = helm(kc, &upgrade);
+    assert!(
+        out.contains("STATUS: deployed") && out.contains("REVISION: 2"),
+        "{out}"
+    );
+    release_pods_ready(&pods, 4).await;
+    let inst = Api::<GpuInstance>::namespaced(client.clone(), &ns)
+        .get("web")
+        .await
+        .expect("web");
+    assert_eq!(phase(&inst), Some(Phase::Running));
+    let pod = user_pods.get(&pod_name).await.expect("the same pod");
+    assert_eq!(
+        pod.metadata.uid, pod_uid,
+        "the upgrade left the instance's pod alone"
+    );
+
+    // ---- helm uninstall: every component's pod goes -----------------------------------------
+    let out = helm(
+        kc,
+        &[
+            "uninstall",
+            "gpu-cloud",
+            "-n",
+            "gpu-cloud",
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    );
+    assert!(out.contains("uninstalled"), "{out}");
+    poll(
+        Duration::from_secs(60),
+        "the release's pods gone",
+        || async {
+            let left = pods
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            if left.items.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{:?}",
+                    left.items
+                        .iter()
+                        .map(|p| p.metadata.name.clone())
+                        .collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
+
+    eprintln!(
+        "real node: image built in {:.1} s; control plane and real node up in {:.1} s; \
+         helm install (all Running) in {:.1} s; apply -> Running with a real container in {:.1} s; \
+         test total {:.1} s",
+        image_built.as_secs_f64(),
+        cluster_up.as_secs_f64(),
+        installed.as_secs_f64(),
+        apply_to_running.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
