@@ -155,18 +155,27 @@ async fn connect(
     let need_running = !matches!(connection, Connection::Logs { .. });
     let target = crate::connect::target(&inst, need_running)?;
     let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned());
-    let status = std::process::Command::new(&kubectl)
-        .args(kubectl_args(&target, who, connection))
-        .status()
-        .map_err(|source| PluginError::NoKubectl {
-            kubectl: kubectl.clone(),
-            source,
-        })?;
-    match status.code() {
-        Some(0) => Ok(()),
-        Some(code) => Err(PluginError::KubectlFailed(code)),
-        // Ended by a signal (e.g. ^C on a forward): as a shell says it.
-        None => Err(PluginError::KubectlFailed(130)),
+    let mut command = std::process::Command::new(&kubectl);
+    command.args(kubectl_args(&target, who, connection));
+    // kubectl takes this process's place, so that a signal to it (^C, a supervisor's
+    // SIGTERM) reaches kubectl and no port-forward outlives the plugin. `exec` returns only
+    // when kubectl could not be started.
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let source = command.exec();
+        Err(PluginError::NoKubectl { kubectl, source })
+    }
+    #[cfg(not(unix))]
+    {
+        let status = command
+            .status()
+            .map_err(|source| PluginError::NoKubectl { kubectl, source })?;
+        match status.code() {
+            Some(0) => Ok(()),
+            Some(code) => Err(PluginError::KubectlFailed(code)),
+            None => Err(PluginError::KubectlFailed(130)),
+        }
     }
 }
 

@@ -60,7 +60,8 @@ pub enum PluginError {
         #[source]
         source: std::io::Error,
     },
-    /// kubectl ran and failed; it has said why on stderr. Its exit status is ours.
+    /// kubectl ran and failed; it has said why on stderr. Its exit status is ours. (On Unix
+    /// kubectl takes the plugin's place instead, so its status is the process's.)
     #[error("kubectl exited with status {0}")]
     KubectlFailed(i32),
     /// Writing the output failed (e.g. a closed pipe).
