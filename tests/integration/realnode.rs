@@ -164,6 +164,76 @@ fn image_matches_the_dockerfile(archive: &Path) {
     );
 }
 
+/// `ip ARGS` / `iptables ARGS`: (success, stdout and stderr together).
+fn host(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The routing decisions that keep every packet here, read without sending one: Service
+/// addresses other than the apiserver's are unreachable (they fail here, never go out of
+/// the machine's interface), the apiserver's is local, and the forward chain rejects what
+/// pods send off the bridge.
+fn nothing_leaves_this_machine() {
+    let (ok, out) = host("ip", &["route", "get", "10.0.0.77"]);
+    assert!(
+        !ok || out.contains("unreachable"),
+        "a Service address must fail here: {out}"
+    );
+    let (ok, out) = host("ip", &["route", "get", "10.0.0.1"]);
+    assert!(
+        ok && out.starts_with("local 10.0.0.1"),
+        "the kubernetes Service address is local: {out}"
+    );
+    let (ok, out) = host("iptables", &["-S", "FORWARD"]);
+    assert!(ok && out.contains("-A FORWARD -j GPU-CLOUD-NODE"), "{out}");
+    let (ok, out) = host("iptables", &["-S", "GPU-CLOUD-NODE"]);
+    assert!(
+        ok && out.contains("-A GPU-CLOUD-NODE -i gpucloud0 -j REJECT"),
+        "pods' traffic off the bridge is rejected: {out}"
+    );
+}
+
+/// After the cluster is down: no kubelet, containerd of the node, bridge, route, chain or
+/// record is left.
+fn nothing_left_behind() {
+    let (_, procs) = host(
+        "pgrep",
+        &[
+            "-af",
+            "/kubelet --config|gpu-cloud-fake-gpus --node|containerd --config .*/node/containerd.toml",
+        ],
+    );
+    let procs: Vec<&str> = procs.lines().filter(|l| !l.contains("pgrep")).collect();
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    let (ok, out) = host("ip", &["link", "show", "gpucloud0"]);
+    assert!(!ok, "the bridge is left: {out}");
+    let (_, out) = host("ip", &["route", "show", "10.0.0.0/16"]);
+    assert!(
+        out.trim().is_empty(),
+        "the unreachable route is left: {out}"
+    );
+    let (_, out) = host("iptables", &["-S"]);
+    assert!(!out.contains("GPU-CLOUD-NODE"), "our chain is left: {out}");
+    let (_, out) = host("iptables", &["-t", "nat", "-S"]);
+    assert!(
+        !out.contains("GPU-CLOUD-NODE"),
+        "our nat chain is left: {out}"
+    );
+    assert!(
+        !Path::new("/run/gpu-cloud-real-node").exists(),
+        "the node's record is left"
+    );
+}
+
 /// `kubectl ARGS` against the test's cluster: (success, stdout, stderr).
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(harness::kubectl())
@@ -250,6 +320,7 @@ async fn the_chart_and_instances_in_real_containers() {
     let cluster_up = t0.elapsed() - image_built;
     let client = cp.client().await;
     let kc = &cp.kubeconfig;
+    nothing_leaves_this_machine();
 
     // ---- helm install: every component in a real container ---------------------------
     let chart = harness::repo_root().join("charts/gpu-cloud");
@@ -618,10 +689,16 @@ async fn the_chart_and_instances_in_real_containers() {
     )
     .await;
 
+    let t_down = Instant::now();
+    drop(cp);
+    let torn_down = t_down.elapsed();
+    nothing_left_behind();
+
     eprintln!(
-        "real node: image built in {:.1} s; control plane and real node up in {:.1} s; \
+        "real node: torn down in {:.1} s; image built in {:.1} s; control plane and real node up in {:.1} s; \
          helm install (all Running) in {:.1} s; apply -> Running with a real container in {:.1} s; \
          test total {:.1} s",
+        torn_down.as_secs_f64(),
         image_built.as_secs_f64(),
         cluster_up.as_secs_f64(),
         installed.as_secs_f64(),
