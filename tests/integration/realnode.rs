@@ -251,6 +251,13 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `kubectl gpu shell web -n NS --as USER -- COMMAND`.
+fn gpu_shell(kubeconfig: &Path, ns: &str, user: &str, command: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["gpu", "shell", "web", "-n", ns, "--as", user, "--"];
+    args.extend(command);
+    kubectl(kubeconfig, &args)
+}
+
 /// PATH with kubectl-gpu in front, so that `kubectl gpu` finds this build's plugin.
 fn plugin_path() -> String {
     let bin = Path::new(env!("CARGO_BIN_EXE_kubectl-gpu"));
@@ -457,21 +464,7 @@ async fn the_chart_and_instances_in_real_containers() {
     assert!(usage.gpu_seconds > 0.0, "{usage:?}");
 
     // ---- connect as its user, and not as another ---------------------------------------
-    let (ok, out, err) = kubectl(
-        kc,
-        &[
-            "gpu",
-            "shell",
-            "web",
-            "-n",
-            &ns,
-            "--as",
-            alice,
-            "--",
-            "cat",
-            "/tmp/www/index.html",
-        ],
-    );
+    let (ok, out, err) = gpu_shell(kc, &ns, alice, &["cat", "/tmp/www/index.html"]);
     assert!(ok && out.trim() == "real-node-says-hi", "shell: {out}{err}");
     let (ok, out, err) = kubectl(kc, &["gpu", "logs", "web", "-n", &ns, "--as", alice]);
     assert!(ok && out.contains("serving"), "logs: {out}{err}");
@@ -513,21 +506,7 @@ async fn the_chart_and_instances_in_real_containers() {
     let _ = forward.kill();
     let _ = forward.wait();
     assert_eq!(page.trim(), "real-node-says-hi");
-    let (ok, out, err) = kubectl(
-        kc,
-        &[
-            "gpu",
-            "shell",
-            "web",
-            "-n",
-            &ns,
-            "--as",
-            bob,
-            "--",
-            "cat",
-            "/etc/hostname",
-        ],
-    );
+    let (ok, out, err) = gpu_shell(kc, &ns, bob, &["cat", "/etc/hostname"]);
     assert!(
         !ok && err.to_lowercase().contains("forbidden"),
         "bob's shell: {out}{err}"
