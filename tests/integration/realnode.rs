@@ -599,6 +599,19 @@ async fn the_chart_and_instances_in_real_containers() {
     })
     .await;
 
+    // Every component ran all along: none was restarted (a standby controller that served
+    // no /healthz was, every 30 s, by the kubelet's liveness probe).
+    for p in pods.list(&ListParams::default()).await.expect("pods").items {
+        let restarts: i32 = p
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.restart_count)
+            .sum();
+        assert_eq!(restarts, 0, "{:?} was restarted", p.metadata.name);
+    }
+
     // ---- helm upgrade: the components roll, the bookings run on ---------------------------
     let mut upgrade = vec![
         "upgrade",
