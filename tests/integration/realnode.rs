@@ -164,6 +164,59 @@ fn image_matches_the_dockerfile(archive: &Path) {
     );
 }
 
+/// [`helm`], and when it fails, what the cluster and the node say (pods, events, the
+/// kubelet's and containerd's logs) before the node's folder goes with the cluster.
+fn helm_or_explain(cp: &PrivateControlPlane, args: &[&str]) -> String {
+    match std::panic::catch_unwind(|| helm(&cp.kubeconfig, args)) {
+        Ok(out) => out,
+        Err(why) => {
+            let kc = &cp.kubeconfig;
+            for what in [
+                &["get", "pods", "-A", "-o", "wide"][..],
+                &["describe", "pods", "-n", "gpu-cloud"],
+                &["get", "events", "-A", "--sort-by=.lastTimestamp"],
+                &["describe", "node", "real-node"],
+                &[
+                    "logs",
+                    "-n",
+                    "gpu-cloud",
+                    "-l",
+                    "app.kubernetes.io/instance=gpu-cloud",
+                    "--all-containers",
+                    "--prefix",
+                    "--tail",
+                    "20",
+                ],
+                &[
+                    "logs",
+                    "-n",
+                    "gpu-cloud",
+                    "-l",
+                    "app.kubernetes.io/instance=gpu-cloud",
+                    "--all-containers",
+                    "--prefix",
+                    "--tail",
+                    "20",
+                    "--previous",
+                ],
+            ] {
+                let (_, out, err) = kubectl(kc, what);
+                eprintln!("--- kubectl {}\n{out}{err}", what.join(" "));
+            }
+            for log in ["kubelet", "containerd", "fake-gpus"] {
+                let path = cp.dir.join(format!("node/logs/{log}.log"));
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- {} (last 40 lines)", path.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+            std::panic::resume_unwind(why)
+        }
+    }
+}
+
 /// `ip ARGS` / `iptables ARGS`: (success, stdout and stderr together).
 fn host(program: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(program)
@@ -355,10 +408,10 @@ async fn the_chart_and_instances_in_real_containers() {
         "--wait",
         "--wait-for-jobs",
         "--timeout",
-        "180s",
+        "300s",
     ];
     install.extend(values);
-    let out = helm(kc, &install);
+    let out = helm_or_explain(&cp, &install);
     assert!(out.contains("STATUS: deployed"), "{out}");
     let installed = t_install.elapsed();
     let pods = Api::<Pod>::namespaced(client.clone(), "gpu-cloud");
@@ -622,12 +675,12 @@ async fn the_chart_and_instances_in_real_containers() {
         "--wait",
         "--wait-for-jobs",
         "--timeout",
-        "180s",
+        "300s",
         "--set",
         "logFormat=json",
     ];
     upgrade.extend(values);
-    let out = helm(kc, &upgrade);
+    let out = helm_or_explain(&cp, &upgrade);
     assert!(
         out.contains("STATUS: deployed") && out.contains("REVISION: 2"),
         "{out}"
