@@ -171,34 +171,25 @@ fn helm_or_explain(cp: &PrivateControlPlane, args: &[&str]) -> String {
         Ok(out) => out,
         Err(why) => {
             let kc = &cp.kubeconfig;
+            let logs = [
+                "logs",
+                "-n",
+                "gpu-cloud",
+                "-l",
+                "app.kubernetes.io/instance=gpu-cloud",
+                "--all-containers",
+                "--prefix",
+                "--tail",
+                "20",
+            ];
+            let previous = [&logs[..], &["--previous"]].concat();
             for what in [
                 &["get", "pods", "-A", "-o", "wide"][..],
                 &["describe", "pods", "-n", "gpu-cloud"],
                 &["get", "events", "-A", "--sort-by=.lastTimestamp"],
                 &["describe", "node", "real-node"],
-                &[
-                    "logs",
-                    "-n",
-                    "gpu-cloud",
-                    "-l",
-                    "app.kubernetes.io/instance=gpu-cloud",
-                    "--all-containers",
-                    "--prefix",
-                    "--tail",
-                    "20",
-                ],
-                &[
-                    "logs",
-                    "-n",
-                    "gpu-cloud",
-                    "-l",
-                    "app.kubernetes.io/instance=gpu-cloud",
-                    "--all-containers",
-                    "--prefix",
-                    "--tail",
-                    "20",
-                    "--previous",
-                ],
+                &logs,
+                &previous,
             ] {
                 let (_, out, err) = kubectl(kc, what);
                 eprintln!("--- kubectl {}\n{out}{err}", what.join(" "));
