@@ -643,17 +643,22 @@ async fn the_chart_and_instances_in_real_containers() {
     })
     .await;
 
-    // Every component ran all along: none was restarted (a standby controller that served
-    // no /healthz was, every 30 s, by the kubelet's liveness probe).
-    for p in pods.list(&ListParams::default()).await.expect("pods").items {
-        let restarts: i32 = p
-            .status
-            .and_then(|s| s.container_statuses)
-            .unwrap_or_default()
-            .iter()
-            .map(|c| c.restart_count)
-            .sum();
-        assert_eq!(restarts, 0, "{:?} was restarted", p.metadata.name);
+    // No component was killed by its liveness probe (a standby controller that served no
+    // /healthz was, every 30 s). A leader that steps down exits and is restarted by design,
+    // so restarts alone prove nothing; the kubelet's Events say why it killed a container.
+    let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), "gpu-cloud");
+    for e in events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+    {
+        let message = e.message.unwrap_or_default();
+        assert!(
+            !message.contains("failed liveness probe"),
+            "{:?}: {message}",
+            e.involved_object.name
+        );
     }
 
     // ---- helm upgrade: the components roll, the bookings run on ---------------------------
