@@ -9,6 +9,10 @@
 //! - **gpu-cloud**: N GpuInstances applied, until all are Running, with the controller's
 //!   latency, peak RSS, CPU time and API requests per booking.
 //!
+//! - **dashboard**: with every booking of the gpu-cloud run still there, `gpu-cloud
+//!   dashboard` serving an operator (who sees every instance): each page's load time over
+//!   HTTP and its size.
+//!
 //! Each run ends with the invariants checked (no node over its GPUs, every instance Running
 //! or Queued with a reason, no duplicate or orphan pods); a violation fails the benchmark.
 //! Figures go to `<out>/scale.json`, the bound-over-time plot to `<out>/scale.png`.
@@ -176,6 +180,8 @@ struct Report {
     kube_scheduler: RunFigures,
     gpu_cloud: RunFigures,
     controller: ControllerFigures,
+    /// Each dashboard page with every booking there, as an operator sees it.
+    dashboard: Vec<PageFigures>,
     ratio_gpu_cloud_to_kube_scheduler: f64,
     ratio_gpu_cloud_to_ceiling: f64,
 }
@@ -240,6 +246,7 @@ async fn run(args: Args) -> R<()> {
     let (mut ours, controller) = gpu_cloud_run(&client, &cp.kubeconfig, &args).await?;
     ours.apiserver = busiest(&m0, &apiserver_time(&client).await?);
     report_run(&ours);
+    let dashboard = dashboard_pages(&client, &cp.kubeconfig).await?;
 
     let report = Report {
         machine: machine(),
@@ -254,6 +261,7 @@ async fn run(args: Args) -> R<()> {
         kube_scheduler: sched,
         gpu_cloud: ours,
         controller,
+        dashboard,
     };
     let json_path = args.out.join("scale.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)?;
@@ -598,6 +606,112 @@ async fn gpu_cloud_run(
     };
     drop(controller);
     Ok((run, figures))
+}
+
+/// One dashboard page's figures.
+#[derive(Debug, Default, Serialize)]
+struct PageFigures {
+    page: String,
+    /// GET over HTTP to the last byte, the viewer's TokenReview cached: median and worst of
+    /// [`PAGE_LOADS`].
+    load_p50_ms: f64,
+    load_max_ms: f64,
+    bytes: usize,
+    /// Instances the viewer sees.
+    instances: usize,
+}
+
+/// Loads of each page measured.
+const PAGE_LOADS: usize = 10;
+
+/// `gpu-cloud dashboard` over the cluster as the gpu-cloud run left it, as an operator:
+/// every page's load time and size.
+async fn dashboard_pages(client: &Client, kubeconfig: &Path) -> R<Vec<PageFigures>> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let ns = "gpu-bench-operators";
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "ops"}}))?;
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    let token = support::sa_token(client, ns, "ops").await;
+    let instances = Api::<GpuInstance>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let some = instances.first().ok_or("no instance left to show")?;
+    let port = support::free_port();
+    let mut dashboard = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"))
+        .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--operators-group", &format!("system:serviceaccounts:{ns}")])
+        .args(["--calendar-namespace", support::CONTROLLER_NAMESPACE])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()?;
+    let figures = async {
+        let t = Instant::now();
+        wait_until(120, "the dashboard serving", || {
+            support::http_get(port, "/healthz").is_ok_and(|(s, _)| s.contains(" 200 "))
+        })
+        .await?;
+        eprintln!(
+            "dashboard: caches of {} instances filled in {:.1}s",
+            instances.len(),
+            t.elapsed().as_secs_f64()
+        );
+        let auth = format!("Bearer {token}");
+        let pages = [
+            "/".to_owned(),
+            "/queue".to_owned(),
+            "/reservations".to_owned(),
+            "/users".to_owned(),
+            format!(
+                "/users/{}",
+                some.namespace()
+                    .unwrap_or_default()
+                    .trim_start_matches("gpu-")
+            ),
+            format!(
+                "/instances/{}/{}",
+                some.namespace().unwrap_or_default(),
+                some.name_any()
+            ),
+        ];
+        let mut out = Vec::new();
+        for page in pages {
+            let mut times = Vec::new();
+            let mut body = String::new();
+            // The first load reviews the token; the rest find it cached, as a viewer's do.
+            for k in 0..=PAGE_LOADS {
+                let t = Instant::now();
+                let (head, b) = support::http_get_with(port, &page, &[("Authorization", &auth)])?;
+                if !head.contains(" 200 ") {
+                    return Err(format!("GET {page}: {head}").into());
+                }
+                if k > 0 {
+                    times.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                body = b;
+            }
+            times.sort_by(f64::total_cmp);
+            out.push(PageFigures {
+                page,
+                load_p50_ms: quantile(&times, 0.5),
+                load_max_ms: times.last().copied().unwrap_or(0.0),
+                bytes: body.len(),
+                instances: instances.len(),
+            });
+        }
+        R::Ok(out)
+    }
+    .await;
+    let _ = dashboard.kill();
+    let _ = dashboard.wait();
+    figures
 }
 
 /// Bookings that reclaim lent GPUs, one at a time.
@@ -1322,6 +1436,16 @@ fn print_summary(r: &Report) {
         "placement: {:.0} passes during the burst, {:.3} s each on average",
         c.placement_passes, c.placement_pass_mean_s
     );
+    for p in &r.dashboard {
+        println!(
+            "dashboard {} with {} instances: {:.1} ms p50, {:.1} ms max, {} KiB",
+            p.page,
+            p.instances,
+            p.load_p50_ms,
+            p.load_max_ms,
+            p.bytes / 1024
+        );
+    }
 }
 
 // ---- the plot -----------------------------------------------------------------------

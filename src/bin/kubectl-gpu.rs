@@ -1,4 +1,4 @@
-//! `kubectl-gpu`: the kubectl plugin (`kubectl gpu book|ls|usage|slots|shell|forward|logs`); all of it lives
+//! `kubectl-gpu`: the kubectl plugin (`kubectl gpu book|ls|usage|slots|shell|forward|logs|dashboard`); all of it lives
 //! in the `gpu-cloud-plugin` crate, a client of the API only.
 
 use std::process::ExitCode;

@@ -30,7 +30,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use gpu_cloud_api::v1::{GpuInstance, GpuUser};
+use gpu_cloud_api::v1::{GpuInstance, GpuUsageRecord, GpuUser};
 use gpu_cloud_core::scheduler::NodeGpus;
 use pages::{Viewer, World};
 
@@ -79,6 +79,7 @@ struct Shared {
     nodes: Store<Node>,
     instances: Store<GpuInstance>,
     users: Store<GpuUser>,
+    records: Store<GpuUsageRecord>,
     /// Token -> (viewer, when reviewed).
     viewers: Mutex<HashMap<String, (Viewer, Instant)>>,
 }
@@ -119,10 +120,12 @@ pub async fn run(client: Client, args: DashboardArgs) -> Result<(), crate::Error
     let nodes = store(Api::<Node>::all(client.clone()));
     let instances = store(Api::<GpuInstance>::all(client.clone()));
     let users = store(Api::<GpuUser>::all(client.clone()));
+    let records = store(Api::<GpuUsageRecord>::all(client.clone()));
     for ready in [
         nodes.wait_until_ready().await,
         instances.wait_until_ready().await,
         users.wait_until_ready().await,
+        records.wait_until_ready().await,
     ] {
         ready.map_err(|e| DashboardError::Caches(e.to_string()))?;
     }
@@ -139,6 +142,7 @@ pub async fn run(client: Client, args: DashboardArgs) -> Result<(), crate::Error
         nodes,
         instances,
         users,
+        records,
         viewers: Mutex::new(HashMap::new()),
     });
     axum::serve(listener, router(shared))
@@ -159,6 +163,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/users/{name}", get(user))
         .route("/instances/{ns}/{name}", get(instance))
         .route("/login", get(login))
+        .route("/whoami", get(whoami))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(shared)
 }
@@ -220,6 +225,13 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn token_of(headers: &HeaderMap) -> Option<String> {
+    // `kubectl gpu dashboard` sends it here (the apiserver's proxy drops Authorization).
+    if let Some(token) = headers
+        .get(gpu_cloud_api::DASHBOARD_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(token.trim().to_owned());
+    }
     if let Some(bearer) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -298,6 +310,17 @@ async fn viewer(shared: &Shared, headers: &HeaderMap) -> Result<Viewer, Box<Resp
     Ok(v)
 }
 
+/// `/whoami`: who the token belongs to and whether they see everything, as JSON (what
+/// `kubectl gpu dashboard` prints when it signs in).
+async fn whoami(State(s): State<Arc<Shared>>, h: HeaderMap) -> Response {
+    match viewer(&s, &h).await {
+        Ok(v) => {
+            axum::Json(serde_json::json!({"name": v.name, "operator": v.operator})).into_response()
+        }
+        Err(r) => *r,
+    }
+}
+
 /// Renders `main` for `viewer`: the whole page, or only `main` for the live update.
 fn respond(headers: &HeaderMap, title: &str, viewer: &Viewer, main: String) -> Response {
     if headers.contains_key("x-fragment") {
@@ -330,6 +353,7 @@ async fn draw(
     };
     let instances = shared.instances.state();
     let users = shared.users.state();
+    let records = shared.records.state();
     let nodes: Vec<NodeGpus> = shared
         .nodes
         .state()
@@ -341,7 +365,15 @@ async fn draw(
     } else {
         None
     };
-    let world = World::for_viewer(&v, nodes, &instances, &users, cal, jiff::Timestamp::now());
+    let world = World::for_viewer(
+        &v,
+        nodes,
+        &instances,
+        &users,
+        &records,
+        cal,
+        jiff::Timestamp::now(),
+    );
     match render(&world) {
         Ok(main) => respond(&headers, title, &v, main),
         Err(r) => *r,
@@ -399,7 +431,7 @@ async fn instance(
     let all = s.instances.state();
     let users = s.users.state();
     let now = jiff::Timestamp::now();
-    let world = World::for_viewer(&v, vec![], &all, &users, None, now);
+    let world = World::for_viewer(&v, vec![], &all, &users, &[], None, now);
     let Some(inst) = world
         .instances
         .iter()
@@ -454,5 +486,10 @@ mod tests {
         assert_eq!(token_of(&h).as_deref(), Some("abc.def"));
         h.insert(header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
         assert_eq!(token_of(&h).as_deref(), Some("xyz"));
+        h.insert(
+            gpu_cloud_api::DASHBOARD_TOKEN_HEADER,
+            "from-plugin".parse().unwrap(),
+        );
+        assert_eq!(token_of(&h).as_deref(), Some("from-plugin"));
     }
 }

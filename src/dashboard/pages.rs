@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use gpu_cloud_api::calendar::Calendar;
-use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase};
+use gpu_cloud_api::v1::{GpuInstance, GpuUsageRecord, GpuUser, Phase};
 use gpu_cloud_core::policy::figures;
+use gpu_cloud_core::policy::records::Recorded;
 use gpu_cloud_core::scheduler::NodeGpus;
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -40,6 +41,8 @@ pub struct World<'a> {
     pub instances: Vec<&'a GpuInstance>,
     /// The users the viewer may see.
     pub users: Vec<&'a GpuUser>,
+    /// The usage records (deleted instances' runs) of the users the viewer may see.
+    pub records: Vec<&'a GpuUsageRecord>,
     /// The published GPU calendar, if read.
     pub calendar: Option<Calendar>,
     /// Now.
@@ -54,6 +57,7 @@ impl<'a> World<'a> {
         nodes: Vec<NodeGpus>,
         all_instances: &'a [std::sync::Arc<GpuInstance>],
         all_users: &'a [std::sync::Arc<GpuUser>],
+        all_records: &'a [std::sync::Arc<GpuUsageRecord>],
         calendar: Option<Calendar>,
         now: Timestamp,
     ) -> Self {
@@ -77,11 +81,17 @@ impl<'a> World<'a> {
             .map(|i| i.as_ref())
             .filter(|i| viewer.operator || namespaces.contains(&i.namespace().unwrap_or_default()))
             .collect();
+        let records = all_records
+            .iter()
+            .map(|r| r.as_ref())
+            .filter(|r| users.iter().any(|u| u.name_any() == r.spec.user))
+            .collect();
         World {
             nodes,
             held,
             instances,
             users,
+            records,
             calendar,
             now,
         }
@@ -404,7 +414,7 @@ pub fn user(w: &World, user: &GpuUser) -> String {
             l = b.limit_gpu_hours,
             end = gpu_cloud_api::time::show_time(b.period_end),
         );
-        out.push_str(&burn_down(w, &name, b));
+        out.push_str(&burn_down(w, user, b));
     }
     let mine: Vec<&&GpuInstance> = w
         .instances
@@ -426,15 +436,19 @@ pub fn user(w: &World, user: &GpuUser) -> String {
     out
 }
 
-/// The budget left over its period so far, from the user's instances' figures (their
-/// GPU-hours spread over the time they ran), ending at what the status says now.
-fn burn_down(w: &World, user: &str, b: &gpu_cloud_api::v1::BudgetView) -> String {
-    let figures: Vec<_> = w
+/// The budget left over its period so far: the user's figures (live instances and the
+/// runs their usage records hold, the controller's own sum) at 48 points of the period.
+fn burn_down(w: &World, user: &GpuUser, b: &gpu_cloud_api::v1::BudgetView) -> String {
+    let name = user.name_any();
+    let ns = gpu_cloud_api::namespace_of(&name);
+    let mine: Vec<&GpuInstance> = w
         .instances
         .iter()
-        .filter(|i| i.namespace().as_deref() == Some(gpu_cloud_api::namespace_of(user).as_str()))
-        .flat_map(|i| figures::instance_figures(user, i, w.now))
+        .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+        .copied()
         .collect();
+    let recorded = Recorded::of(w.records.iter().copied().filter(|r| r.spec.user == name));
+    let figures = gpu_cloud_core::policy::objects::user_figures(user, &mine, &recorded, w.now);
     let start = b.period_start;
     let span = w.now.duration_since(start).as_secs_f64().max(1.0);
     let points = 48;
@@ -442,10 +456,6 @@ fn burn_down(w: &World, user: &str, b: &gpu_cloud_api::v1::BudgetView) -> String
         let bounds = gpu_cloud_core::policy::Bounds { start, end: t };
         gpu_cloud_core::policy::objects::gpu_hours_in(&figures, bounds)
     };
-    // Deleted instances' use is in the status but not in live figures: shift the curve so
-    // that it ends where the status is.
-    let live_now = used_at(w.now);
-    let offset = (b.used_gpu_hours - live_now).max(0.0);
     let (width, height) = (600.0, 160.0);
     let mut path = String::new();
     for k in 0..=points {
@@ -454,14 +464,7 @@ fn burn_down(w: &World, user: &str, b: &gpu_cloud_api::v1::BudgetView) -> String
                 span * f64::from(k) / f64::from(points),
             ))
             .unwrap_or(w.now);
-        let left = (b.limit_gpu_hours
-            - used_at(t)
-            - if k == points {
-                offset
-            } else {
-                offset * f64::from(k) / f64::from(points)
-            })
-        .max(0.0);
+        let left = (b.limit_gpu_hours - used_at(t)).max(0.0);
         let x = 40.0 + width * f64::from(k) / f64::from(points);
         let y = 10.0 + height * (1.0 - left / b.limit_gpu_hours.max(1e-9));
         let _ = write!(path, "{}{x:.1},{y:.1} ", if k == 0 { "M" } else { "L" });

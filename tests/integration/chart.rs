@@ -157,6 +157,7 @@ async fn install_the_previous_version_upgrade_uninstall() {
         ("controller", true),
         ("webhook", true),
         ("migrate-job", true),
+        ("dashboard", true),
         ("agent", false),
     ] {
         let rendered = helm(

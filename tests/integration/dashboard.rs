@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::harness::{self, Background, phase};
 
 /// A ServiceAccount `name` in `ns` and a token of it.
-async fn token(client: &Client, ns: &str, name: &str) -> String {
+pub(crate) async fn token(client: &Client, ns: &str, name: &str) -> String {
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), ns);
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": name}})).expect("ServiceAccount");
@@ -315,4 +315,86 @@ async fn each_viewer_sees_their_own_and_operators_see_all() {
         "dashboard: /queue in {:.1} ms on average",
         t.elapsed().as_secs_f64() * 100.0
     );
+}
+
+/// A copy of the admin kubeconfig that signs in with `token` instead.
+pub(crate) fn kubeconfig_with_token(
+    admin: &std::path::Path,
+    token: &str,
+    who: &str,
+) -> std::path::PathBuf {
+    let path = admin.with_file_name(format!("kubeconfig-{who}"));
+    std::fs::copy(admin, &path).expect("copy the kubeconfig");
+    for args in [
+        &["config", "set-credentials", who, "--token", token][..],
+        &["config", "set-context", "--current", "--user", who],
+    ] {
+        let out = std::process::Command::new(harness::kubectl())
+            .arg("--kubeconfig")
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("run kubectl config");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    path
+}
+
+/// A `kubectl gpu dashboard` process, killed when dropped.
+pub(crate) struct Plugin(std::process::Child);
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `kubectl gpu dashboard args` with `kubeconfig`: the local port it serves on, or
+/// (when it exits) what it printed.
+pub(crate) fn open_dashboard(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> Result<(u16, Plugin), String> {
+    use std::io::BufRead;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-gpu"));
+    let path = format!(
+        "{}:{}",
+        bin.parent().expect("bin dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = std::process::Command::new(harness::kubectl())
+        .args(["gpu", "dashboard", "--port", "0"])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl gpu dashboard");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut printed = String::new();
+    for line in std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+    {
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(port) = line
+            .trim()
+            .strip_prefix("http://127.0.0.1:")
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+        {
+            return Ok((port, Plugin(child)));
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .expect("kubectl gpu dashboard ends");
+    Err(format!("{printed}{}", String::from_utf8_lossy(&out.stderr)))
 }

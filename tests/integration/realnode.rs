@@ -406,8 +406,9 @@ async fn the_chart_and_instances_in_real_containers() {
     assert!(out.contains("STATUS: deployed"), "{out}");
     let installed = t_install.elapsed();
     let pods = Api::<Pod>::namespaced(client.clone(), "gpu-cloud");
-    // Two controllers, the webhook, one agent (the real node is the only node).
-    release_pods_ready(&pods, 4).await;
+    // Two controllers, the webhook, the dashboard, one agent (the real node is the only
+    // node).
+    release_pods_ready(&pods, 5).await;
     for p in pods.list(&ListParams::default()).await.expect("pods").items {
         let node = p.spec.and_then(|s| s.node_name);
         assert_eq!(node.as_deref(), Some("real-node"), "{:?}", p.metadata.name);
@@ -571,6 +572,102 @@ async fn the_chart_and_instances_in_real_containers() {
     );
     assert!(!ok && err.contains("forbidden"), "bob's exec: {out}{err}");
 
+    // ---- the dashboard, as `kubectl gpu dashboard` opens it --------------------------------
+    // Carol's kubeconfig signs in with a token; the plugin serves the pages on a local port
+    // and reaches the chart's Service (its pod on the real node) through the apiserver's
+    // proxy, which the chart's Role lets every signed-in identity do.
+    let carol = "carol";
+    let people = harness::namespace(&client, "rn-people").await;
+    let carol_token = crate::dashboard::token(&client, &people, carol).await;
+    let carol_ns = harness::user(
+        &client,
+        carol,
+        json!({"subjects": [{"kind": "ServiceAccount", "name": carol, "namespace": people}]}),
+    )
+    .await;
+    harness::book(
+        &client,
+        &carol_ns,
+        "nb",
+        json!({"gpu": {"model": MODEL, "count": 1}, "image": BUSYBOX,
+               "command": ["/bin/sh", "-c", "sleep 3600"], "duration": "1h"}),
+    )
+    .await;
+    harness::wait_instance(&client, &carol_ns, "nb", "Running", |i| {
+        phase(i) == Some(Phase::Running)
+    })
+    .await;
+    let carol_kc = crate::dashboard::kubeconfig_with_token(kc, &carol_token, carol);
+    let (local, carol_plugin) =
+        crate::dashboard::open_dashboard(&carol_kc, &[]).expect("kubectl gpu dashboard as carol");
+    let (status, page) = harness::http_get(local, "/users").expect("GET /users");
+    assert!(
+        status.contains(" 200 ") && page.contains(r#"data-user="carol""#),
+        "{status}: {page}"
+    );
+    assert!(
+        !page.contains(r#"data-user="alice""#),
+        "alice is not carol's: {page}"
+    );
+    // The links on the page lead on through the local port.
+    assert!(page.contains("/users/carol"), "{page}");
+    let (status, page) = harness::http_get(local, "/users/carol").expect("GET carol's page");
+    assert!(
+        status.contains(" 200 ") && page.contains("User carol"),
+        "{status}"
+    );
+    let (status, _) =
+        harness::http_get(local, &format!("/instances/{carol_ns}/nb")).expect("GET nb");
+    assert!(status.contains(" 200 "), "{status}");
+    let (status, _) = harness::http_get(local, &format!("/instances/{ns}/web")).expect("GET web");
+    assert!(
+        status.contains(" 404 "),
+        "alice's instance is not carol's to see: {status}"
+    );
+    // The live update's fragment request passes through; nothing but GET does.
+    let (head, body) =
+        harness::http_get_with(local, "/", &[("X-Fragment", "1")]).expect("GET a fragment");
+    assert!(head.contains(" 200 ") && !body.contains("<html"), "{head}");
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).expect("connect");
+        write!(
+            s,
+            "POST / HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+        )
+        .expect("POST");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read the answer");
+        assert!(
+            text.starts_with("HTTP/1.0 405") || text.starts_with("HTTP/1.1 405"),
+            "{text}"
+        );
+    }
+    drop(carol_plugin);
+    // Refusals, each saying what to do.
+    let refused = |kubeconfig: &Path, args: &[&str]| {
+        crate::dashboard::open_dashboard(kubeconfig, args)
+            .map(|(port, _)| format!("served on {port}"))
+            .expect_err("kubectl gpu dashboard refuses")
+    };
+    let why = refused(kc, &[]);
+    assert!(
+        why.contains("client certificate") && why.contains("--token-file"),
+        "{why}"
+    );
+    let why = refused(&carol_kc, &["--release-namespace", &people]);
+    // Another namespace: no release there, so no Role letting carol proxy either.
+    assert!(why.contains("is gpu-cloud installed there"), "{why}");
+    let why = refused(&carol_kc, &["--as", alice]);
+    assert!(why.contains("--as"), "{why}");
+    let stranger = kc.with_file_name("stranger-token");
+    std::fs::write(&stranger, "not-a-token").expect("write a token file");
+    let why = refused(
+        &carol_kc,
+        &["--token-file", stranger.to_str().expect("utf-8 path")],
+    );
+    assert!(why.contains("does not accept your token"), "{why}");
+
     // ---- failures only a kubelet shows ---------------------------------------------------
     let one = |image: &str, command: &str| {
         json!({"gpu": {"model": MODEL, "count": 1}, "image": image,
@@ -629,12 +726,13 @@ async fn the_chart_and_instances_in_real_containers() {
             .and_then(|s| s.last_exit)
             .is_some_and(|e| e.exit_code == 1)
     );
-    // The failed three freed their GPUs: web (2) and flaky (1) hold 3 of 8, so 5 fit.
+    // The failed three freed their GPUs: web (2), carol's nb (1) and flaky (1) hold 4 of
+    // 8, so 4 fit.
     harness::book(
         &client,
         &ns,
         "rest",
-        json!({"gpu": {"model": MODEL, "count": 5}, "image": BUSYBOX,
+        json!({"gpu": {"model": MODEL, "count": 4}, "image": BUSYBOX,
                "command": ["/bin/sh", "-c", "sleep 3600"], "duration": "1h"}),
     )
     .await;
@@ -681,7 +779,7 @@ async fn the_chart_and_instances_in_real_containers() {
         out.contains("STATUS: deployed") && out.contains("REVISION: 2"),
         "{out}"
     );
-    release_pods_ready(&pods, 4).await;
+    release_pods_ready(&pods, 5).await;
     let inst = Api::<GpuInstance>::namespaced(client.clone(), &ns)
         .get("web")
         .await

@@ -25,6 +25,10 @@ use kube::core::crd::merge_crds;
 /// Where the apiserver reaches the conversion webhook in a cluster (the chart's Service);
 /// `gpu-cloud webhook` rewrites this, with its CA, into the CRDs when it starts.
 pub const WEBHOOK_SERVICE: (&str, &str, i32) = ("gpu-cloud", "gpu-cloud-webhook", 443);
+/// The request header that carries a dashboard viewer's bearer token. `kubectl gpu
+/// dashboard` reaches the dashboard through the apiserver's service proxy, which drops
+/// `Authorization` once it has authenticated the request.
+pub const DASHBOARD_TOKEN_HEADER: &str = "x-gpu-cloud-token";
 /// Path of the conversion endpoint.
 pub const CONVERT_PATH: &str = "/convert";
 

@@ -137,6 +137,63 @@ enum PluginCommand {
         #[arg(long)]
         tail: Option<i64>,
     },
+    /// The web dashboard on a port of this machine (`kubectl gpu dashboard`, then open the
+    /// address it prints): what your own token may see, through the apiserver.
+    Dashboard {
+        /// Local port (0: any free one).
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+        /// Namespace of the gpu-cloud release (its Service gpu-cloud-dashboard).
+        #[arg(long, env = "GPU_CLOUD_NAMESPACE", default_value = "gpu-cloud")]
+        release_namespace: String,
+        /// A file holding the bearer token to sign in with (default: the kubeconfig's).
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+    },
+}
+
+/// `kubectl gpu dashboard`: signs in (the kubeconfig's token, or `token_file`'s), then
+/// serves the pages on `listen` until Ctrl-C.
+async fn open_dashboard(
+    ns: String,
+    token_file: Option<&std::path::Path>,
+    listen: std::net::SocketAddr,
+) -> Result<(), PluginError> {
+    use crate::dashboard;
+    let mut config = kube::Config::infer().await?;
+    // A dashboard that is down answers 503 at once; the client's retries would hide it
+    // for minutes.
+    config.default_retry = false;
+    let token = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_owned())
+            .map_err(|source| PluginError::TokenFile {
+                path: path.display().to_string(),
+                source,
+            })?,
+        None => dashboard::bearer_token(&config.auth_info)?,
+    };
+    let client = kube::Client::try_from(config).map_err(PluginError::Client)?;
+    let who = dashboard::sign_in(&client, &ns, &token).await?;
+    let seeing = if who.operator {
+        "everything (operator)"
+    } else {
+        "your own users and instances"
+    };
+    dashboard::serve(client, ns.clone(), token, listen, |addr| {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "gpu-cloud dashboard (namespace {ns}) for {}, showing {seeing}:\n  http://{addr}/\nCtrl-C to stop.",
+            who.name
+        )?;
+        out.flush()?;
+        Ok(())
+    })
+    .await
 }
 
 /// Finds `instance`'s pod (as the caller: a refusal is theirs) and hands `connection` over
@@ -207,6 +264,19 @@ fn next_second(now: Timestamp) -> Timestamp {
 impl PluginCli {
     /// Runs the chosen command.
     pub async fn run(self) -> Result<(), PluginError> {
+        if let PluginCommand::Dashboard {
+            port,
+            address,
+            release_namespace,
+            token_file,
+        } = &self.command
+        {
+            if self.as_user.is_some() || !self.as_group.is_empty() {
+                return Err(PluginError::DashboardImpersonation);
+            }
+            let listen = std::net::SocketAddr::new(*address, *port);
+            return open_dashboard(release_namespace.clone(), token_file.as_deref(), listen).await;
+        }
         let client = actions::client(self.as_user.clone(), self.as_group.clone()).await?;
         // As kubectl: -n, else the context's namespace; where that is only the `default`
         // fallback, the caller's own user namespace (nobody books in `default`).
@@ -351,6 +421,8 @@ impl PluginCli {
                 drop(out);
                 connect(&client, &ns, &instance, &who, &connection).await?;
             }
+            // Served before a client with impersonation is built.
+            PluginCommand::Dashboard { .. } => {}
         }
         Ok(())
     }

@@ -64,6 +64,67 @@ pub enum PluginError {
     /// kubectl takes the plugin's place instead, so its status is the process's.)
     #[error("kubectl exited with status {0}")]
     KubectlFailed(i32),
+    /// The kubeconfig signs in without a bearer token (a client certificate).
+    #[error(
+        "your kubeconfig signs in with a client certificate, which only the apiserver can check; \
+         the dashboard needs a bearer token that says who you are: pass one with --token-file \
+         (an OIDC id-token, or `kubectl create token <serviceaccount>`), or use a kubeconfig \
+         that signs in with a token or an exec credential plugin"
+    )]
+    NoToken,
+    /// The kubeconfig's token file cannot be read.
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kubeconfig's exec credential plugin failed.
+    #[error("the kubeconfig's credential plugin {command:?} gave no token: {why}")]
+    ExecCredential { command: String, why: String },
+    /// `--as` with `dashboard`: the pages show what the token may see.
+    #[error(
+        "the dashboard shows what your own token may see: --as and --as-group cannot be used with it"
+    )]
+    DashboardImpersonation,
+    /// No dashboard Service where we looked.
+    #[error(
+        "no dashboard in namespace {0:?} (Service gpu-cloud-dashboard): install the chart with \
+         --set dashboard.enabled=true, or name the release's namespace with --release-namespace \
+         or GPU_CLOUD_NAMESPACE"
+    )]
+    NoDashboard(String),
+    /// The identity may not proxy to the dashboard's Service (or there is no release there:
+    /// the Role that allows it comes with the release).
+    #[error(
+        "you may not open a dashboard in namespace {0:?}: is gpu-cloud installed there? \
+         (name the release's namespace with --release-namespace or GPU_CLOUD_NAMESPACE; its \
+         Role gpu-cloud-dashboard-viewer lets every signed-in identity proxy to the Service \
+         gpu-cloud-dashboard)"
+    )]
+    DashboardForbidden(String),
+    /// The Service has no ready pod behind it.
+    #[error(
+        "the dashboard in namespace {0:?} is not running ({1}): see \
+         `kubectl -n {0} get pods -l app.kubernetes.io/component=dashboard`"
+    )]
+    DashboardDown(String, String),
+    /// The dashboard did not accept the token.
+    #[error(
+        "the dashboard does not accept your token (the apiserver does not know it, or it expired): \
+         sign in again, or pass another with --token-file"
+    )]
+    TokenRefused,
+    /// The dashboard answered in a way we did not expect.
+    #[error("cannot reach the dashboard through the apiserver: {0}")]
+    DashboardUnreachable(String),
+    /// The local port could not be bound.
+    #[error("cannot listen on {addr}: {source} (choose another --port)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     /// Writing the output failed (e.g. a closed pipe).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

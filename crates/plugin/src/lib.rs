@@ -4,6 +4,7 @@
 //!
 //! - [`commands`]: the command line and what each command does;
 //! - [`connect`]: a shell in an instance, a port forwarded to it, its logs (through kubectl);
+//! - [`dashboard`]: the web dashboard on a local port, through the apiserver's service proxy;
 //! - [`actions`]: what it asks of the API (as the person running it, or `--as` someone);
 //! - [`tables`]: what it prints (pure, tested without a cluster);
 //! - [`whoami`]: the caller's own namespace, for commands without `-n`;
@@ -15,6 +16,7 @@
 pub mod actions;
 pub mod commands;
 pub mod connect;
+pub mod dashboard;
 mod error;
 pub mod table;
 pub mod tables;

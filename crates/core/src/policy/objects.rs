@@ -360,7 +360,6 @@ fn round4(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
-/// Every figure of `user` for reports: its live instances (those not yet folded into its
 /// The figures of `user`'s instances: those of `instances` not in `recorded`, and the
 /// recorded ones.
 pub fn user_figures(
