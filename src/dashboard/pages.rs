@@ -561,3 +561,85 @@ pub fn instance(
     out.push_str("</table>");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A user with a 100 GPU-hour budget from midnight, and a record of a deleted
+    /// instance's 10 GPU-hours (02:00-07:00 on 2 GPUs).
+    fn fixtures() -> (GpuUser, GpuUsageRecord) {
+        let user: GpuUser = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ann"},
+            "spec": {"subjects": [{"kind": "User", "name": "ann"}]},
+            "status": {"budget": {
+                "limitGpuHours": 100.0, "usedGpuHours": 10.0, "remainingGpuHours": 90.0,
+                "periodStart": "2026-12-01T00:00:00Z", "periodEnd": "2027-01-01T00:00:00Z",
+                "exhausted": false}},
+        }))
+        .unwrap();
+        let record: GpuUsageRecord = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "ann-2026-12-0"},
+            "spec": {"user": "ann", "period": "2026-12", "runs": [{
+                "uid": "u1", "instance": "gpu-ann/gone",
+                "model": "L4", "gpus": 2,
+                "startedAt": "2026-12-01T02:00:00Z", "endedAt": "2026-12-01T07:00:00Z",
+                "gpuSeconds": 36000.0, "energyJoules": 0.0}]},
+        }))
+        .unwrap();
+        (user, record)
+    }
+
+    /// The y of the burn-down's points (10 is the whole budget, 170 none of it).
+    fn ys(svg: &str) -> Vec<f64> {
+        let d = svg
+            .split(" d=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        d.split_whitespace()
+            .map(|p| p.rsplit(',').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_burn_down_counts_what_deleted_instances_used_when_they_ran() {
+        let (user, record) = fixtures();
+        let viewer = Viewer {
+            name: "ann".into(),
+            groups: vec![],
+            operator: false,
+        };
+        let users = [Arc::new(user)];
+        let records = [Arc::new(record)];
+        let now: Timestamp = "2026-12-01T12:00:00Z".parse().unwrap();
+        let world = World::for_viewer(&viewer, vec![], &[], &users, &records, None, now);
+        assert_eq!(world.records.len(), 1);
+        let page = super::user(&world, &users[0]);
+        let y = ys(&page);
+        assert_eq!(y.len(), 49);
+        // Full until 02:00 (point 8 of 48 over 12 h), 90 left from 07:00 on (point 28).
+        assert!(
+            (y[0] - 10.0).abs() < 0.05 && (y[8] - 10.0).abs() < 0.05,
+            "{y:?}"
+        );
+        let ninety = 10.0 + 160.0 * 0.1;
+        assert!(y[28..].iter().all(|v| (v - ninety).abs() < 0.05), "{y:?}");
+        assert!(
+            y[10] > 10.0 && y[10] < ninety,
+            "burning while it ran: {y:?}"
+        );
+
+        // Another viewer sees neither the user nor the record.
+        let bob = Viewer {
+            name: "bob".into(),
+            groups: vec![],
+            operator: false,
+        };
+        let world = World::for_viewer(&bob, vec![], &[], &users, &records, None, now);
+        assert!(world.records.is_empty() && world.users.is_empty());
+    }
+}
