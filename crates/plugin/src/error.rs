@@ -105,8 +105,10 @@ pub enum PluginError {
     DashboardForbidden(String),
     /// The Service has no ready pod behind it.
     #[error(
-        "the dashboard in namespace {0:?} is not running ({1}): see \
-         `kubectl -n {0} get pods -l app.kubernetes.io/component=dashboard`"
+        "the dashboard in namespace {0:?} is not running ({1}): is gpu-cloud installed there \
+         with dashboard.enabled (the chart's default)? See \
+         `kubectl -n {0} get pods -l app.kubernetes.io/component=dashboard`, or name the \
+         release's namespace with --release-namespace"
     )]
     DashboardDown(String, String),
     /// The dashboard did not accept the token.

@@ -28,7 +28,10 @@ pub use error::PluginError;
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`). Calling it twice is harmless.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The client library logs each refused request at ERROR; the plugin says every failure
+    // itself, in kubectl's words, so that line would only say it twice.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube_client::client::builder=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
