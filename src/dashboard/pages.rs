@@ -364,9 +364,18 @@ pub fn users(w: &World) -> String {
     let mut out = String::from(
         "<h1>Users</h1><table><tr><th>user</th><th>GPUs held</th><th>GPU-hours this month</th><th>cost this month</th></tr>",
     );
+    // One pass over the instances, not one per user (100 users x 10,000 instances took
+    // 210 ms that way).
+    let mut by_ns: BTreeMap<&str, Vec<&GpuInstance>> = BTreeMap::new();
+    for i in &w.instances {
+        if let Some(ns) = i.metadata.namespace.as_deref() {
+            by_ns.entry(ns).or_default().push(i);
+        }
+    }
     for u in &w.users {
         let s = u.status.clone().unwrap_or_default();
-        let held = held_by(w, &u.name_any());
+        let ns = gpu_cloud_api::namespace_of(&u.name_any());
+        let held = figures::held_gpus(by_ns.get(ns.as_str()).into_iter().flatten().copied());
         let hours = s.usage.as_ref().map_or(0.0, |u| u.current_period.gpu_hours);
         let cost = s.cost.as_ref().map_or("–".to_owned(), |c| {
             format!("{:.2} {}", c.current_period, c.currency)
