@@ -361,17 +361,11 @@ pub(crate) fn open_dashboard(
     args: &[&str],
 ) -> Result<(u16, Plugin), String> {
     use std::io::BufRead;
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_kubectl-gpu"));
-    let path = format!(
-        "{}:{}",
-        bin.parent().expect("bin dir").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let mut child = std::process::Command::new(harness::kubectl())
         .args(["gpu", "dashboard", "--port", "0"])
         .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env("PATH", path)
+        .env("PATH", crate::realnode::plugin_path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

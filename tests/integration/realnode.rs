@@ -303,7 +303,7 @@ fn gpu_shell(kubeconfig: &Path, ns: &str, user: &str, command: &[&str]) -> (bool
 }
 
 /// PATH with kubectl-gpu in front, so that `kubectl gpu` finds this build's plugin.
-fn plugin_path() -> String {
+pub(crate) fn plugin_path() -> String {
     let bin = Path::new(env!("CARGO_BIN_EXE_kubectl-gpu"));
     format!(
         "{}:{}",

@@ -141,7 +141,6 @@ async fn ask(client: &Client, ns: &str, path: &str, token: &str) -> Result<Strin
     let text = String::from_utf8_lossy(&body).into_owned();
     match status {
         s if s.is_success() => Ok(text),
-        StatusCode::NOT_FOUND => Err(PluginError::NoDashboard(ns.to_owned())),
         StatusCode::FORBIDDEN => Err(PluginError::DashboardForbidden(ns.to_owned())),
         StatusCode::UNAUTHORIZED => Err(PluginError::TokenRefused),
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => Err(
@@ -278,15 +277,14 @@ pub async fn serve(
     }
 }
 
-/// A kubeconfig's `users[].user` entries as [`AuthInfo`] reads them, for tests.
-#[doc(hidden)]
-pub fn auth_info(value: serde_json::Value) -> Result<AuthInfo, serde_json::Error> {
-    serde_json::from_value(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kubeconfig's `users[].user` entry as [`AuthInfo`] reads it.
+    fn auth_info(value: serde_json::Value) -> Result<AuthInfo, serde_json::Error> {
+        serde_json::from_value(value)
+    }
 
     #[test]
     fn local_paths_map_to_the_service_proxy_and_rewritten_links_map_back() {

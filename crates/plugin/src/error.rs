@@ -87,13 +87,6 @@ pub enum PluginError {
         "the dashboard shows what your own token may see: --as and --as-group cannot be used with it"
     )]
     DashboardImpersonation,
-    /// No dashboard Service where we looked.
-    #[error(
-        "no dashboard in namespace {0:?} (Service gpu-cloud-dashboard): install the chart with \
-         --set dashboard.enabled=true, or name the release's namespace with --release-namespace \
-         or GPU_CLOUD_NAMESPACE"
-    )]
-    NoDashboard(String),
     /// The identity may not proxy to the dashboard's Service (or there is no release there:
     /// the Role that allows it comes with the release).
     #[error(
