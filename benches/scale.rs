@@ -84,6 +84,11 @@ struct Args {
     /// Longest wait for one run to finish, seconds.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
+    /// Also run Kueue on the same job (issue #19; built by hack/kueue-build, about 5
+    /// minutes the first time): per user a ClusterQueue and LocalQueue, pods admitted by
+    /// Kueue and bound by kube-scheduler.
+    #[arg(long)]
+    kueue: bool,
     /// Set by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -101,6 +106,7 @@ impl Args {
             out,
             controller_args: vec![],
             timeout: 120,
+            kueue: false,
             bench: false,
         }
     }
@@ -178,6 +184,11 @@ struct Report {
     client_concurrency: usize,
     ceiling: RunFigures,
     kube_scheduler: RunFigures,
+    /// With --kueue: Kueue admitting, kube-scheduler binding; its peak RSS and CPU.
+    kueue: Option<RunFigures>,
+    kueue_peak_rss_mib: Option<f64>,
+    kueue_cpu_seconds: Option<f64>,
+    ratio_gpu_cloud_to_kueue: Option<f64>,
     gpu_cloud: RunFigures,
     controller: ControllerFigures,
     /// Each dashboard page with every booking there, as an operator sees it.
@@ -242,6 +253,16 @@ async fn run(args: Args) -> R<()> {
     sched.apiserver = busiest(&m0, &apiserver_time(&client).await?);
     report_run(&sched);
     cleanup(&client, "sched").await?;
+    let kueue = if args.kueue {
+        let m0 = apiserver_time(&client).await?;
+        let (mut run, rss, cpu) = kueue_run(&client, &cp.kubeconfig, &args).await?;
+        run.apiserver = busiest(&m0, &apiserver_time(&client).await?);
+        report_run(&run);
+        eprintln!("kueue: peak RSS {rss:.0} MiB, CPU {cpu:.1} s");
+        Some((run, rss, cpu))
+    } else {
+        None
+    };
     let m0 = apiserver_time(&client).await?;
     let (mut ours, controller) = gpu_cloud_run(&client, &cp.kubeconfig, &args).await?;
     ours.apiserver = busiest(&m0, &apiserver_time(&client).await?);
@@ -257,6 +278,12 @@ async fn run(args: Args) -> R<()> {
         client_concurrency: args.concurrency,
         ratio_gpu_cloud_to_kube_scheduler: ours.per_second / sched.per_second,
         ratio_gpu_cloud_to_ceiling: ours.per_second / ceiling.per_second,
+        ratio_gpu_cloud_to_kueue: kueue
+            .as_ref()
+            .map(|(k, _, _)| ours.per_second / k.per_second),
+        kueue_peak_rss_mib: kueue.as_ref().map(|(_, r, _)| *r),
+        kueue_cpu_seconds: kueue.as_ref().map(|(_, _, c)| *c),
+        kueue: kueue.map(|(k, _, _)| k),
         ceiling,
         kube_scheduler: sched,
         gpu_cloud: ours,
@@ -269,10 +296,16 @@ async fn run(args: Args) -> R<()> {
     plot(&report, &png_path)?;
     print_summary(&report);
     eprintln!("wrote {} and {}", json_path.display(), png_path.display());
-    let broken: Vec<&String> = [&report.ceiling, &report.kube_scheduler, &report.gpu_cloud]
-        .iter()
-        .flat_map(|r| r.invariants.iter())
-        .collect();
+    let broken: Vec<&String> = [
+        Some(&report.ceiling),
+        Some(&report.kube_scheduler),
+        report.kueue.as_ref(),
+        Some(&report.gpu_cloud),
+    ]
+    .into_iter()
+    .flatten()
+    .flat_map(|r| r.invariants.iter())
+    .collect();
     if !broken.is_empty() {
         return Err(format!("invariants violated: {broken:?}").into());
     }
@@ -350,13 +383,27 @@ async fn ceiling(client: &Client, args: &Args) -> R<RunFigures> {
 
 async fn kube_scheduler(client: &Client, args: &Args) -> R<RunFigures> {
     let nss = namespaces(client, "sched", args.users).await?;
+    bound_pods(client, args, "kube-scheduler", "sched", &nss, |_| {}).await
+}
+
+/// `args.instances` pods asking for one GPU each, labelled `bench=<label>` and spread over
+/// `nss`, until kube-scheduler has bound every one; `shape` adds what the run's admission
+/// needs (Kueue's labels, finalizer and scheduling gate).
+async fn bound_pods(
+    client: &Client,
+    args: &Args,
+    name: &'static str,
+    label: &str,
+    nss: &[String],
+    shape: impl Fn(&mut serde_json::Value) + Clone,
+) -> R<RunFigures> {
     let bound = Arc::new(Mutex::new(HashMap::<String, f64>::new()));
     let start = Instant::now();
     // Watch first, so that no binding is missed.
     let watch = {
         let bound = bound.clone();
         let api = Api::<Pod>::all(client.clone());
-        let cfg = watcher::Config::default().labels("bench=sched");
+        let cfg = watcher::Config::default().labels(&format!("bench={label}"));
         tokio::spawn(async move {
             let mut s = std::pin::pin!(watcher(api, cfg).default_backoff().applied_objects());
             while let Some(Ok(p)) = s.next().await {
@@ -372,18 +419,21 @@ async fn kube_scheduler(client: &Client, args: &Args) -> R<RunFigures> {
         .map(|i| {
             let client = client.clone();
             let ns = nss[i % nss.len()].clone();
+            let shape = shape.clone();
             async move {
                 let name = format!("b{i:05}");
-                let pod: Pod = serde_json::from_value(json!({
+                let mut body = json!({
                     "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": name, "labels": {"bench": "sched"}},
+                    "metadata": {"name": name, "labels": {"bench": label}},
                     "spec": {
                         "nodeSelector": {GPU_PRODUCT_LABEL: model_of(i)},
                         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists"}],
                         "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10",
                             "resources": {"limits": {GPU_RESOURCE: "1"}, "requests": {GPU_RESOURCE: "1"}}}],
                     },
-                }))?;
+                });
+                shape(&mut body);
+                let pod: Pod = serde_json::from_value(body)?;
                 Api::<Pod>::namespaced(client, &ns)
                     .create(&PostParams::default(), &pod)
                     .await?;
@@ -393,15 +443,104 @@ async fn kube_scheduler(client: &Client, args: &Args) -> R<RunFigures> {
         .buffer_unordered(args.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
-    wait_until(args.timeout, "kube-scheduler binds every pod", || {
+    wait_until(args.timeout, &format!("{name}: every pod bound"), || {
         lock(&bound).len() >= args.instances
     })
     .await?;
     watch.abort();
     let times = lock(&bound).values().copied().collect();
-    let mut run = finish("kube-scheduler", start, times);
+    let mut run = finish(name, start, times);
     run.invariants = node_capacity_violations(client, &list_pods(client).await?).await?;
     Ok(run)
+}
+
+/// Kueue (issue #19; docs/perf/kueue.md): per user a ClusterQueue with a GPU quota in each
+/// model's ResourceFlavor and a LocalQueue in its namespace; the same pods as the
+/// kube-scheduler run, in the form Kueue's pod webhook gives them (queue-name and managed
+/// labels, its finalizer, the admission scheduling gate), admitted by Kueue and bound by
+/// kube-scheduler. Returns the run and Kueue's peak RSS (MiB) and CPU seconds.
+async fn kueue_run(client: &Client, kubeconfig: &Path, args: &Args) -> R<(RunFigures, f64, f64)> {
+    let kueue = Kueue::start(kubeconfig, &args.out.join("kueue"))?;
+    wait_until(120, "kueue ready", || {
+        support::http_get(kueue.health_port, "/readyz").is_ok_and(|(s, _)| s.contains(" 200 "))
+    })
+    .await?;
+    let flavors = MODELS.map(|m| {
+        json!({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor",
+               "metadata": {"name": short(m)}, "spec": {"nodeLabels": {GPU_PRODUCT_LABEL: m}}})
+    });
+    let nss = namespaces(client, "kueue", args.users).await?;
+    let mut objects: Vec<serde_json::Value> = flavors.to_vec();
+    for ns in &nss {
+        let quota = |m: &str| json!({"name": short(m), "resources": [{"name": GPU_RESOURCE, "nominalQuota": 100_000}]});
+        objects.push(
+            json!({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue",
+            "metadata": {"name": ns},
+            "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+                     "resourceGroups": [{"coveredResources": [GPU_RESOURCE],
+                                         "flavors": MODELS.map(quota)}]}}),
+        );
+        objects.push(
+            json!({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+            "metadata": {"name": "q", "namespace": ns}, "spec": {"clusterQueue": ns}}),
+        );
+    }
+    let manifest = args.out.join("kueue/queues.json");
+    std::fs::write(
+        &manifest,
+        serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": objects}))?,
+    )?;
+    kubectl(kubeconfig, &["apply", "-f", &manifest.to_string_lossy()])?;
+    let cqs = kube::api::ApiResource {
+        group: "kueue.x-k8s.io".into(),
+        version: "v1beta2".into(),
+        api_version: "kueue.x-k8s.io/v1beta2".into(),
+        kind: "ClusterQueue".into(),
+        plural: "clusterqueues".into(),
+    };
+    let cq_api = Api::<kube::api::DynamicObject>::all_with(client.clone(), &cqs);
+    wait_until_async(120, "every ClusterQueue active", || async {
+        let list = cq_api.list(&ListParams::default()).await.ok()?;
+        let active = list
+            .items
+            .iter()
+            .filter(|q| {
+                q.data["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Active" && c["status"] == "True")
+                })
+            })
+            .count();
+        (active >= nss.len()).then_some(())
+    })
+    .await?;
+    let cpu_before = kueue.cpu_seconds()?;
+    let run = bound_pods(client, args, "kueue", "kueue", &nss, |pod| {
+        pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = json!("q");
+        pod["metadata"]["labels"]["kueue.x-k8s.io/managed"] = json!("true");
+        pod["metadata"]["finalizers"] = json!(["kueue.x-k8s.io/managed"]);
+        pod["spec"]["schedulingGates"] = json!([{"name": "kueue.x-k8s.io/admission"}]);
+    })
+    .await?;
+    let cpu = kueue.cpu_seconds()? - cpu_before;
+    let rss = kueue.peak_rss_mib()?;
+    // Its pods go while it runs: it takes its finalizer off the deleted ones.
+    cleanup(client, "kueue").await?;
+    drop(kueue);
+    Ok((run, rss, cpu))
+}
+
+/// `kubectl args` against `kubeconfig`.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> R<()> {
+    let out = Command::new(support::kubectl())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into())
+    }
 }
 
 async fn gpu_cloud_run(
@@ -1167,6 +1306,113 @@ async fn cleanup(client: &Client, prefix: &str) -> R<()> {
 
 // ---- processes ----------------------------------------------------------------------
 
+/// Kueue's manager as its own process, out of cluster (docs/perf/kueue.md): built by
+/// `hack/kueue-build`, its CRDs applied server-side, its certificates made here. It reads
+/// its metrics certificate from a fixed path under /etc/kueue, so it runs in a mount
+/// namespace of its own whose /etc is a copy holding it: nothing is left in the real /etc.
+struct Kueue {
+    child: Child,
+    health_port: u16,
+}
+
+impl Kueue {
+    fn start(kubeconfig: &Path, dir: &Path) -> R<Self> {
+        let build = |args: &[&str]| -> R<String> {
+            let out = Command::new(support::repo_root().join("hack/kueue-build"))
+                .args(args)
+                .stderr(Stdio::inherit())
+                .output()?;
+            if !out.status.success() {
+                return Err(format!("hack/kueue-build {args:?} failed").into());
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let binary = build(&[])?;
+        let crds = build(&["--crds"])?;
+        kubectl(kubeconfig, &["apply", "--server-side", "-f", &crds])?;
+        let _ = kubectl(kubeconfig, &["create", "namespace", "kueue-system"]);
+        let _ = std::fs::remove_dir_all(dir);
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs)?;
+        let openssl = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=kueue",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(certs.join("tls.key"))
+            .arg("-out")
+            .arg(certs.join("tls.crt"))
+            .stderr(Stdio::null())
+            .status()?;
+        if !openssl.success() {
+            return Err("openssl could not make kueue's certificate".into());
+        }
+        let (webhook, metrics, health) = (
+            support::free_port(),
+            support::free_port(),
+            support::free_port(),
+        );
+        let config = format!(
+            "apiVersion: config.kueue.x-k8s.io/v1beta2\nkind: Configuration\nnamespace: kueue-system\n\
+             manageJobsWithoutQueueName: false\ninternalCertManagement: {{enable: false}}\n\
+             leaderElection: {{leaderElect: false}}\nclientConnection: {{qps: -1, burst: 500}}\n\
+             webhook: {{host: 127.0.0.1, port: {webhook}, certDir: {certs}}}\n\
+             metrics: {{bindAddress: \"127.0.0.1:{metrics}\"}}\n\
+             health: {{healthProbeBindAddress: \"127.0.0.1:{health}\"}}\n\
+             controller: {{groupKindConcurrency: {{Pod: 8, Workload.kueue.x-k8s.io: 8, \
+             LocalQueue.kueue.x-k8s.io: 4, ClusterQueue.kueue.x-k8s.io: 4}}}}\n\
+             integrations: {{frameworks: [pod]}}\n\
+             featureGates: {{VisibilityOnDemand: false, DisableWaitForPodsReady: true}}\n",
+            certs = certs.display()
+        );
+        let config_path = dir.join("config.yaml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.join("kueue.log"))?;
+        // unshare execs sh, which execs kueue: the child's pid is kueue's.
+        let script = r#"set -e
+mount --make-rprivate /
+cp -a /etc "$D/etc"
+mkdir -p "$D/etc/kueue/metrics/certs"
+cp "$D/certs/tls.crt" "$D/certs/tls.key" "$D/etc/kueue/metrics/certs/"
+mount --bind "$D/etc" /etc
+exec "$@""#;
+        let child = Command::new("unshare")
+            .args(["-m", "sh", "-c", script, "kueue", &binary])
+            .arg(format!("--config={}", config_path.display()))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .env("D", dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(Kueue {
+            child,
+            health_port: health,
+        })
+    }
+
+    fn cpu_seconds(&self) -> R<f64> {
+        proc_cpu_seconds(self.child.id())
+    }
+
+    fn peak_rss_mib(&self) -> R<f64> {
+        proc_peak_rss_mib(self.child.id())
+    }
+}
+
+impl Drop for Kueue {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The gpu-cloud controller under test, as its own process (so its RSS and CPU are its own).
 struct Controller {
     child: Child,
@@ -1236,27 +1482,37 @@ impl Controller {
     }
 
     fn cpu_seconds(&self) -> R<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the command name (which may hold spaces) start at the state field.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11).ok_or("stat utime")?.parse::<f64>()?
-            + f.get(12).ok_or("stat stime")?.parse::<f64>()?;
-        // SAFETY: sysconf only reads a constant.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok(ticks / hz)
+        proc_cpu_seconds(self.child.id())
     }
 
     fn peak_rss_mib(&self) -> R<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .ok_or("VmHWM")?
-            .parse()?;
-        Ok(kib / 1024.0)
+        proc_peak_rss_mib(self.child.id())
     }
+}
+
+/// User and system CPU seconds of process `pid` so far.
+fn proc_cpu_seconds(pid: u32) -> R<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at the state field.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).ok_or("stat utime")?.parse::<f64>()?
+        + f.get(12).ok_or("stat stime")?.parse::<f64>()?;
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Peak resident memory of process `pid`, MiB.
+fn proc_peak_rss_mib(pid: u32) -> R<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .ok_or("VmHWM")?
+        .parse()?;
+    Ok(kib / 1024.0)
 }
 
 impl Drop for Controller {
@@ -1386,7 +1642,15 @@ fn print_summary(r: &Report) {
     );
     println!("| run | bookings/s | seconds | p50 apply-to-Running | p99 |");
     println!("|---|---|---|---|---|");
-    for run in [&r.ceiling, &r.kube_scheduler, &r.gpu_cloud] {
+    for run in [
+        Some(&r.ceiling),
+        Some(&r.kube_scheduler),
+        r.kueue.as_ref(),
+        Some(&r.gpu_cloud),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let lat = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2} s"));
         println!(
             "| {} | {:.0} | {:.1} | {} | {} |",
@@ -1402,6 +1666,13 @@ fn print_summary(r: &Report) {
         "gpu-cloud/kube-scheduler = {:.2}, gpu-cloud/ceiling = {:.2}",
         r.ratio_gpu_cloud_to_kube_scheduler, r.ratio_gpu_cloud_to_ceiling
     );
+    if let (Some(ratio), Some(rss), Some(cpu)) = (
+        r.ratio_gpu_cloud_to_kueue,
+        r.kueue_peak_rss_mib,
+        r.kueue_cpu_seconds,
+    ) {
+        println!("gpu-cloud/kueue = {ratio:.2}; kueue peak RSS {rss:.0} MiB, CPU {cpu:.1} s");
+    }
     println!(
         "idle apply-to-Running p50 {:.2} s, p99 {:.2} s; controller peak RSS {:.0} MiB, CPU {:.1} s",
         c.idle_latency_p50_s, c.idle_latency_p99_s, c.peak_rss_mib, c.cpu_seconds
