@@ -1330,6 +1330,17 @@ impl Kueue {
         let binary = build(&[])?;
         let crds = build(&["--crds"])?;
         kubectl(kubeconfig, &["apply", "--server-side", "-f", &crds])?;
+        // Kueue exits at once if a kind it indexes is not served yet.
+        kubectl(
+            kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=120s",
+                "-f",
+                &crds,
+            ],
+        )?;
         let _ = kubectl(kubeconfig, &["create", "namespace", "kueue-system"]);
         let _ = std::fs::remove_dir_all(dir);
         let certs = dir.join("certs");
