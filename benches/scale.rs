@@ -197,6 +197,20 @@ struct Report {
     ratio_gpu_cloud_to_ceiling: f64,
 }
 
+impl Report {
+    /// The runs made, in the order they ran.
+    fn runs(&self) -> impl Iterator<Item = &RunFigures> {
+        [
+            Some(&self.ceiling),
+            Some(&self.kube_scheduler),
+            self.kueue.as_ref(),
+            Some(&self.gpu_cloud),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 fn main() {
     let cli = Args::parse();
     let args = if cli.bench {
@@ -296,16 +310,7 @@ async fn run(args: Args) -> R<()> {
     plot(&report, &png_path)?;
     print_summary(&report);
     eprintln!("wrote {} and {}", json_path.display(), png_path.display());
-    let broken: Vec<&String> = [
-        Some(&report.ceiling),
-        Some(&report.kube_scheduler),
-        report.kueue.as_ref(),
-        Some(&report.gpu_cloud),
-    ]
-    .into_iter()
-    .flatten()
-    .flat_map(|r| r.invariants.iter())
-    .collect();
+    let broken: Vec<&String> = report.runs().flat_map(|r| r.invariants.iter()).collect();
     if !broken.is_empty() {
         return Err(format!("invariants violated: {broken:?}").into());
     }
@@ -1653,15 +1658,7 @@ fn print_summary(r: &Report) {
     );
     println!("| run | bookings/s | seconds | p50 apply-to-Running | p99 |");
     println!("|---|---|---|---|---|");
-    for run in [
-        Some(&r.ceiling),
-        Some(&r.kube_scheduler),
-        r.kueue.as_ref(),
-        Some(&r.gpu_cloud),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for run in r.runs() {
         let lat = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2} s"));
         println!(
             "| {} | {:.0} | {:.1} | {} | {} |",
