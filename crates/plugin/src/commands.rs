@@ -168,12 +168,7 @@ async fn open_dashboard(
     // for minutes.
     config.default_retry = false;
     let token = match token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|t| t.trim().to_owned())
-            .map_err(|source| PluginError::TokenFile {
-                path: path.display().to_string(),
-                source,
-            })?,
+        Some(path) => dashboard::read_token_file(path)?,
         None => dashboard::bearer_token(&config.auth_info)?,
     };
     let client = kube::Client::try_from(config).map_err(PluginError::Client)?;

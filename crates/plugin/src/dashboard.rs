@@ -55,12 +55,7 @@ pub fn bearer_token(auth: &AuthInfo) -> Result<String, PluginError> {
         return Ok(t.expose_secret().trim().to_owned());
     }
     if let Some(path) = &auth.token_file {
-        return std::fs::read_to_string(path)
-            .map(|t| t.trim().to_owned())
-            .map_err(|source| PluginError::TokenFile {
-                path: path.clone(),
-                source,
-            });
+        return read_token_file(std::path::Path::new(path));
     }
     if let Some(exec) = &auth.exec {
         return exec_token(exec);
@@ -73,6 +68,16 @@ pub fn bearer_token(auth: &AuthInfo) -> Result<String, PluginError> {
         return Ok(t.trim().to_owned());
     }
     Err(PluginError::NoToken)
+}
+
+/// The token a file holds (a kubeconfig's `tokenFile`, or `--token-file`).
+pub fn read_token_file(path: &std::path::Path) -> Result<String, PluginError> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|source| PluginError::TokenFile {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Runs the kubeconfig's exec credential plugin, as kubectl does, for its token.
