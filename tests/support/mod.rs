@@ -559,7 +559,7 @@ impl PrivateControlPlane {
             Path::new(env!("CARGO_BIN_EXE_gpu-cloud")).with_file_name("gpu-cloud-fake-gpus");
         assert!(
             fake_gpus.is_file(),
-            "no {}: build it with `cargo build -p gpu-cloud-fake-gpus` (hack/test does)",
+            "no {}: build it with `cargo build --workspace --bins` (hack/test does)",
             fake_gpus.display()
         );
         let args: Vec<String> = images
