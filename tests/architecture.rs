@@ -20,7 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "gpu-cloud-controller",
         &["gpu-cloud-api", "gpu-cloud-core", "gpu-cloud-runtime"],
     ),
-    // The core only in its tests (the idle rule reads what the agent writes).
+    // The core for the idle clock the agent keeps on every sample (policy::idle::tick).
     (
         "gpu-cloud-agent",
         &[

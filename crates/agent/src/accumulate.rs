@@ -63,6 +63,8 @@ pub fn advance(
         power_watts: sample.power_watts,
         devices: sample.devices.clone(),
         final_: false,
+        // The idle clock is kept beside the figures (lib.rs, `idle_clock`).
+        idle: base.idle,
     }
 }
 
@@ -84,56 +86,6 @@ fn counter_delta(before: &[DeviceCounter], now: &[DeviceCounter]) -> Option<f64>
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    /// The controller's idle rule (gpu-cloud-core) reads what this module writes.
-    #[test]
-    fn the_idle_rule_reads_the_agents_cumulative_figures() {
-        use gpu_cloud_api::v1::{IdleState, UsageReading, UsageSource};
-        use gpu_cloud_core::policy::idle::{IdlePolicy, IdleVerdict, observe_usage};
-        use std::time::Duration;
-        const MIN: u64 = 60;
-        let t = |secs: u64| Timestamp::from_second(1_800_000_000 + secs as i64).unwrap();
-        let p = IdlePolicy::with_timeout(Duration::from_secs(600));
-        let mut usage = None;
-        let mut st = IdleState::default();
-        let mut verdicts = vec![];
-        // Busy for 30 minutes, then idle; the agent writes every 15 s.
-        for at in (15..=45 * MIN).step_by(15) {
-            let u = if at <= 30 * MIN { 90.0 } else { 0.5 };
-            let s = Sample {
-                at: t(at),
-                gpus: 2,
-                utilization: u,
-                memory_bytes: 0,
-                power_watts: 100.0,
-                devices: vec![],
-            };
-            let next = advance(usage.as_ref(), t(0), &s, UsageSource::Simulated);
-            let reading = UsageReading {
-                at: next.sampled_at,
-                gpu_seconds: next.gpu_seconds,
-                avg_utilization: next.avg_utilization,
-            };
-            usage = Some(next);
-            let (n, v) = observe_usage(&p, &st, Some(reading), t(0), t(at));
-            st = n;
-            verdicts.push((at, v));
-        }
-        let first_idle = verdicts
-            .iter()
-            .find(|(_, v)| !matches!(v, IdleVerdict::Active))
-            .unwrap();
-        assert_eq!(first_idle.0, 30 * MIN + 15);
-        let stop = verdicts
-            .iter()
-            .find(|(_, v)| matches!(v, IdleVerdict::Stop { .. }))
-            .unwrap();
-        assert_eq!(stop.0, 40 * MIN + 15);
-        // The same status seen again (a timer reconcile) adds nothing.
-        let again = st.last_reading;
-        let (st2, _) = observe_usage(&p, &st, again, t(0), t(45 * MIN + 5));
-        assert_eq!(st2, st);
-    }
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()

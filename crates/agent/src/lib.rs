@@ -27,7 +27,8 @@ use tracing::{info, warn};
 
 use accumulate::{Sample, advance};
 use gpu_cloud_api::MANAGED_BY;
-use gpu_cloud_api::v1::{GpuInstance, Usage, UsageSource};
+use gpu_cloud_api::v1::{GpuInstance, IdleClock, Usage, UsageSource};
+use gpu_cloud_core::policy::idle;
 use nvml::NvmlSource;
 
 /// Field manager of the agent's writes (it owns `status.usage` and nothing else).
@@ -299,6 +300,7 @@ async fn cycle(
         };
         let mut usage = advance(Some(&entry.usage), started, &sample, kind);
         usage.final_ = ended_at.is_some();
+        usage.idle = idle_clock(inst, &entry.usage, &sample);
         let due = entry
             .written
             .is_none_or(|w| w.elapsed() >= args.write_interval);
@@ -312,6 +314,29 @@ async fn cycle(
     tracked.retain(|uid, _| seen.contains(uid));
     metrics.forget_except(&mine);
     Ok(())
+}
+
+/// The idle clock after `sample`, from the one kept in `before` (the usage before it), when
+/// the controller published an idle rule for `inst` (`status.idle.rule`).
+fn idle_clock(inst: &GpuInstance, before: &Usage, sample: &Sample) -> Option<IdleClock> {
+    let published = inst.status.as_ref()?.idle.as_ref()?.rule.as_ref()?;
+    let rule = match idle::ClockRule::try_from(published) {
+        Ok(rule) => rule,
+        Err(e) => {
+            warn!(instance = %inst.name_any(), error = %e, "idle rule ignored");
+            return None;
+        }
+    };
+    let sample = idle::Sample {
+        at: sample.at,
+        utilization_percent: sample.utilization,
+    };
+    Some(idle::tick(
+        &rule,
+        before.idle.as_ref(),
+        Some(before.sampled_at),
+        sample,
+    ))
 }
 
 async fn write_usage(client: &Client, inst: &GpuInstance, usage: &Usage) -> Result<(), AgentError> {
@@ -386,4 +411,94 @@ fn pid_pods(
             Some((*pid, cgroup::pod_uid(&text)?))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpu_cloud_api::v1::IdleState;
+    use gpu_cloud_core::policy::idle::{IdlePolicy, IdleVerdict, decide};
+    use std::time::Duration;
+
+    const MIN: u64 = 60;
+
+    fn t(secs: u64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs as i64).unwrap()
+    }
+
+    /// The agent and the controller together, as in the cluster: the agent samples every
+    /// second and writes every 15 s, the controller decides on each write and publishes
+    /// the rule; an agent restart resumes from what was written.
+    #[test]
+    fn the_controller_decides_from_the_clock_the_agent_keeps_and_writes_on_transitions() {
+        let p = IdlePolicy::with_timeout(Duration::from_secs(600));
+        let mut inst: GpuInstance = serde_json::from_value(serde_json::json!({
+            "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
+            "metadata": {"name": "a", "namespace": "gpu-u"},
+            "spec": {"gpu": {"model": "L4", "count": 2}, "image": "x", "duration": "4h"},
+            "status": {"phase": "Running", "startedAt": t(0).to_string()}
+        }))
+        .unwrap();
+        let mut usage = Usage {
+            sampled_at: t(0),
+            ..Default::default()
+        };
+        let mut written = usage.clone();
+        let mut state = IdleState::default();
+        let (mut writes, mut verdicts) = (0, vec![]);
+        // Busy for 30 minutes, then idle; the agent restarts at 35:00 (it lost what it
+        // had not written).
+        for at in 1..=45 * MIN {
+            if at == 35 * MIN {
+                usage = written.clone();
+            }
+            let util = if at <= 30 * MIN { 90.0 } else { 0.5 };
+            let sample = Sample {
+                at: t(at),
+                gpus: 2,
+                utilization: util,
+                memory_bytes: 0,
+                power_watts: 100.0,
+                devices: vec![],
+            };
+            let mut next = advance(Some(&usage), t(0), &sample, UsageSource::Simulated);
+            next.idle = idle_clock(&inst, &usage, &sample);
+            usage = next;
+            if at % 15 != 0 {
+                continue;
+            }
+            written = usage.clone();
+            let (st, v) = decide(
+                &p,
+                &state,
+                written.idle.as_ref(),
+                Some(written.sampled_at),
+                t(0),
+                t(at),
+            );
+            if st != state {
+                writes += 1;
+                state = st;
+                inst.status.as_mut().unwrap().idle = Some(state.clone());
+            }
+            verdicts.push((at, v));
+        }
+        // The first write publishes the rule; the agent keeps the clock from then on.
+        assert_eq!(verdicts[0].1, IdleVerdict::NoData);
+        assert_eq!(verdicts[1].1, IdleVerdict::Active);
+        let first_idle = verdicts
+            .iter()
+            .find(|(at, v)| *at > 30 && !matches!(v, IdleVerdict::Active))
+            .unwrap();
+        assert_eq!(first_idle.0, 30 * MIN + 15);
+        assert_eq!(state.idle_since, Some(t(30 * MIN + 1)), "to the second");
+        let stop = verdicts
+            .iter()
+            .find(|(_, v)| matches!(v, IdleVerdict::Stop { .. }))
+            .unwrap();
+        assert_eq!(stop.0, 40 * MIN + 15, "at the first write after 40:01");
+        // Written: the rule, the stretch, its warning. Not on the 180 writes in between,
+        // and not for the agent's restart.
+        assert_eq!(writes, 3);
+    }
 }

@@ -810,8 +810,9 @@ pub struct PreviousRun {
 /// their figures are folded into the first kept one, so nothing is lost).
 pub const PREVIOUS_RUNS_KEPT: usize = 20;
 
-/// Cumulative usage as the agent writes it in `status.usage`: what [`interval_sample`]
-/// turns into a [`Sample`]. Kept in [`IdleState`] between reconciles.
+/// Cumulative usage as the agent once wrote it, remembered in [`IdleState::last_reading`]
+/// by controllers before the agent kept the idle clock itself. No longer written; kept so
+/// that the schema stays compatible with objects that still carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageReading {
@@ -823,24 +824,56 @@ pub struct UsageReading {
     pub avg_utilization: f64,
 }
 
-/// What the controller remembers between reconciles (in the instance's status).
+/// The idle rule's state as the controller keeps it (in the instance's status). Written
+/// only when it changes: when the rule is first applied or changed, when an idle stretch
+/// starts or ends, and when it is warned, never on every usage sample.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IdleState {
-    /// Since when every sample has been under the threshold; `None` while busy or
-    /// without data.
+    /// Since when every sample has been under the threshold (the agent's [`IdleClock`], as
+    /// the controller last acted on it); `None` while busy or without data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_since: Option<Timestamp>,
-    /// The newest sample taken into account (to recognise a sample seen before, and gaps).
+    /// Deprecated, no longer written: the newest sample an older controller had seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sample_at: Option<Timestamp>,
-    /// The warning (or in `warn_only` mode the would-stop notice) for the current idle
-    /// stretch was given; it is not given again until the GPUs have been busy.
+    /// The warning (or in `warn_only` mode the would-stop notice) for the idle stretch
+    /// that began at `idleSince` was given; it is not given again for that stretch.
     #[serde(default)]
     pub warned: bool,
-    /// The last cumulative reading, for [`observe_usage`].
+    /// Deprecated, no longer written: the last cumulative reading an older controller had
+    /// seen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reading: Option<UsageReading>,
+    /// What the node agent needs of the idle rule in force, to keep the idle clock on
+    /// every sample it takes ([`Usage::idle`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<IdleClockRule>,
+}
+
+/// The part of an instance's idle rule that the node agent applies to its samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdleClockRule {
+    /// Utilization, percent, under which a sample counts as idle (one exactly at it is
+    /// busy).
+    pub threshold_percent: f64,
+    /// Longest time between two samples that still counts as continuous data, as `1m` or
+    /// `90s`; after a longer silence the clock starts afresh.
+    pub max_gap: String,
+}
+
+/// The node agent's idle clock for one instance, kept over every sample it takes and
+/// written with the usage figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdleClock {
+    /// The threshold it was kept for (`status.idle.rule.thresholdPercent` when sampled).
+    pub threshold_percent: f64,
+    /// The first sample of the current stretch of samples all under the threshold, with
+    /// no gap longer than the rule's `maxGap`; `None` when the last sample was busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
 }
 
 /// An instance's cost.
@@ -885,6 +918,9 @@ pub struct Usage {
     /// The agent wrote its last figures: the instance ended.
     #[serde(default, rename = "final")]
     pub final_: bool,
+    /// The idle clock, while the instance has an idle rule (`status.idle.rule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleClock>,
 }
 
 /// Where usage figures come from.

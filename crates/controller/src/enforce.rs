@@ -11,8 +11,8 @@ use jiff::Timestamp;
 use kube::runtime::events::EventType;
 
 use super::lifecycle::{Note, Outcome, Stop};
+use gpu_cloud_api::v1::IdleState;
 use gpu_cloud_api::v1::{Condition, GpuInstance, GpuUser, Phase};
-use gpu_cloud_api::v1::{IdleState, UsageReading};
 use gpu_cloud_core::policy::budget::{self, Action as BudgetAction, ExhaustedPolicy};
 use gpu_cloud_core::policy::cost::PriceList;
 use gpu_cloud_core::policy::figures;
@@ -62,12 +62,15 @@ pub fn before(
     match objects::idle_policy(inst, user) {
         Ok(Some(policy)) => {
             let state = status.idle.clone().unwrap_or_default();
-            let reading = status.usage.as_ref().map(|u| UsageReading {
-                at: u.sampled_at,
-                gpu_seconds: u.gpu_seconds,
-                avg_utilization: u.avg_utilization,
-            });
-            let (next, verdict) = idle::observe_usage(&policy, &state, reading, started, now);
+            let usage = status.usage.as_ref();
+            let (next, verdict) = idle::decide(
+                &policy,
+                &state,
+                usage.and_then(|u| u.idle.as_ref()),
+                usage.map(|u| u.sampled_at),
+                started,
+                now,
+            );
             if let IdleVerdict::Stop { .. } = verdict {
                 out.stop = verdict
                     .condition(&policy)
@@ -198,46 +201,53 @@ mod tests {
     }
 
     /// A running instance with a 10-minute idle rule whose agent wrote `usage`, and whose
-    /// last status remembered `last_reading`.
-    fn running(usage: serde_json::Value, last_reading: serde_json::Value) -> GpuInstance {
+    /// status still carries what an older controller wrote on every sample.
+    fn running(usage: serde_json::Value) -> GpuInstance {
         serde_json::from_value(json!({
             "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
             "metadata": {"name": "a", "namespace": "gpu-u", "uid": "u1", "generation": 1},
             "spec": {"gpu": {"model": "NVIDIA-L4", "count": 2}, "image": "x", "duration": "4h",
                      "idleTimeout": "10m"},
             "status": {"phase": "Running", "nodeName": "n", "startedAt": "2026-12-01T10:00:00Z",
-                       "usage": usage, "idle": {"lastReading": last_reading}}
+                       "usage": usage,
+                       "idle": {"lastSampleAt": "2026-12-01T10:29:00Z",
+                                "lastReading": {"at": "2026-12-01T10:29:00Z", "gpuSeconds": 3480.0, "avgUtilization": 1.0}}}
         }))
         .unwrap()
     }
 
-    fn usage(at: &str, gpu_seconds: f64, avg: f64) -> serde_json::Value {
-        json!({"gpuSeconds": gpu_seconds, "avgUtilization": avg, "peakMemoryBytes": 0,
-               "energyJoules": 0.0, "sampledAt": at, "source": "simulated"})
+    fn usage(at: &str, idle: serde_json::Value) -> serde_json::Value {
+        json!({"gpuSeconds": 3600.0, "avgUtilization": 1.0, "peakMemoryBytes": 0,
+               "energyJoules": 0.0, "sampledAt": at, "source": "simulated", "idle": idle})
     }
 
-    /// The agent's counters start again from zero (a counter reset): the reconcile takes
-    /// the new reading as its baseline, so the next write is judged as an interval of its
-    /// own instead of being swallowed by the old, larger baseline.
+    /// The reconcile reads the agent's idle clock from `status.usage.idle` and nothing
+    /// else: idle since 10:20 under the 5 % default is a stop at 10:30, and the rule the
+    /// agent needs is published.
     #[test]
-    fn a_counter_reset_seen_by_the_reconcile_becomes_the_next_baseline() {
-        let before =
-            json!({"at": "2026-12-01T10:30:00Z", "gpuSeconds": 3600.0, "avgUtilization": 90.0});
-        let reset = running(usage("2026-12-01T10:30:15Z", 30.0, 0.0), before);
-        let v = before_at(&reset, "2026-12-01T10:30:15Z");
-        let (_, state, verdict) = v.idle.expect("an idle rule applies");
+    fn the_decision_comes_from_the_agents_clock() {
+        let inst = running(usage(
+            "2026-12-01T10:30:15Z",
+            json!({"thresholdPercent": 5.0, "since": "2026-12-01T10:20:00Z"}),
+        ));
+        let (_, state, verdict) = before_at(&inst, "2026-12-01T10:30:15Z").idle.unwrap();
+        assert!(matches!(verdict, IdleVerdict::Stop { .. }), "{verdict:?}");
+        assert_eq!(state.idle_since, Some(ts("2026-12-01T10:20:00Z")));
+        let rule = state.rule.expect("the rule for the agent");
+        assert_eq!((rule.threshold_percent, rule.max_gap.as_str()), (5.0, "1m"));
+        assert_eq!((state.last_sample_at, state.last_reading), (None, None));
+        // Busy by the clock: active, no stretch.
+        let busy = running(usage(
+            "2026-12-01T10:30:15Z",
+            json!({"thresholdPercent": 5.0}),
+        ));
+        let (_, state, verdict) = before_at(&busy, "2026-12-01T10:30:15Z").idle.unwrap();
+        assert_eq!(verdict, IdleVerdict::Active);
+        assert_eq!(state.idle_since, None);
+        // An agent that keeps no clock (older, or the rule not seen yet): no data.
+        let old = running(usage("2026-12-01T10:30:15Z", json!(null)));
+        let (_, _, verdict) = before_at(&old, "2026-12-01T10:30:15Z").idle.unwrap();
         assert_eq!(verdict, IdleVerdict::NoData);
-        let baseline = state.last_reading.expect("the reset reading is kept");
-        assert_eq!(baseline.gpu_seconds, 30.0);
-
-        // The next write (idle GPUs) after the reset: a sample, the idle clock starts.
-        let next = running(
-            usage("2026-12-01T10:30:30Z", 60.0, 0.0),
-            serde_json::to_value(baseline).unwrap(),
-        );
-        let (_, state, verdict) = before_at(&next, "2026-12-01T10:30:30Z").idle.unwrap();
-        assert!(matches!(verdict, IdleVerdict::Idle { .. }), "{verdict:?}");
-        assert_eq!(state.idle_since, Some(ts("2026-12-01T10:30:30Z")));
     }
 
     fn before_at(inst: &GpuInstance, now: &str) -> Verdicts {

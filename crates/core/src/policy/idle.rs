@@ -1,28 +1,33 @@
 //! Idle-GPU shutdown: when an instance whose GPUs sit unused is warned, and when it stops.
 //!
-//! The node agent writes cumulative usage into `status.usage` every few seconds. Each new
-//! write gives one [`Sample`]: the mean GPU utilization since the previous write
-//! ([`interval_sample`] derives it from two cumulative [`UsageReading`]s). [`observe`] folds a
-//! sample into the persisted [`IdleState`] and says what to do ([`IdleVerdict`]):
+//! The rule has two halves, one on each side of `status`, so that it costs no status write
+//! per sample:
 //!
-//! - a sample at or above the threshold resets the idle clock;
-//! - a sample under it starts the clock (at that sample's time) or keeps it running;
-//! - `warn_before` ahead of the stop the instance gets a warning (condition and Event);
-//! - once the utilization has stayed under the threshold for `timeout`, it is stopped
-//!   (phase `Stopped`, reason [`REASON_STOPPED`]), or in `warn_only` mode only told so.
+//! - **The node agent keeps the idle clock** ([`tick`]) on every sample it takes (each
+//!   second): since when every sample has been under the threshold, with no silence longer
+//!   than `max_gap`. It writes the clock with its usage figures (`status.usage.idle`), as
+//!   often as it writes them anyway. The controller tells it the threshold and the gap in
+//!   `status.idle.rule` ([`IdlePolicy::clock_rule`]).
+//! - **The controller decides** ([`decide`]) from that clock and the clock alone:
+//!   `warn_before` ahead of the stop the instance gets a warning (condition and Event);
+//!   once the GPUs have stayed under the threshold for `timeout`, it is stopped (phase
+//!   `Stopped`, reason [`REASON_STOPPED`]), or in `warn_only` mode only told so. Its own
+//!   state (`status.idle`: the stretch it acted on, whether it warned) changes only on
+//!   those transitions, so it writes only then, never on every usage sample.
 //!
-//! Missing data is never evidence of idleness: when the agent has not written for longer
-//! than `max_gap` (agent down, node unreachable), nothing is decided and the idle clock
-//! starts afresh with the next sample, so an outage can neither stop an instance nor count
-//! towards its idle time. The clock also starts at the first idle *sample*, not at the
-//! previous busy one, so a stop comes at most one write interval late, never early.
+//! Missing data is never evidence of idleness: after an agent silence longer than
+//! `max_gap` (agent down, node unreachable) the clock starts afresh with the next sample,
+//! and while the last sample is older than that the controller decides nothing, so an
+//! outage can neither stop an instance nor count towards its idle time. The clock starts
+//! at the first idle *sample*, so a stop comes at most one agent write interval late,
+//! never early.
 
 use std::time::Duration;
 
 use jiff::Timestamp;
 
 use gpu_cloud_api::time::{go_duration, short_utc};
-use gpu_cloud_api::v1::{IdleState, UsageReading};
+use gpu_cloud_api::v1::{IdleClock, IdleClockRule, IdleState};
 
 /// Utilization (percent) under which a GPU counts as idle unless configured otherwise:
 /// a notebook left open or a finished job reads 0–2 %, real work far more.
@@ -155,44 +160,96 @@ pub fn effective(
     }))
 }
 
-/// Mean GPU utilization over the interval that ends at `at` (since the previous sample).
+/// One sample of an instance's GPUs as the node agent takes it (every second by default).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
-    /// When the interval ended (the agent's `sampledAt`).
+    /// When it was taken.
     pub at: Timestamp,
-    /// Mean utilization of the instance's GPUs over the interval, percent.
+    /// Mean utilization of the instance's GPUs then, percent.
     pub utilization_percent: f64,
 }
 
-/// The reading before the first write: nothing used yet at placement.
-pub fn reading_at_placement(started: Timestamp) -> UsageReading {
-    UsageReading {
-        at: started,
-        gpu_seconds: 0.0,
-        avg_utilization: 0.0,
+/// What the agent applies to its samples: [`IdleClockRule`] as published by the
+/// controller in `status.idle.rule`, with its duration parsed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClockRule {
+    /// Utilization, percent, under which a sample counts as idle.
+    pub threshold_percent: f64,
+    /// Longest time between two samples that still counts as continuous data.
+    pub max_gap: Duration,
+}
+
+/// A published rule the agent cannot apply (only a controller writes it, so this is a bug
+/// or a hand edit of the status).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "status.idle.rule.maxGap {0:?} is not a duration like 1m or 90s: the idle clock is not kept"
+)]
+pub struct ClockRuleError(pub String);
+
+impl TryFrom<&IdleClockRule> for ClockRule {
+    type Error = ClockRuleError;
+    fn try_from(r: &IdleClockRule) -> Result<Self, Self::Error> {
+        let max_gap = gpu_cloud_api::time::parse_duration(&r.max_gap)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| ClockRuleError(r.max_gap.clone()))?;
+        Ok(ClockRule {
+            threshold_percent: r.threshold_percent,
+            max_gap,
+        })
     }
 }
 
-/// The utilization between two cumulative readings: the GPU-second-weighted mean of the
-/// interval, recovered from the two running means. The lifetime mean alone would not do:
-/// after ten busy hours it would take hours of idleness to fall under any threshold.
+impl IdlePolicy {
+    /// What the agent needs of this policy to keep the idle clock (`status.idle.rule`).
+    pub fn clock_rule(&self) -> IdleClockRule {
+        IdleClockRule {
+            threshold_percent: self.threshold_percent,
+            max_gap: go_duration(self.max_gap),
+        }
+    }
+}
+
+/// The agent's idle clock after `sample`: `clock` is the one it last kept (or found in
+/// `status.usage.idle` after a restart), `last_at` the time of the sample before this one
+/// (`status.usage.sampledAt`), if any.
 ///
-/// `None` when `cur` does not follow `prev` (same write seen again, clock going back,
-/// counters reset by a re-placement): no new evidence either way.
-pub fn interval_sample(prev: &UsageReading, cur: &UsageReading) -> Option<Sample> {
-    let held = cur.gpu_seconds - prev.gpu_seconds;
-    if cur.at <= prev.at || held.is_nan() || held <= 0.0 {
-        return None;
+/// - a sample at or above the threshold stops the clock (NaN counts as busy);
+/// - a sample under it starts the clock at that sample, or keeps it running;
+/// - after more than `max_gap` without a sample (agent down, node unreachable) the clock
+///   starts afresh: missing data is never evidence of idleness;
+/// - a clock kept for another threshold starts afresh too;
+/// - a sample not newer than `last_at` changes nothing.
+pub fn tick(
+    rule: &ClockRule,
+    clock: Option<&IdleClock>,
+    last_at: Option<Timestamp>,
+    sample: Sample,
+) -> IdleClock {
+    let mut since = clock
+        .filter(|c| c.threshold_percent == rule.threshold_percent)
+        .and_then(|c| c.since);
+    match last_at {
+        Some(last) if sample.at <= last => {}
+        last => {
+            if last.is_some_and(|last| exceeds(sample.at.duration_since(last), rule.max_gap)) {
+                since = None;
+            }
+            if sample.utilization_percent < rule.threshold_percent {
+                since.get_or_insert(sample.at);
+            } else {
+                since = None;
+            }
+        }
     }
-    let used = cur.avg_utilization * cur.gpu_seconds - prev.avg_utilization * prev.gpu_seconds;
-    let utilization_percent = (used / held).clamp(0.0, 100.0);
-    utilization_percent.is_finite().then_some(Sample {
-        at: cur.at,
-        utilization_percent,
-    })
+    IdleClock {
+        threshold_percent: rule.threshold_percent,
+        since,
+    }
 }
 
-/// What [`observe`] decided.
+/// What [`decide`] decided.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum IdleVerdict {
     /// No sample yet, or none within `max_gap`: nothing can be said, nothing is done.
@@ -297,52 +354,48 @@ impl IdleVerdict {
     }
 }
 
-/// Folds `sample` (the newest one the controller has, if any) into `state` and decides at
-/// `now`. `started` is when the instance was placed: samples from before it are ignored,
-/// and no instance is judged before `timeout` has passed since it started.
+/// The controller's decision at `now` for an instance placed at `started`, from the agent's
+/// idle clock and the time of its last sample (`status.usage.idle` and `.sampledAt`) and
+/// the state it kept (`status.idle`).
 ///
-/// A sample already seen (not newer than `state.last_sample_at`) adds nothing, so calling
-/// this on every reconcile with the same `status.usage` is safe; time still moves on.
-pub fn observe(
+/// The returned state differs from `state` only on a transition (the rule published or
+/// changed, an idle stretch begun or ended, its warning given), so the controller writes
+/// nothing for the many samples in between. A clock kept for another threshold, or a last
+/// sample older than `max_gap` (or from before `started`), is no data: nothing is decided
+/// and the state is kept, so that the warning of a stretch is not given twice; the agent's
+/// clock starts afresh after its own gaps. No instance is judged before `timeout` has
+/// passed since it started.
+pub fn decide(
     policy: &IdlePolicy,
     state: &IdleState,
-    sample: Option<Sample>,
+    clock: Option<&IdleClock>,
+    sampled_at: Option<Timestamp>,
     started: Timestamp,
     now: Timestamp,
 ) -> (IdleState, IdleVerdict) {
-    let mut st = state.clone();
-    let stretch_over = |st: &mut IdleState| {
+    let mut st = IdleState {
+        idle_since: state.idle_since,
+        warned: state.warned,
+        rule: Some(policy.clock_rule()),
+        // What older controllers wrote on every sample: dropped with the first write.
+        last_sample_at: None,
+        last_reading: None,
+    };
+    let fresh = sampled_at
+        .is_some_and(|at| at >= started && !exceeds(now.duration_since(at), policy.max_gap));
+    let clock = clock.filter(|c| c.threshold_percent == policy.threshold_percent);
+    let (true, Some(clock)) = (fresh, clock) else {
+        return (st, IdleVerdict::NoData);
+    };
+    let Some(since) = clock.since else {
         st.idle_since = None;
         st.warned = false;
-    };
-    if let Some(s) = sample {
-        let new = s.at >= started && st.last_sample_at.is_none_or(|last| s.at > last);
-        if new {
-            if st
-                .last_sample_at
-                .is_some_and(|last| exceeds(s.at.duration_since(last), policy.max_gap))
-            {
-                stretch_over(&mut st);
-            }
-            // NaN compares false: a broken reading counts as busy, never as idle.
-            if s.utilization_percent < policy.threshold_percent {
-                st.idle_since.get_or_insert(s.at);
-            } else {
-                stretch_over(&mut st);
-            }
-            st.last_sample_at = Some(s.at);
-        }
-    }
-    let fresh = st
-        .last_sample_at
-        .is_some_and(|last| !exceeds(now.duration_since(last), policy.max_gap));
-    if !fresh {
-        stretch_over(&mut st);
-        return (st, IdleVerdict::NoData);
-    }
-    let Some(since) = st.idle_since else {
         return (st, IdleVerdict::Active);
     };
+    if st.idle_since != Some(since) {
+        st.idle_since = Some(since);
+        st.warned = false;
+    }
     let stop_at = since
         .max(started)
         .saturating_add(policy.timeout)
@@ -383,34 +436,6 @@ pub fn observe(
     (st, verdict)
 }
 
-/// [`observe`] fed from the agent's cumulative figures: derives the interval's sample from
-/// `state.last_reading` (or from placement, for the first write) and remembers `reading`.
-/// This is what the controller calls with `status.usage` on every reconcile.
-///
-/// A reading newer than the remembered one becomes the next baseline even when it gives no
-/// sample: after a counter reset (the instance's usage starts again from zero, e.g. a new
-/// pod) the old, larger baseline would otherwise swallow every interval until the new
-/// counters passed it, and the idle rule would see no data for that long.
-pub fn observe_usage(
-    policy: &IdlePolicy,
-    state: &IdleState,
-    reading: Option<UsageReading>,
-    started: Timestamp,
-    now: Timestamp,
-) -> (IdleState, IdleVerdict) {
-    let prev = state
-        .last_reading
-        .filter(|p| p.at >= started)
-        .unwrap_or_else(|| reading_at_placement(started));
-    let reading = reading.filter(|r| r.at >= started);
-    let sample = reading.and_then(|cur| interval_sample(&prev, &cur));
-    let (mut next, verdict) = observe(policy, state, sample, started, now);
-    if let Some(cur) = reading.filter(|cur| cur.at > prev.at) {
-        next.last_reading = Some(cur);
-    }
-    (next, verdict)
-}
-
 /// `d` is longer than `limit` (negative durations, from clocks that disagree, are not).
 fn exceeds(d: jiff::SignedDuration, limit: Duration) -> bool {
     Duration::try_from(d).is_ok_and(|d| d > limit)
@@ -431,21 +456,55 @@ mod tests {
         IdlePolicy::with_timeout(Duration::from_secs(3600))
     }
 
-    /// Feeds `(seconds after start, utilization)` samples one by one, deciding at each
-    /// sample's time; returns the verdicts and the final state.
-    fn run(policy: &IdlePolicy, samples: &[(u64, f64)]) -> (Vec<IdleVerdict>, IdleState) {
-        let mut st = IdleState::default();
-        let mut out = vec![];
-        for &(at, u) in samples {
+    /// The agent and the controller side by side, the controller seeing every write.
+    #[derive(Default)]
+    struct Both {
+        clock: Option<IdleClock>,
+        last_at: Option<Timestamp>,
+        state: IdleState,
+        /// How often the controller's state changed (a status write).
+        writes: usize,
+    }
+
+    impl Both {
+        /// The agent takes a sample at `at` (seconds after start) and writes; the
+        /// controller decides then.
+        fn sample(&mut self, policy: &IdlePolicy, at: u64, u: f64) -> IdleVerdict {
+            let rule = ClockRule::try_from(&policy.clock_rule()).unwrap();
             let s = Sample {
                 at: t(at),
                 utilization_percent: u,
             };
-            let (next, v) = observe(policy, &st, Some(s), t(0), t(at));
-            st = next;
-            out.push(v);
+            self.clock = Some(tick(&rule, self.clock.as_ref(), self.last_at, s));
+            self.last_at = Some(self.last_at.map_or(s.at, |l| l.max(s.at)));
+            self.look(policy, at)
         }
-        (out, st)
+
+        /// The controller decides at `now` (seconds after start) with what it has.
+        fn look(&mut self, policy: &IdlePolicy, now: u64) -> IdleVerdict {
+            let (next, v) = decide(
+                policy,
+                &self.state,
+                self.clock.as_ref(),
+                self.last_at,
+                t(0),
+                t(now),
+            );
+            self.writes += usize::from(next != self.state);
+            self.state = next;
+            v
+        }
+    }
+
+    /// Feeds `(seconds after start, utilization)` samples one by one, deciding at each
+    /// sample's time; returns the verdicts and the final state.
+    fn run(policy: &IdlePolicy, samples: &[(u64, f64)]) -> (Vec<IdleVerdict>, IdleState) {
+        let mut both = Both::default();
+        let out = samples
+            .iter()
+            .map(|&(at, u)| both.sample(policy, at, u))
+            .collect();
+        (out, both.state)
     }
 
     fn every_15s(from: u64, to: u64, u: f64) -> Vec<(u64, f64)> {
@@ -513,16 +572,12 @@ mod tests {
         let mut samples = every_15s(15, 50 * MIN, 0.0);
         samples.push((50 * MIN + 15, 80.0));
         samples.extend(every_15s(50 * MIN + 30, 70 * MIN, 0.0));
-        let mut st = IdleState::default();
+        let mut both = Both::default();
         // What the controller shows is `condition()`: a warning withdrawn is one shown
         // before and not now.
         let (mut withdrawn, mut shown) = (0, false);
         for &(at, u) in &samples {
-            let s = Sample {
-                at: t(at),
-                utilization_percent: u,
-            };
-            let (next, v) = observe(&p, &st, Some(s), t(0), t(at));
+            let v = both.sample(&p, at, u);
             let now_shown = v.condition(&p).is_some();
             withdrawn += usize::from(shown && !now_shown);
             shown = now_shown;
@@ -533,10 +588,12 @@ mod tests {
             if at == 50 * MIN + 15 {
                 assert_eq!(v, IdleVerdict::Active);
             }
-            st = next;
         }
         assert_eq!(withdrawn, 1);
-        assert_eq!(st.idle_since, Some(t(50 * MIN + 30)));
+        assert_eq!(both.state.idle_since, Some(t(50 * MIN + 30)));
+        // Written for: the rule with the first stretch (the first sample), its warning,
+        // its end, the second stretch. Not for any of the other 276 samples.
+        assert_eq!(both.writes, 4);
     }
 
     #[test]
@@ -549,70 +606,147 @@ mod tests {
     #[test]
     fn a_gap_in_the_samples_is_not_idleness() {
         let p = hour_policy();
-        let samples = every_15s(15, 50 * MIN, 0.0);
-        let (_, st) = run(&p, &samples);
-        let last = Sample {
-            at: t(50 * MIN),
-            utilization_percent: 0.0,
-        };
+        let mut both = Both::default();
+        for (at, u) in every_15s(15, 50 * MIN, 0.0) {
+            both.sample(&p, at, u);
+        }
         // The agent goes quiet; the controller looks again at the stop time with the old
-        // sample: no data, no stop, and the idle clock is dropped.
-        let (st, v) = observe(&p, &st, Some(last), t(0), t(61 * MIN));
+        // sample: no data, no stop, no condition, and its state kept as it was.
+        let before = both.state.clone();
+        let v = both.look(&p, 61 * MIN);
         assert_eq!(v, IdleVerdict::NoData);
-        assert_eq!(st.idle_since, None);
         assert_eq!(v.condition(&p), None);
-        // Samples resume (idle): the clock starts again from the first new one.
-        let s = Sample {
-            at: t(62 * MIN),
-            utilization_percent: 0.0,
-        };
-        let (st, v) = observe(&p, &st, Some(s), t(0), t(62 * MIN));
-        assert!(matches!(v, IdleVerdict::Idle { since, .. } if since == t(62 * MIN)));
-        // Even if the controller saw nothing in between: a sample after a long gap
-        // restarts the clock by itself.
-        let (_, before_gap) = run(&p, &every_15s(15, 50 * MIN, 0.0));
-        let (_, v) = observe(&p, &before_gap, Some(s), t(0), t(62 * MIN));
-        assert!(matches!(v, IdleVerdict::Idle { since, .. } if since == t(62 * MIN)));
-        assert_eq!(st.last_sample_at, Some(t(62 * MIN)));
+        assert_eq!(both.state, before);
+        // Samples resume (idle): the agent's clock starts again from the first new one.
+        let v = both.sample(&p, 62 * MIN, 0.0);
+        assert!(
+            matches!(v, IdleVerdict::Idle { since, .. } if since == t(62 * MIN)),
+            "{v:?}"
+        );
+        assert_eq!(both.state.idle_since, Some(t(62 * MIN)));
+        assert!(!both.state.warned);
     }
 
     #[test]
     fn no_sample_yet_is_no_data_and_old_samples_are_ignored() {
         let p = hour_policy();
-        let (_, v) = observe(&p, &IdleState::default(), None, t(0), t(2 * 3600));
+        let (st, v) = decide(&p, &IdleState::default(), None, None, t(0), t(2 * 3600));
         assert_eq!(v, IdleVerdict::NoData);
-        let before_start = Sample {
-            at: Timestamp::from_second(1_799_000_000).unwrap(),
-            utilization_percent: 0.0,
+        assert_eq!(
+            st.rule,
+            Some(p.clock_rule()),
+            "the rule is published for the agent"
+        );
+        let before_start = Timestamp::from_second(1_799_000_000).unwrap();
+        let old = IdleClock {
+            threshold_percent: 5.0,
+            since: Some(before_start),
         };
-        let (st, v) = observe(&p, &IdleState::default(), Some(before_start), t(0), t(30));
-        assert_eq!((st.last_sample_at, v), (None, IdleVerdict::NoData));
+        let (_, v) = decide(&p, &st, Some(&old), Some(before_start), t(0), t(30));
+        assert_eq!(v, IdleVerdict::NoData);
+        // A clock kept for another threshold (the rule changed since) is no data either.
+        let other = IdleClock {
+            threshold_percent: 10.0,
+            since: Some(t(10)),
+        };
+        let (_, v) = decide(&p, &st, Some(&other), Some(t(29)), t(0), t(30));
+        assert_eq!(v, IdleVerdict::NoData);
+        // ...and the agent starts its clock afresh for the new one.
+        let rule = ClockRule::try_from(&p.clock_rule()).unwrap();
+        let s = Sample {
+            at: t(30),
+            utilization_percent: 1.0,
+        };
+        assert_eq!(tick(&rule, Some(&other), Some(t(29)), s).since, Some(t(30)));
     }
 
     #[test]
     fn no_instance_is_judged_before_the_timeout_since_it_started() {
         // Clocks that disagree can put the first idle sample before placement.
         let p = hour_policy();
-        let st = IdleState {
-            idle_since: Some(t(0).saturating_sub(Duration::from_secs(7200)).unwrap()),
-            last_sample_at: Some(t(30 * MIN)),
-            ..Default::default()
+        let clock = IdleClock {
+            threshold_percent: 5.0,
+            since: Some(t(0).saturating_sub(Duration::from_secs(7200)).unwrap()),
         };
-        let (_, v) = observe(&p, &st, None, t(0), t(30 * MIN));
+        let (_, v) = decide(
+            &p,
+            &IdleState::default(),
+            Some(&clock),
+            Some(t(30 * MIN)),
+            t(0),
+            t(30 * MIN),
+        );
         assert!(matches!(v, IdleVerdict::Idle { warn_at, .. } if warn_at == t(45 * MIN)));
     }
 
     #[test]
     fn the_same_sample_seen_again_changes_nothing_but_time_moves_on() {
         let p = hour_policy();
-        let (_, st) = run(&p, &every_15s(15, 45 * MIN, 0.0));
-        let s = Sample {
-            at: t(45 * MIN),
-            utilization_percent: 90.0, // a different reading with the same time: ignored
+        let mut both = Both::default();
+        for (at, u) in every_15s(15, 45 * MIN, 0.0) {
+            both.sample(&p, at, u);
+        }
+        let since = both.state.idle_since;
+        // A different reading with the same time: ignored by the agent's clock.
+        let v = both.sample(&p, 45 * MIN, 90.0);
+        assert_eq!(both.state.idle_since, since);
+        assert!(matches!(v, IdleVerdict::Idle { .. }), "{v:?}");
+        // Time moves on: the warning falls due without a new sample.
+        let v = both.look(&p, 45 * MIN + 30);
+        assert!(
+            matches!(v, IdleVerdict::Warn { announce: true, .. }),
+            "{v:?}"
+        );
+        // The controller looking again writes nothing.
+        let writes = both.writes;
+        let v = both.look(&p, 45 * MIN + 40);
+        assert!(
+            matches!(
+                v,
+                IdleVerdict::Warn {
+                    announce: false,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        assert_eq!(both.writes, writes);
+    }
+
+    #[test]
+    fn a_published_rule_round_trips_and_a_broken_one_is_refused() {
+        let p = IdlePolicy {
+            max_gap: Duration::from_secs(90),
+            threshold_percent: 7.5,
+            ..hour_policy()
         };
-        let (st2, v) = observe(&p, &st, Some(s), t(0), t(45 * MIN + 30));
-        assert_eq!(st2.idle_since, st.idle_since);
-        assert!(matches!(v, IdleVerdict::Warn { .. }));
+        let rule = ClockRule::try_from(&p.clock_rule()).unwrap();
+        assert_eq!(rule.max_gap, Duration::from_secs(90));
+        assert_eq!(rule.threshold_percent, 7.5);
+        let broken = IdleClockRule {
+            threshold_percent: 5.0,
+            max_gap: "soon".into(),
+        };
+        assert_eq!(
+            ClockRule::try_from(&broken).unwrap_err().to_string(),
+            "status.idle.rule.maxGap \"soon\" is not a duration like 1m or 90s: the idle clock is not kept"
+        );
+    }
+
+    #[test]
+    fn older_controllers_per_sample_fields_are_dropped_with_the_first_write() {
+        let p = hour_policy();
+        let old = IdleState {
+            last_sample_at: Some(t(10)),
+            last_reading: Some(gpu_cloud_api::v1::UsageReading {
+                at: t(10),
+                gpu_seconds: 10.0,
+                avg_utilization: 1.0,
+            }),
+            ..Default::default()
+        };
+        let (st, _) = decide(&p, &old, None, None, t(0), t(20));
+        assert_eq!((st.last_sample_at, st.last_reading), (None, None));
     }
 
     #[test]
@@ -698,61 +832,6 @@ mod tests {
         assert_eq!(effective(Some(&bad), None), Err(IdlePolicyError::MaxGap));
     }
 
-    #[test]
-    fn interval_utilization_comes_from_two_cumulative_readings() {
-        // Ten busy hours on 2 GPUs, then 15 s idle: the lifetime mean is still ~100%,
-        // the interval's is 0.
-        let busy = UsageReading {
-            at: t(36_000),
-            gpu_seconds: 72_000.0,
-            avg_utilization: 100.0,
-        };
-        let then = UsageReading {
-            at: t(36_015),
-            gpu_seconds: 72_030.0,
-            avg_utilization: 100.0 * 72_000.0 / 72_030.0,
-        };
-        let s = interval_sample(&busy, &then).unwrap();
-        assert!(s.utilization_percent.abs() < 1e-6, "{s:?}");
-        assert_eq!(interval_sample(&then, &then), None);
-        assert_eq!(interval_sample(&then, &busy), None);
-    }
-
-    #[test]
-    fn a_counter_reset_starts_a_new_baseline() {
-        let p = IdlePolicy::with_timeout(Duration::from_secs(600));
-        let before = UsageReading {
-            at: t(600),
-            gpu_seconds: 1200.0,
-            avg_utilization: 90.0,
-        };
-        let st = IdleState {
-            last_reading: Some(before),
-            ..IdleState::default()
-        };
-        // The counters start again from zero: no sample, but the new baseline.
-        let reset = UsageReading {
-            at: t(615),
-            gpu_seconds: 30.0,
-            avg_utilization: 0.0,
-        };
-        let (st, v) = observe_usage(&p, &st, Some(reset), t(0), t(615));
-        assert_eq!(v, IdleVerdict::NoData);
-        assert_eq!(st.last_reading, Some(reset));
-        // The next write is an interval of its own: idle.
-        let next = UsageReading {
-            at: t(630),
-            gpu_seconds: 60.0,
-            avg_utilization: 0.0,
-        };
-        let (st, v) = observe_usage(&p, &st, Some(next), t(0), t(630));
-        assert!(matches!(v, IdleVerdict::Idle { .. }), "{v:?}");
-        assert_eq!(st.last_reading, Some(next));
-        // An older reading (a stale copy) never replaces a newer baseline.
-        let (st2, _) = observe_usage(&p, &st, Some(reset), t(0), t(631));
-        assert_eq!(st2.last_reading, Some(next));
-    }
-
     proptest! {
         /// Against a model written from the rules: the idle stretch is the trailing run
         /// of samples under the threshold with no gap over `max_gap`; the verdict follows
@@ -770,13 +849,11 @@ mod tests {
             };
             let mut at = 0;
             let mut samples = vec![];
-            let mut st = IdleState::default();
+            let mut both = Both::default();
             for (gap, u) in steps {
                 at += gap;
                 samples.push((at, u));
-                let s = Sample { at: t(at), utilization_percent: u };
-                let (next, v) = observe(&p, &st, Some(s), t(0), t(at));
-                st = next;
+                let v = both.sample(&p, at, u);
                 // The model.
                 let mut since = None;
                 for (i, &(sa, su)) in samples.iter().enumerate().rev() {
@@ -809,6 +886,35 @@ mod tests {
                     other => prop_assert!(false, "unexpected {:?}", other),
                 }
             }
+        }
+
+        /// The controller writes on transitions only: at most once for the rule and three
+        /// times per idle stretch (begun, warned, ended), however many samples come.
+        #[test]
+        fn the_state_changes_only_on_transitions(
+            steps in proptest::collection::vec((1u64..120, prop_oneof![Just(0.0), Just(50.0)], 1usize..40), 1..40),
+            timeout_min in 5u64..30,
+            warn_only: bool,
+        ) {
+            let p = IdlePolicy {
+                warn_only,
+                ..IdlePolicy::with_timeout(Duration::from_secs(timeout_min * MIN))
+            };
+            let mut both = Both::default();
+            let (mut at, mut stretches, mut since) = (0, 0, None);
+            for (gap, u, repeat) in steps {
+                at += gap;
+                // A run of `repeat` samples 15 s apart at the same utilization.
+                for k in 0..repeat as u64 {
+                    both.sample(&p, at + 15 * k, u);
+                    if both.state.idle_since.is_some() && both.state.idle_since != since {
+                        stretches += 1;
+                    }
+                    since = both.state.idle_since;
+                }
+                at += 15 * repeat as u64;
+            }
+            prop_assert!(both.writes <= 1 + 3 * stretches, "{} writes for {} stretches", both.writes, stretches);
         }
     }
 }
