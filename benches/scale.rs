@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
+use gpu_cloud_agent::simulated::UTILIZATION_ANNOTATION;
 use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase};
 use gpu_cloud_api::{GPU_PRODUCT_LABEL, GPU_RESOURCE};
 use gpu_cloud_core::scheduler::pod_gpu_request;
@@ -89,6 +90,17 @@ struct Args {
     /// Kueue and bound by kube-scheduler.
     #[arg(long)]
     kueue: bool,
+    /// Skip the ceiling and kube-scheduler runs: a run about gpu-cloud's own phases (their
+    /// ratios are then absent).
+    #[arg(long)]
+    skip_peers: bool,
+    /// Node agents (`gpu-cloud agent --simulate`) that play the GPU nodes' agents in the
+    /// idle-rule phase, each for its share of the nodes.
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    /// How long the idle-rule phase counts writes once every instance has usage, seconds.
+    #[arg(long, default_value_t = 60)]
+    idle_window: u64,
     /// Set by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -106,7 +118,11 @@ impl Args {
             out,
             controller_args: vec![],
             timeout: 120,
-            kueue: false,
+            // Kueue too, so that CI keeps its run working (hack/kueue-build: minutes, once).
+            kueue: true,
+            skip_peers: false,
+            agents: 2,
+            idle_window: 30,
             bench: false,
         }
     }
@@ -161,6 +177,34 @@ struct ControllerFigures {
     reclaim_latency_p50_s: f64,
     reclaim_latency_max_s: f64,
     reclaim_samples: usize,
+    /// Every booking running under an idle rule, its usage written by node agents.
+    idle_rules: IdleRuleFigures,
+}
+
+/// The idle-rule phase: every running instance under its user's idle rule (timeout 1h,
+/// half of them idle at 1 %, half busy at 80 %), simulated node agents writing their usage
+/// as on real nodes. Counted once every instance's usage has been written at least twice.
+#[derive(Debug, Default, Serialize)]
+struct IdleRuleFigures {
+    instances: usize,
+    agents: usize,
+    /// The agents' write interval, seconds.
+    agent_write_interval_s: u64,
+    /// From the agents' start until every instance's usage was written twice (the rule
+    /// published, the idle stretches begun).
+    warmup_s: f64,
+    /// The controller's status writes of instances during the warm-up.
+    warmup_controller_status_writes: f64,
+    /// The counted window, seconds.
+    window_s: f64,
+    /// The agents' status writes per second in the window (what the apiserver took).
+    agent_status_writes_per_s: f64,
+    /// The controller's status writes of instances per second in the window.
+    controller_status_writes_per_s: f64,
+    /// The same per agent write: 1 means a controller write for every sample written.
+    controller_writes_per_agent_write: f64,
+    /// Everything the controller wrote in the window, by "verb resource".
+    controller_writes_by_verb_and_resource: BTreeMap<String, f64>,
 }
 
 /// What the benchmark reads of the controller's metrics.
@@ -174,6 +218,15 @@ struct Scrape {
     passes: f64,
 }
 
+/// The Kueue run and what it cost its deciding process.
+#[derive(Debug, Serialize)]
+struct KueueFigures {
+    run: RunFigures,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+    ratio_gpu_cloud_to_kueue: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     machine: BTreeMap<&'static str, String>,
@@ -184,11 +237,8 @@ struct Report {
     client_concurrency: usize,
     ceiling: RunFigures,
     kube_scheduler: RunFigures,
-    /// With --kueue: Kueue admitting, kube-scheduler binding; its peak RSS and CPU.
-    kueue: Option<RunFigures>,
-    kueue_peak_rss_mib: Option<f64>,
-    kueue_cpu_seconds: Option<f64>,
-    ratio_gpu_cloud_to_kueue: Option<f64>,
+    /// With --kueue: Kueue admitting, kube-scheduler binding.
+    kueue: Option<KueueFigures>,
     gpu_cloud: RunFigures,
     controller: ControllerFigures,
     /// Each dashboard page with every booking there, as an operator sees it.
@@ -203,7 +253,7 @@ impl Report {
         [
             Some(&self.ceiling),
             Some(&self.kube_scheduler),
-            self.kueue.as_ref(),
+            self.kueue.as_ref().map(|k| &k.run),
             Some(&self.gpu_cloud),
         ]
         .into_iter()
@@ -257,23 +307,39 @@ async fn run(args: Args) -> R<()> {
         t.elapsed().as_secs_f64()
     );
 
-    let m0 = apiserver_time(&client).await?;
-    let mut ceiling = ceiling(&client, &args).await?;
-    ceiling.apiserver = busiest(&m0, &apiserver_time(&client).await?);
-    report_run(&ceiling);
-    cleanup(&client, "ceil").await?;
-    let m0 = apiserver_time(&client).await?;
-    let mut sched = kube_scheduler(&client, &args).await?;
-    sched.apiserver = busiest(&m0, &apiserver_time(&client).await?);
-    report_run(&sched);
-    cleanup(&client, "sched").await?;
+    let (ceiling, sched) = if args.skip_peers {
+        let skipped = |name| RunFigures {
+            name,
+            per_second: f64::NAN,
+            ..Default::default()
+        };
+        (skipped("ceiling"), skipped("kube-scheduler"))
+    } else {
+        let m0 = apiserver_time(&client).await?;
+        let mut ceiling = ceiling(&client, &args).await?;
+        ceiling.apiserver = busiest(&m0, &apiserver_time(&client).await?);
+        report_run(&ceiling);
+        cleanup(&client, "ceil").await?;
+        let m0 = apiserver_time(&client).await?;
+        let mut sched = kube_scheduler(&client, &args).await?;
+        sched.apiserver = busiest(&m0, &apiserver_time(&client).await?);
+        report_run(&sched);
+        cleanup(&client, "sched").await?;
+        (ceiling, sched)
+    };
     let kueue = if args.kueue {
         let m0 = apiserver_time(&client).await?;
-        let (mut run, rss, cpu) = kueue_run(&client, &cp.kubeconfig, &args).await?;
+        let (mut run, peak_rss_mib, cpu_seconds) =
+            kueue_run(&client, &cp.kubeconfig, &args).await?;
         run.apiserver = busiest(&m0, &apiserver_time(&client).await?);
         report_run(&run);
-        eprintln!("kueue: peak RSS {rss:.0} MiB, CPU {cpu:.1} s");
-        Some((run, rss, cpu))
+        eprintln!("kueue: peak RSS {peak_rss_mib:.0} MiB, CPU {cpu_seconds:.1} s");
+        Some(KueueFigures {
+            run,
+            peak_rss_mib,
+            cpu_seconds,
+            ratio_gpu_cloud_to_kueue: f64::NAN,
+        })
     } else {
         None
     };
@@ -292,12 +358,10 @@ async fn run(args: Args) -> R<()> {
         client_concurrency: args.concurrency,
         ratio_gpu_cloud_to_kube_scheduler: ours.per_second / sched.per_second,
         ratio_gpu_cloud_to_ceiling: ours.per_second / ceiling.per_second,
-        ratio_gpu_cloud_to_kueue: kueue
-            .as_ref()
-            .map(|(k, _, _)| ours.per_second / k.per_second),
-        kueue_peak_rss_mib: kueue.as_ref().map(|(_, r, _)| *r),
-        kueue_cpu_seconds: kueue.as_ref().map(|(_, _, c)| *c),
-        kueue: kueue.map(|(k, _, _)| k),
+        kueue: kueue.map(|k| KueueFigures {
+            ratio_gpu_cloud_to_kueue: ours.per_second / k.run.per_second,
+            ..k
+        }),
         ceiling,
         kube_scheduler: sched,
         gpu_cloud: ours,
@@ -338,9 +402,15 @@ fn short(model: &str) -> &'static str {
 }
 
 fn instance_body(name: &str, model: &str) -> serde_json::Value {
+    // What the simulated agents of the idle-rule phase report: every other booking idle.
+    let util = if name.bytes().last().is_some_and(|b| b % 2 == 0) {
+        "1"
+    } else {
+        "80"
+    };
     json!({
         "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "annotations": {UTILIZATION_ANNOTATION: util}},
         "spec": {"gpu": {"model": model, "count": 1}, "image": "registry.k8s.io/pause:3.10",
                  "duration": "2h"},
     })
@@ -565,7 +635,9 @@ async fn gpu_cloud_run(
                     "apiVersion": "gpu-cloud.io/v1", "kind": "GpuUser",
                     "metadata": {"name": u},
                     "spec": {"subjects": [{"kind": "User", "name": u}],
-                             "quota": {"maxGpus": 100_000, "maxInstances": 100_000}},
+                             "quota": {"maxGpus": 100_000, "maxInstances": 100_000},
+                             // For the idle-rule phase; an hour is never reached here.
+                             "idle": {"timeout": "1h"}},
                 }))?;
                 api.create(&PostParams::default(), &user).await?;
                 R::Ok(())
@@ -747,9 +819,148 @@ async fn gpu_cloud_run(
         reclaim_latency_p50_s: quantile(&reclaim, 0.5),
         reclaim_latency_max_s: reclaim.last().copied().unwrap_or(0.0),
         reclaim_samples: reclaim.len(),
+        idle_rules: idle_rule_writes(kubeconfig, client, args, &controller).await?,
     };
+    // Utilization constant, the hour far: no transition in the window, so no write.
+    let i = &figures.idle_rules;
+    if i.controller_status_writes_per_s > 0.0 {
+        run.invariants.push(format!(
+            "idle rules: the controller wrote {:.0} instance statuses in a window without \
+             transitions ({:.0} agent writes)",
+            i.controller_status_writes_per_s * i.window_s,
+            i.agent_status_writes_per_s * i.window_s
+        ));
+    }
+    if i.agent_status_writes_per_s <= 0.0 {
+        run.invariants
+            .push("idle rules: the agents wrote no usage in the window".into());
+    }
     drop(controller);
     Ok((run, figures))
+}
+
+/// The idle-rule phase (see [`IdleRuleFigures`]): simulated node agents, each for its
+/// share of the nodes, write every running instance's usage every 15 s, with the
+/// controller still running.
+async fn idle_rule_writes(
+    kubeconfig: &Path,
+    client: &Client,
+    args: &Args,
+    controller: &Controller,
+) -> R<IdleRuleFigures> {
+    const WRITE_INTERVAL: u64 = 15;
+    let agents = args.agents.clamp(1, args.nodes);
+    let nodes: Vec<String> = (0..args.nodes).map(node_name).collect();
+    let start = Instant::now();
+    let s0 = controller.scrape().await?;
+    let _agents: Vec<Agent> = nodes
+        .chunks(nodes.len().div_ceil(agents))
+        .map(|share| {
+            // One list per node and sample: sampling as often as writing keeps the
+            // agents' lists from crowding the apiserver here.
+            Agent::start(
+                kubeconfig,
+                &[
+                    "agent",
+                    "--simulate",
+                    "--node",
+                    &share.join(","),
+                    "--sample-interval",
+                    &format!("{WRITE_INTERVAL}s"),
+                    "--write-interval",
+                    &format!("{WRITE_INTERVAL}s"),
+                    "--metrics-addr",
+                    &format!("127.0.0.1:{}", support::free_port()),
+                ],
+            )
+        })
+        .collect::<R<_>>()?;
+    // Every instance written twice since the start (the agents write all theirs in turn),
+    // then two more write intervals: every transition (an idle stretch begun) is behind.
+    let instances = Api::<GpuInstance>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .len();
+    let a0 = apiserver_time(client).await?;
+    wait_until_async(
+        args.timeout,
+        "every instance's usage written twice",
+        || async {
+            let a = apiserver_time(client).await.ok()?;
+            let written = status_writes_seen(&a, &a0);
+            (written >= 2.0 * instances as f64).then_some(())
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2 * WRITE_INTERVAL)).await;
+    let warmup = start.elapsed().as_secs_f64();
+    let s1 = controller.scrape().await?;
+    let a1 = apiserver_time(client).await?;
+    let t1 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.idle_window)).await;
+    let s2 = controller.scrape().await?;
+    let a2 = apiserver_time(client).await?;
+    let window = t1.elapsed().as_secs_f64();
+    let status_writes = |r: &BTreeMap<String, f64>, from: &BTreeMap<String, f64>| -> f64 {
+        r.iter()
+            .filter(|(k, _)| {
+                let (verb, res) = k.split_once(' ').unwrap_or((k.as_str(), ""));
+                is_write(verb) && res == "gpuinstances/status"
+            })
+            .map(|(k, v)| v - from.get(k).copied().unwrap_or(0.0))
+            .sum::<f64>()
+            + 0.0
+    };
+    let controller_window = status_writes(&s2.requests, &s1.requests);
+    let all_window = status_writes_seen(&a2, &a1);
+    let agent_window = (all_window - controller_window).max(0.0);
+    let by_resource = s2
+        .requests
+        .iter()
+        .filter(|(k, _)| is_write(k.split_once(' ').map_or(k.as_str(), |(v, _)| v)))
+        .map(|(k, v)| (k.clone(), v - s1.requests.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    let f = IdleRuleFigures {
+        instances,
+        agents,
+        agent_write_interval_s: WRITE_INTERVAL,
+        warmup_s: warmup,
+        warmup_controller_status_writes: status_writes(&s1.requests, &s0.requests),
+        window_s: window,
+        agent_status_writes_per_s: agent_window / window,
+        controller_status_writes_per_s: controller_window / window,
+        controller_writes_per_agent_write: controller_window / agent_window.max(1.0),
+        controller_writes_by_verb_and_resource: by_resource,
+    };
+    eprintln!(
+        "idle rules: {} instances, {} agents; warm-up {:.0} s ({:.0} controller status writes); \
+         then {:.1} agent writes/s, {:.2} controller status writes/s ({:.3} per agent write)",
+        f.instances,
+        f.agents,
+        f.warmup_s,
+        f.warmup_controller_status_writes,
+        f.agent_status_writes_per_s,
+        f.controller_status_writes_per_s,
+        f.controller_writes_per_agent_write
+    );
+    Ok(f)
+}
+
+/// Status writes of GpuInstances the apiserver served between two readings (anyone's).
+fn status_writes_seen(
+    now: &BTreeMap<String, (f64, f64)>,
+    before: &BTreeMap<String, (f64, f64)>,
+) -> f64 {
+    now.iter()
+        .filter(|(k, _)| {
+            let (verb, res) = k.split_once(' ').unwrap_or((k.as_str(), ""));
+            is_write(verb) && res == "gpuinstances/status"
+        })
+        .map(|(k, (_, n))| n - before.get(k).map_or(0.0, |(_, n)| *n))
+        .sum::<f64>()
+        + 0.0
 }
 
 /// One dashboard page's figures.
@@ -1145,8 +1356,13 @@ fn pod_start_lags(pods: &[Pod], prefix: &str) -> Vec<f64> {
         .collect()
 }
 
+/// A writing verb, as our clients count it (`patch`) or as the apiserver does (`PATCH`,
+/// `APPLY` for server-side apply, `PUT`, `POST`).
 fn is_write(verb: &str) -> bool {
-    matches!(verb, "create" | "update" | "patch" | "delete")
+    matches!(
+        verb.to_ascii_lowercase().as_str(),
+        "create" | "update" | "patch" | "delete" | "apply" | "put" | "post"
+    )
 }
 
 async fn list_pods(client: &Client) -> R<Vec<Pod>> {
@@ -1461,13 +1677,7 @@ impl Controller {
             cmd.env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
                 .env("DUMP_HEAPTRACK_OUTPUT", &fifo);
         }
-        // SAFETY: prctl only sets a flag on the child: it dies with the benchmark.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_the_benchmark(&mut cmd);
         Ok(Controller {
             child: cmd.spawn()?,
             port,
@@ -1535,6 +1745,39 @@ impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `gpu-cloud` with `args` (a node agent), killed when dropped or when the benchmark dies.
+struct Agent(Child);
+
+impl Agent {
+    fn start(kubeconfig: &Path, args: &[&str]) -> R<Self> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"));
+        cmd.args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        die_with_the_benchmark(&mut cmd);
+        Ok(Agent(cmd.spawn()?))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The child gets SIGKILL when the benchmark exits, however it exits.
+fn die_with_the_benchmark(cmd: &mut Command) {
+    // SAFETY: prctl only sets a flag on the child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
@@ -1674,12 +1917,11 @@ fn print_summary(r: &Report) {
         "gpu-cloud/kube-scheduler = {:.2}, gpu-cloud/ceiling = {:.2}",
         r.ratio_gpu_cloud_to_kube_scheduler, r.ratio_gpu_cloud_to_ceiling
     );
-    if let (Some(ratio), Some(rss), Some(cpu)) = (
-        r.ratio_gpu_cloud_to_kueue,
-        r.kueue_peak_rss_mib,
-        r.kueue_cpu_seconds,
-    ) {
-        println!("gpu-cloud/kueue = {ratio:.2}; kueue peak RSS {rss:.0} MiB, CPU {cpu:.1} s");
+    if let Some(k) = &r.kueue {
+        println!(
+            "gpu-cloud/kueue = {:.2}; kueue peak RSS {:.0} MiB, CPU {:.1} s",
+            k.ratio_gpu_cloud_to_kueue, k.peak_rss_mib, k.cpu_seconds
+        );
     }
     println!(
         "idle apply-to-Running p50 {:.2} s, p99 {:.2} s; controller peak RSS {:.0} MiB, CPU {:.1} s",
@@ -1715,6 +1957,19 @@ fn print_summary(r: &Report) {
         "placement: {:.0} passes during the burst, {:.3} s each on average",
         c.placement_passes, c.placement_pass_mean_s
     );
+    let i = &c.idle_rules;
+    println!(
+        "idle rules on {} running instances, {} agents writing every {} s: {:.1} agent status writes/s, \
+         {:.2} controller status writes/s ({:.3} per agent write); {:.0} controller status writes in the {:.0} s warm-up",
+        i.instances,
+        i.agents,
+        i.agent_write_interval_s,
+        i.agent_status_writes_per_s,
+        i.controller_status_writes_per_s,
+        i.controller_writes_per_agent_write,
+        i.warmup_controller_status_writes,
+        i.warmup_s
+    );
     for p in &r.dashboard {
         println!(
             "dashboard {} with {} instances: {:.1} ms p50, {:.1} ms max, {} KiB",
@@ -1734,11 +1989,16 @@ fn plot(r: &Report, path: &Path) -> R<()> {
     register_font()?;
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
-    let runs = [
-        (&r.ceiling, RGBColor(120, 120, 120)),
-        (&r.kube_scheduler, RGBColor(30, 100, 200)),
-        (&r.gpu_cloud, RGBColor(220, 80, 30)),
-    ];
+    let runs: Vec<(&RunFigures, RGBColor)> = [
+        Some((&r.ceiling, RGBColor(120, 120, 120))),
+        Some((&r.kube_scheduler, RGBColor(30, 100, 200))),
+        r.kueue.as_ref().map(|k| (&k.run, RGBColor(40, 160, 70))),
+        Some((&r.gpu_cloud, RGBColor(220, 80, 30))),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|(run, _)| !run.done_at.is_empty())
+    .collect();
     let x_max = runs
         .iter()
         .map(|(run, _)| run.seconds)
