@@ -98,7 +98,8 @@ struct Args {
     /// idle-rule phase, each for its share of the nodes.
     #[arg(long, default_value_t = 8)]
     agents: usize,
-    /// How long the idle-rule phase counts writes once every instance has usage, seconds.
+    /// How long the idle-rule phase counts writes once every instance has usage, seconds;
+    /// 0 skips the phase.
     #[arg(long, default_value_t = 60)]
     idle_window: u64,
     /// Set by `cargo bench`.
@@ -716,6 +717,22 @@ async fn gpu_cloud_run(
         .filter(|(_, v)| *v > 0.0)
         .collect();
     let cpu_before = controller.cpu_seconds()?;
+    // GPU_CLOUD_BENCH_APISERVER_PROFILE=<file>: the apiserver's CPU profile over the first
+    // 60 s of the burst (Go pprof; `go tool pprof -top <file>`), where its time goes.
+    let profile = std::env::var("GPU_CLOUD_BENCH_APISERVER_PROFILE")
+        .ok()
+        .map(|path| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let req = http::Request::get("/debug/pprof/profile?seconds=60").body(Vec::new())?;
+                let mut body = Vec::new();
+                let stream = client.request_stream(req).await?;
+                futures::AsyncReadExt::read_to_end(&mut std::pin::pin!(stream), &mut body).await?;
+                std::fs::write(&path, body)?;
+                eprintln!("apiserver CPU profile of the burst: {path}");
+                R::Ok(())
+            })
+        });
     let applied = Arc::new(Mutex::new(HashMap::<String, Instant>::new()));
     let start = Instant::now();
     stream::iter(0..args.instances)
@@ -748,6 +765,9 @@ async fn gpu_cloud_run(
     let after = &scrape_after.requests;
     let cpu = controller.cpu_seconds()? - cpu_before;
     let rss = controller.peak_rss_mib()?;
+    if let Some(p) = profile {
+        p.await??;
+    }
     let reclaim = reclaim_latencies(client, args, &running).await?;
     watch.abort();
 
@@ -831,7 +851,7 @@ async fn gpu_cloud_run(
             i.agent_status_writes_per_s * i.window_s
         ));
     }
-    if i.agent_status_writes_per_s <= 0.0 {
+    if args.idle_window > 0 && i.agent_status_writes_per_s <= 0.0 {
         run.invariants
             .push("idle rules: the agents wrote no usage in the window".into());
     }
@@ -849,6 +869,9 @@ async fn idle_rule_writes(
     controller: &Controller,
 ) -> R<IdleRuleFigures> {
     const WRITE_INTERVAL: u64 = 15;
+    if args.idle_window == 0 {
+        return Ok(IdleRuleFigures::default());
+    }
     let agents = args.agents.clamp(1, args.nodes);
     let nodes: Vec<String> = (0..args.nodes).map(node_name).collect();
     let start = Instant::now();

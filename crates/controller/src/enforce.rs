@@ -133,7 +133,14 @@ pub fn after(
     now: Timestamp,
 ) {
     let generation = inst.metadata.generation;
-    if let Some((policy, state, verdict)) = &verdicts.idle {
+    // Only on a Running instance (or the one stopped for idling): a pod that starts within
+    // moments is reported once, as Running, and the idle state goes in that same write
+    // rather than one of its own while the pod starts.
+    let shown_now = |v: &IdleVerdict| {
+        out.status.phase == Some(Phase::Running) || matches!(v, IdleVerdict::Stop { .. })
+    };
+    if let Some((policy, state, verdict)) = verdicts.idle.as_ref().filter(|(_, _, v)| shown_now(v))
+    {
         out.status.idle = Some(state.clone());
         let shown = verdict.condition(policy);
         match (&shown, verdict) {
@@ -248,6 +255,34 @@ mod tests {
         let old = running(usage("2026-12-01T10:30:15Z", json!(null)));
         let (_, _, verdict) = before_at(&old, "2026-12-01T10:30:15Z").idle.unwrap();
         assert_eq!(verdict, IdleVerdict::NoData);
+    }
+
+    /// While its pod starts (the lifecycle keeps the status as it was), the idle state is
+    /// not written on its own: it goes with the Running write.
+    #[test]
+    fn the_idle_state_waits_for_the_running_write() {
+        let mut inst = running(usage("2026-12-01T10:30:15Z", json!(null)));
+        let status = inst.status.as_mut().unwrap();
+        status.phase = Some(Phase::Queued);
+        status.idle = None;
+        let v = before_at(&inst, "2026-12-01T10:30:15Z");
+        assert!(v.idle.is_some(), "the rule applies once the pod is there");
+        let mut out = Outcome {
+            status: inst.status.clone().unwrap(),
+            pod: crate::lifecycle::PodAction::Keep,
+            events: vec![],
+            requeue_after: None,
+            wake_scheduler: false,
+            clear_usage: false,
+        };
+        after(&mut out, &inst, &v, None, true, ts("2026-12-01T10:30:15Z"));
+        assert_eq!(
+            out.status.idle, None,
+            "nothing to write while the pod starts"
+        );
+        out.status.phase = Some(Phase::Running);
+        after(&mut out, &inst, &v, None, true, ts("2026-12-01T10:30:15Z"));
+        assert!(out.status.idle.is_some_and(|i| i.rule.is_some()));
     }
 
     fn before_at(inst: &GpuInstance, now: &str) -> Verdicts {

@@ -59,6 +59,11 @@ pub struct ControllerArgs {
     /// a second under a burst (README "Performance" has the measurements).
     #[arg(long, default_value_t = 128)]
     pub write_concurrency: usize,
+    /// Placements one pass makes at most (the oldest first); the next pass starts at once
+    /// for the rest. Short passes under a burst let what arrives meanwhile wait for a short
+    /// pass rather than a long one; `0` places all in one pass.
+    #[arg(long, default_value_t = 256)]
+    pub placements_per_pass: usize,
     /// Waiting bookings may preempt others (spot instances, borrowed GPUs, lower priority
     /// of the same user); `--preemption=false` turns it off: nothing is preempted, and
     /// quotas still allow borrowing.

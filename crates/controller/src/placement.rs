@@ -55,7 +55,15 @@ pub async fn run(ctx: Arc<Context>) {
             .pass_seconds
             .observe(started.elapsed().as_secs_f64());
         next = ctx.args.resync;
-        if let Ok(Some(window)) = result {
+        if let Ok(Pass { more: true, .. }) = result {
+            // Capped: the rest of the queue goes in the next pass, now.
+            ctx.wake.notify_one();
+        }
+        if let Ok(Pass {
+            next_window: Some(window),
+            ..
+        }) = result
+        {
             // A window opens before the next resync: be there when it does.
             let until = Timestamp::now().duration_until(window);
             let until = Duration::try_from(until).unwrap_or(Duration::ZERO);
@@ -79,9 +87,17 @@ struct World {
     records: Vec<Arc<GpuUsageRecord>>,
 }
 
-/// One pass; returns when the next granted window opens, if any does.
+/// What a pass leaves for the next.
+struct Pass {
+    /// When the next granted window opens, if any does.
+    next_window: Option<Timestamp>,
+    /// Placements were left for the next pass (`--placements-per-pass`).
+    more: bool,
+}
+
+/// One pass.
 #[instrument(skip_all, fields(placed, waiting, reserved))]
-async fn pass(ctx: &Context) -> Result<Option<Timestamp>, ReconcileError> {
+async fn pass(ctx: &Context) -> Result<Pass, ReconcileError> {
     let now = Timestamp::now();
     let world = read_world(ctx);
     let mut snapshot = snapshot(&world, now, ctx.args.preemption);
@@ -89,6 +105,7 @@ async fn pass(ctx: &Context) -> Result<Option<Timestamp>, ReconcileError> {
     let refused = objects::budget_gate(&mut snapshot, &gates, &planned);
     let mut plan = scheduler::plan(&snapshot);
     plan.waiting.extend(refused);
+    let more = plan.limit_placements(ctx.args.placements_per_pass);
     tracing::Span::current().record("reserved", plan.reservations.len());
     let next_window = snapshot
         .bookings
@@ -252,7 +269,7 @@ async fn pass(ctx: &Context) -> Result<Option<Timestamp>, ReconcileError> {
         .try_collect::<Vec<()>>()
         .await?;
     super::publish_calendar::publish(ctx, &snapshot).await;
-    Ok(next_window)
+    Ok(Pass { next_window, more })
 }
 
 /// Each budgeted user's gates (the current period, and each later period a booking ahead

@@ -267,3 +267,24 @@ pub struct Plan {
     /// with the booking that gets its GPUs; that one waits with [`Wait::Preempting`].
     pub preemptions: Vec<super::preemption::Preemption>,
 }
+
+impl Plan {
+    /// Keeps the first `cap` placements (queue order, so the oldest go first) and drops the
+    /// rest, with their `due` entries; `0` keeps all. Returns whether any was dropped.
+    ///
+    /// Under a burst a pass that makes every placement it can lasts as long as its pod
+    /// creations, and what arrives meanwhile waits for it and then for the next one just as
+    /// long. Capped, each pass is short and the next starts at once. Dropping is always
+    /// safe: a placement not made holds nothing, and the next pass plans those bookings
+    /// again from what is then in the cluster; the waiting, reserved and preempted lists
+    /// stand as planned (a dropped placement only leaves more room than they assumed).
+    pub fn limit_placements(&mut self, cap: usize) -> bool {
+        if cap == 0 || self.placements.len() <= cap {
+            return false;
+        }
+        let dropped: std::collections::BTreeSet<InstanceKey> =
+            self.placements.drain(cap..).map(|(key, _)| key).collect();
+        self.due.retain(|(key, _)| !dropped.contains(key));
+        true
+    }
+}

@@ -223,6 +223,51 @@ proptest! {
             prop_assert!(again.placements.is_empty(), "second pass placed {:?}", again.placements);
         }
     }
+
+    /// The controller caps the placements of a pass (`--placements-per-pass`) and runs the
+    /// next at once: every capped pass keeps every invariant, and the passes end with
+    /// everything placed that one uncapped pass would have placed.
+    #[test]
+    fn capped_passes_keep_every_invariant_and_place_as_much(
+        nodes in nodes(),
+        quotas in prop::collection::vec(prop::option::of(1u32..12), 3),
+        ops in prop::collection::vec(op(), 1..40),
+        cap in 1usize..4,
+    ) {
+        let users = users_with_gpu_quotas(&quotas);
+        let mut world = World { nodes, foreign: BTreeMap::new(), bookings: vec![], users, clock: 0 };
+        for (i, op) in ops.into_iter().enumerate() {
+            world.clock += 1;
+            match op {
+                Op::Book { user, model, count, priority } => {
+                    let mut b = booking(&format!("b{i}"), &format!("u{user}"), MODELS[model as usize], count, world.clock);
+                    b.priority = priority;
+                    world.bookings.push(b);
+                }
+                Op::Delete(i) if !world.bookings.is_empty() => {
+                    let i = i % world.bookings.len();
+                    world.bookings.remove(i);
+                }
+                _ => {}
+            }
+            let whole = plan(&world.snapshot()).placements.len();
+            let mut placed = 0;
+            for _ in 0..=world.bookings.len() {
+                let before = world.snapshot();
+                let mut p = plan(&before);
+                let more = p.limit_placements(cap);
+                prop_assert!(p.placements.len() <= cap);
+                placed += p.placements.len();
+                world.apply(&p);
+                check_invariants(&world, &before, &p)?;
+                if !more {
+                    break;
+                }
+            }
+            prop_assert!(placed >= whole, "capped passes placed {} of {}", placed, whole);
+            prop_assert!(plan(&world.snapshot()).placements.is_empty());
+        }
+    }
 }
 
 // ---- properties over time ----------------------------------------------------
