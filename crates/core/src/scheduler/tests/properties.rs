@@ -180,6 +180,45 @@ fn users_with_gpu_quotas(quotas: &[Option<u32>]) -> BTreeMap<String, UserPolicy>
         .collect()
 }
 
+impl World {
+    /// Op number `i` happens: the clock moves one step, then the booking, deletion or
+    /// foreign pod (only where it fits: the kubelet would refuse it otherwise).
+    fn play(&mut self, i: usize, op: Op) {
+        self.clock += 1;
+        match op {
+            Op::Book {
+                user,
+                model,
+                count,
+                priority,
+            } => {
+                let mut b = booking(
+                    &format!("b{i}"),
+                    &format!("u{user}"),
+                    MODELS[model as usize],
+                    count,
+                    self.clock,
+                );
+                b.priority = priority;
+                self.bookings.push(b);
+            }
+            Op::Delete(i) if !self.bookings.is_empty() => {
+                let i = i % self.bookings.len();
+                self.bookings.remove(i);
+            }
+            Op::Foreign { node, count } => {
+                let snap = self.snapshot();
+                let n = &self.nodes[node % self.nodes.len()];
+                let used = snap.used.get(&n.name).copied().unwrap_or(0);
+                if used + count <= n.allocatable {
+                    *self.foreign.entry(n.name.clone()).or_default() += count;
+                }
+            }
+            Op::Delete(_) => {}
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
@@ -191,28 +230,7 @@ proptest! {
         let users = users_with_gpu_quotas(&quotas);
         let mut world = World { nodes, foreign: BTreeMap::new(), bookings: vec![], users, clock: 0 };
         for (i, op) in ops.into_iter().enumerate() {
-            world.clock += 1;
-            match op {
-                Op::Book { user, model, count, priority } => {
-                    let mut b = booking(&format!("b{i}"), &format!("u{user}"), MODELS[model as usize], count, world.clock);
-                    b.priority = priority;
-                    world.bookings.push(b);
-                }
-                Op::Delete(i) if !world.bookings.is_empty() => {
-                    let i = i % world.bookings.len();
-                    world.bookings.remove(i);
-                }
-                Op::Foreign { node, count } => {
-                    // Only where it fits: the kubelet would refuse it otherwise.
-                    let snap = world.snapshot();
-                    let n = &world.nodes[node % world.nodes.len()];
-                    let used = snap.used.get(&n.name).copied().unwrap_or(0);
-                    if used + count <= n.allocatable {
-                        *world.foreign.entry(n.name.clone()).or_default() += count;
-                    }
-                }
-                Op::Delete(_) => {}
-            }
+            world.play(i, op);
             let before = world.snapshot();
             let p = plan(&before);
             world.apply(&p);
@@ -237,19 +255,7 @@ proptest! {
         let users = users_with_gpu_quotas(&quotas);
         let mut world = World { nodes, foreign: BTreeMap::new(), bookings: vec![], users, clock: 0 };
         for (i, op) in ops.into_iter().enumerate() {
-            world.clock += 1;
-            match op {
-                Op::Book { user, model, count, priority } => {
-                    let mut b = booking(&format!("b{i}"), &format!("u{user}"), MODELS[model as usize], count, world.clock);
-                    b.priority = priority;
-                    world.bookings.push(b);
-                }
-                Op::Delete(i) if !world.bookings.is_empty() => {
-                    let i = i % world.bookings.len();
-                    world.bookings.remove(i);
-                }
-                _ => {}
-            }
+            world.play(i, op);
             let whole = plan(&world.snapshot()).placements.len();
             let mut placed = 0;
             for _ in 0..=world.bookings.len() {
