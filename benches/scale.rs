@@ -932,10 +932,7 @@ async fn idle_rule_writes(
     let window = t1.elapsed().as_secs_f64();
     let status_writes = |r: &BTreeMap<String, f64>, from: &BTreeMap<String, f64>| -> f64 {
         r.iter()
-            .filter(|(k, _)| {
-                let (verb, res) = k.split_once(' ').unwrap_or((k.as_str(), ""));
-                is_write(verb) && res == "gpuinstances/status"
-            })
+            .filter(|(k, _)| is_instance_status_write(k))
             .map(|(k, v)| v - from.get(k).copied().unwrap_or(0.0))
             .sum::<f64>()
             + 0.0
@@ -977,16 +974,19 @@ async fn idle_rule_writes(
     Ok(f)
 }
 
+/// A "verb resource" key (ours or the apiserver's) that counts writes of instance statuses.
+fn is_instance_status_write(key: &str) -> bool {
+    let (verb, res) = key.split_once(' ').unwrap_or((key, ""));
+    is_write(verb) && res == "gpuinstances/status"
+}
+
 /// Status writes of GpuInstances the apiserver served between two readings (anyone's).
 fn status_writes_seen(
     now: &BTreeMap<String, (f64, f64)>,
     before: &BTreeMap<String, (f64, f64)>,
 ) -> f64 {
     now.iter()
-        .filter(|(k, _)| {
-            let (verb, res) = k.split_once(' ').unwrap_or((k.as_str(), ""));
-            is_write(verb) && res == "gpuinstances/status"
-        })
+        .filter(|(k, _)| is_instance_status_write(k))
         .map(|(k, (_, n))| n - before.get(k).map_or(0.0, |(_, n)| *n))
         .sum::<f64>()
         + 0.0
