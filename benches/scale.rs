@@ -442,7 +442,8 @@ async fn ceiling(client: &Client, args: &Args) -> R<RunFigures> {
                 let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
                 let inst: GpuInstance = serde_json::from_value(instance_body(&name, model))?;
                 let inst = api.create(&PostParams::default(), &inst).await?;
-                let pod = gpu_cloud_controller::pod::build(&inst, &ns, &node)?;
+                let pod =
+                    gpu_cloud_controller::pod::build(&inst, &ns, std::slice::from_ref(&node), 0)?;
                 Api::<Pod>::namespaced(client.clone(), &ns)
                     .create(&PostParams::default(), &pod)
                     .await?;

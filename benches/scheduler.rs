@@ -61,6 +61,7 @@ fn snapshot(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
             ready: true,
             schedulable: true,
             untolerated_taint: None,
+            domain: None,
         })
         .collect();
     let last_h100 = (nodes - 1) / 3 * 3;

@@ -36,6 +36,7 @@ fn pod(phase: &str) -> PodView {
         terminating: false,
         user: Some("u".into()),
         program: None,
+        gang_nodes: vec![],
     }
 }
 
@@ -122,7 +123,7 @@ fn cases() -> Vec<(&'static str, GpuInstance, &'static str, &'static str)> {
     reserved.status = Some(reserved_status(
         &reserved,
         Some("u"),
-        "gpu-l4-0",
+        &["gpu-l4-0".to_owned()],
         ts(600),
         ts(0),
     ));
@@ -133,7 +134,7 @@ fn cases() -> Vec<(&'static str, GpuInstance, &'static str, &'static str)> {
     let mut lost_fail = instance("node-lost-fail", 1);
     lost_fail.spec.on_node_lost = Some(gpu_cloud_api::v1::OnNodeLost::Fail);
     lost_fail.status = decided("x", Some(&pod("Running")), 60, None).status;
-    lost_fail.status = Some(decide(&lost_fail, None, gone, ts(60), None).status);
+    lost_fail.status = Some(decide(&lost_fail, None, gone.clone(), ts(60), None).status);
     let stop = Stop {
         reason: "Idle",
         message: "idle".into(),
@@ -193,7 +194,7 @@ fn cases() -> Vec<(&'static str, GpuInstance, &'static str, &'static str)> {
         // Its node lost: removing the pod, then back in the queue, or failed.
         (
             "Running",
-            decided_on("node-lost", Some(&pod("Running")), gone, 60, None),
+            decided_on("node-lost", Some(&pod("Running")), gone.clone(), 60, None),
             "InProgress",
             "Progressing",
         ),

@@ -11,6 +11,7 @@ mod cost;
 mod dashboard;
 mod examples;
 mod faults;
+mod gangs;
 #[path = "../support/mod.rs"]
 mod harness;
 mod instances;

@@ -175,6 +175,10 @@ async fn each_component_has_exactly_what_it_needs() {
         ("agent", "patch", g, "gpuinstances", None, false),
         ("agent", "get", "", "secrets", None, false),
         ("controller", "create", "", "pods", None, true),
+        // A gang's headless Service: made, never deleted (owner references do that).
+        ("controller", "create", "", "services", None, true),
+        ("controller", "delete", "", "services", None, false),
+        ("agent", "create", "", "services", None, false),
         ("controller", "patch", g, "gpuinstances/status", None, true),
         (
             "controller",
@@ -442,6 +446,43 @@ async fn each_component_has_exactly_what_it_needs() {
         matches!(&refused, kube::Error::Api(e) if e.message.contains("privileged")),
         "{refused:?}"
     );
+    // Services: headless ones in user namespaces only.
+    use k8s_openapi::api::core::v1::Service;
+    let svc = |name: &str, cluster_ip: Option<&str>, kind: &str| -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"type": kind, "clusterIP": cluster_ip, "ports": [{"port": 80}]}
+        }))
+        .unwrap()
+    };
+    let refused = Api::<Service>::namespaced(as_controller.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &svc("fenced", Some("None"), "ClusterIP"),
+        )
+        .await
+        .expect_err("the controller creating a service in default");
+    assert!(
+        matches!(&refused, kube::Error::Api(e) if e.message.contains("services only in the gpu-<user> namespaces")),
+        "{refused:?}"
+    );
+    for (name, ip, kind) in [("lb", None, "LoadBalancer"), ("vip", None, "ClusterIP")] {
+        let refused = Api::<Service>::namespaced(as_controller.clone(), &user_ns)
+            .create(&PostParams::default(), &svc(name, ip, kind))
+            .await
+            .expect_err("the controller creating a service that is not headless");
+        assert!(
+            matches!(&refused, kube::Error::Api(e) if e.message.contains("only headless services")),
+            "{name}: {refused:?}"
+        );
+    }
+    Api::<Service>::namespaced(as_controller.clone(), &user_ns)
+        .create(
+            &PostParams::default(),
+            &svc("headless", Some("None"), "ClusterIP"),
+        )
+        .await
+        .expect("the controller creates a headless service in a user namespace");
     let api = Api::<GpuInstance>::namespaced(client.clone(), &user_ns);
     poll(
         Duration::from_secs(30),

@@ -378,16 +378,32 @@ pub async fn gpu_nodes(
     count: usize,
     gpus: u32,
 ) -> Vec<String> {
+    gpu_nodes_labelled(client, prefix, model, count, gpus, serde_json::json!({})).await
+}
+
+/// [`gpu_nodes`] with `labels` (a JSON object) on each node too, e.g. a topology zone.
+pub async fn gpu_nodes_labelled(
+    client: &Client,
+    prefix: &str,
+    model: &str,
+    count: usize,
+    gpus: u32,
+    labels: serde_json::Value,
+) -> Vec<String> {
     let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
     let mut names = vec![];
     for i in 0..count {
         let name = format!("{prefix}-{i}");
+        let mut all = serde_json::json!({"type": "kwok", "kubernetes.io/hostname": name,
+                           "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": model});
+        if let (Some(all), Some(extra)) = (all.as_object_mut(), labels.as_object()) {
+            all.extend(extra.clone());
+        }
         let node = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": name,
                 "annotations": {"kwok.x-k8s.io/node": "fake"},
-                "labels": {"type": "kwok", "kubernetes.io/hostname": name,
-                           "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": model}
+                "labels": all
             },
             "status": {
                 "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()},

@@ -274,24 +274,30 @@ async fn cycle(
             // The pod is gone: carry the last readings to the end.
             (Some(_), Some(_)) => Sample {
                 at,
-                gpus: inst.spec.gpu.count,
+                gpus: inst.spec.gpu.total(),
                 utilization: entry.usage.avg_utilization,
                 memory_bytes: 0,
                 power_watts: entry.usage.power_watts,
                 devices: vec![],
             },
             (Some((shares, pod_uid_of)), None) => {
-                let key = (inst.namespace().unwrap_or_default(), inst.name_any());
+                // Its pod on this node: the instance's own, or a gang's rank 0 (the agent
+                // of rank 0's node, `status.nodeName`, accounts for the gang).
+                let pod = inst.pod_names().into_iter().next().unwrap_or_default();
+                let key = (inst.namespace().unwrap_or_default(), pod);
                 let share = pod_uid_of
                     .get(&key)
                     .and_then(|uid| shares.get(uid))
                     .cloned()
                     .unwrap_or_default();
-                let gpus = inst.spec.gpu.count.max(1);
+                let per_node = inst.spec.gpu.count.max(1);
                 Sample {
                     at,
-                    gpus,
-                    utilization: share.utilization_sum / f64::from(gpus),
+                    // GPU-seconds held count every GPU of a gang: all are held alike.
+                    gpus: inst.spec.gpu.total(),
+                    // Of a gang, utilization, memory, power and energy are rank 0's node's
+                    // (the other members' are not read yet; README "Gangs").
+                    utilization: share.utilization_sum / f64::from(per_node),
                     memory_bytes: share.memory_bytes,
                     power_watts: share.power_watts,
                     devices: share.counters,

@@ -27,7 +27,7 @@ pub fn sample(inst: &GpuInstance, at: Timestamp) -> Sample {
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|u| (0.0..=100.0).contains(u))
         .unwrap_or(50.0);
-    let gpus = inst.spec.gpu.count;
+    let gpus = inst.spec.gpu.total();
     let per_gpu_memory = (8.0 * f64::from(1u32 << 30) * utilization / 100.0) as u64;
     Sample {
         at,

@@ -43,6 +43,9 @@ pub struct CalendarNode {
     /// GPUs held now by pods that have not finished (anyone's).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub used: u32,
+    /// Its topology domain (`label=value`), if it has one: where a gang may be packed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// It takes new GPU pods (Ready, not cordoned, no taint in the way).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub eligible: bool,

@@ -77,6 +77,10 @@ struct V1Fields {
     on_node_lost: Option<v1::OnNodeLost>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     restart_policy: Option<v1::RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gpu_nodes: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gpu_topology: Option<v1::TopologyPolicy>,
     /// The `hours` written next to this note: if a v1alpha1 client changed `hours`
     /// since, its value wins over `duration`.
     hours: u32,
@@ -139,6 +143,8 @@ pub fn to_v1(old: &v1alpha1::GpuInstance) -> Result<v1::GpuInstance, ConversionE
             gpu: GpuRequest {
                 model: spec.gpu_model.clone(),
                 count: spec.gpu_count,
+                nodes: extra.gpu_nodes,
+                topology: extra.gpu_topology,
             },
             image: spec.image.clone(),
             command: spec.command.clone(),
@@ -190,6 +196,8 @@ pub fn to_v1alpha1(new: &v1::GpuInstance) -> Result<v1alpha1::GpuInstance, Conve
         preemption: spec.preemption.clone(),
         on_node_lost: spec.on_node_lost,
         restart_policy: spec.restart_policy,
+        gpu_nodes: spec.gpu.nodes,
+        gpu_topology: spec.gpu.topology,
         hours,
     };
     // Only what hours alone cannot say needs the note.
@@ -342,7 +350,13 @@ mod tests {
 
     fn v1_instance() -> impl Strategy<Value = v1::GpuInstance> {
         (
-            (word(), 1u32..64, word()),
+            (
+                word(),
+                1u32..64,
+                word(),
+                prop::option::of(1u32..8),
+                prop::option::of(prop::bool::ANY),
+            ),
             prop::collection::vec(word(), 0..3),
             prop::collection::vec(word(), 0..3),
             prop::collection::vec((word(), ".{0,8}"), 0..3),
@@ -372,7 +386,7 @@ mod tests {
         )
             .prop_map(
                 |(
-                    (model, count, image),
+                    (model, count, image, nodes, required),
                     command,
                     args,
                     env,
@@ -386,7 +400,18 @@ mod tests {
                     v1::GpuInstance {
                         metadata: meta(ann),
                         spec: v1::GpuInstanceSpec {
-                            gpu: GpuRequest { model, count },
+                            gpu: GpuRequest {
+                                model,
+                                count,
+                                nodes,
+                                topology: required.map(|r| {
+                                    if r {
+                                        v1::TopologyPolicy::Required
+                                    } else {
+                                        v1::TopologyPolicy::Preferred
+                                    }
+                                }),
+                            },
                             image,
                             command,
                             args,

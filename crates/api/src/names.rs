@@ -19,6 +19,17 @@ pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 /// Node label (set by GPU feature discovery) saying the node has NVIDIA GPUs.
 pub const GPU_PRESENT_LABEL: &str = "nvidia.com/gpu.present";
+/// Node labels that name a node's topology domain, most specific first, unless the
+/// controller is given its own (`--topology-label`): the NVLink domain the GPU operator
+/// labels (`nvidia.com/gpu.clique`), then the zone. A node's domain is the first of them
+/// it carries; gangs are packed into the fewest domains.
+pub const DEFAULT_TOPOLOGY_LABELS: [&str; 2] =
+    ["nvidia.com/gpu.clique", "topology.kubernetes.io/zone"];
+/// Label on a gang's pods: its rank (0 for the first node).
+pub const RANK_LABEL: &str = "gpu-cloud.io/rank";
+/// Port a gang's rank 0 listens on for the others (`MASTER_PORT`), torchrun's default.
+pub const GANG_PORT: i32 = 29500;
+
 /// Taint key our pods tolerate (GPU nodes are commonly tainted with it so that only GPU
 /// workloads land there).
 pub const TOLERATED_TAINT: &str = GPU_RESOURCE;

@@ -349,6 +349,7 @@ pub struct UsageTotals {
     printcolumn = r#"{"name":"User","type":"string","jsonPath":".status.user"}"#,
     printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.gpu.model"}"#,
     printcolumn = r#"{"name":"Count","type":"integer","jsonPath":".spec.gpu.count"}"#,
+    printcolumn = r#"{"name":"Nodes","type":"integer","jsonPath":".spec.gpu.nodes"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,
@@ -358,7 +359,10 @@ pub struct UsageTotals {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Waiting","type":"string","priority":1,"jsonPath":".status.message"}"#,
     validation = Rule::new("!has(oldSelf.status) || !has(oldSelf.status.nodeName) || (self.spec.gpu == oldSelf.spec.gpu && self.spec.image == oldSelf.spec.image && self.spec.command == oldSelf.spec.command && self.spec.args == oldSelf.spec.args && self.spec.env == oldSelf.spec.env && self.spec.resources == oldSelf.spec.resources)")
-        .message("spec.gpu, image, command, args, env and resources cannot change once the instance is placed on a node; delete it and book again")
+        .message("spec.gpu, image, command, args, env and resources cannot change once the instance is placed on a node; delete it and book again"),
+    validation = Rule::new("!has(self.spec.gpu.nodes) || self.spec.gpu.nodes == 1 || (size(self.metadata.name) <= 56 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))")
+        .message("a gang (spec.gpu.nodes > 1) must be named as a DNS label (lower-case letters, digits, '-') of at most 56 characters: its pods are <name>-<rank>, their host names too")
+        .field_path(".metadata.name")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GpuInstanceSpec {
@@ -507,6 +511,18 @@ pub const DEFAULT_PREEMPTION_GRACE: std::time::Duration = std::time::Duration::f
 /// Most `spec.preemption.gracePeriod` may be.
 pub const MAX_PREEMPTION_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
+impl GpuInstance {
+    /// The names of its pods: its own for one node; `<name>-<rank>` for each node of a
+    /// gang, rank 0 first.
+    pub fn pod_names(&self) -> Vec<String> {
+        let name = self.metadata.name.clone().unwrap_or_default();
+        match self.spec.gpu.nodes() {
+            1 => vec![name],
+            n => (0..n).map(|rank| format!("{name}-{rank}")).collect(),
+        }
+    }
+}
+
 impl GpuInstanceSpec {
     /// The grace period its pod gets when preempted: the spec's, bounded, else the default.
     pub fn preemption_grace(&self) -> std::time::Duration {
@@ -554,9 +570,41 @@ pub struct GpuRequest {
     #[x_kube(validation = Rule::new("size(self) > 0").message("spec.gpu.model must name a GPU model, e.g. NVIDIA-H100-80GB-HBM3"))]
     #[schemars(length(max = 128))]
     pub model: String,
-    /// Number of GPUs, all on one node.
+    /// Number of GPUs, all on one node (per node for a gang of `nodes`).
     #[schemars(range(min = 1, max = 64))]
     pub count: u32,
+    /// A multi-node gang: this many nodes with `count` GPUs each, placed all at once or
+    /// not at all, one pod per node, and ended together (default 1: one pod on one node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub nodes: Option<u32>,
+    /// How a gang's nodes may spread over topology domains (the controller's
+    /// `--topology-label`s, e.g. an NVLink clique or a zone): `Preferred` (default: the
+    /// fewest domains) or `Required` (one domain, or wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyPolicy>,
+}
+
+impl GpuRequest {
+    /// Nodes of the booking: 1 unless it is a gang.
+    pub fn nodes(&self) -> u32 {
+        self.nodes.unwrap_or(1).max(1)
+    }
+
+    /// GPUs of the whole booking: `count` on each of its nodes.
+    pub fn total(&self) -> u32 {
+        self.count.saturating_mul(self.nodes())
+    }
+}
+
+/// How a gang's nodes may spread over topology domains.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TopologyPolicy {
+    /// As few domains as fit it now.
+    #[default]
+    Preferred,
+    /// One domain only: the gang waits until one has room.
+    Required,
 }
 
 /// One environment variable.
@@ -653,6 +701,9 @@ pub struct GpuInstanceStatus {
     /// The node it was placed on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// A gang's nodes by rank (`nodeName` is rank 0's); empty for one node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_names: Vec<String>,
     /// Its pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
@@ -677,6 +728,9 @@ pub struct GpuInstanceStatus {
     /// Booked ahead: the node holding its window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_node: Option<String>,
+    /// A gang's reserved nodes by rank (`reservedNode` is rank 0's); empty for one node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved_nodes: Vec<String>,
     /// Booked ahead: when its window starts (it ends `spec.duration` later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts_at: Option<Timestamp>,

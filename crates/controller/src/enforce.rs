@@ -113,7 +113,7 @@ pub fn before(
     } else if !bs.exhausted() {
         // The budget runs out at the rate the user's GPUs burn it: look again then. This
         // instance holds GPUs even if the cache has not seen it placed yet.
-        let held = figures::held_gpus(theirs.iter().copied()).max(inst.spec.gpu.count);
+        let held = figures::held_gpus(theirs.iter().copied()).max(inst.spec.gpu.total());
         let at = objects::exhausted_at(&bs, held, now);
         out.revisit = match (out.revisit, at) {
             (Some(a), Some(b)) => Some(a.min(b)),

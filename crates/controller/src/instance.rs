@@ -16,6 +16,7 @@ use tracing::{field, info, instrument, warn};
 
 use super::enforce;
 use super::error::ignore_not_found;
+use super::gang::{self, Member, Members};
 use super::lifecycle::{self, NodeState, NodeWatch, PodAction, PodView};
 use super::{Context, ReconcileError, write_instance_status};
 use gpu_cloud_api::v1::{GpuInstance, GpuUsageRecord, GpuUser, OnExhausted};
@@ -106,7 +107,11 @@ fn instances_on(
         instances
             .state()
             .iter()
-            .filter(|i| i.status.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+            .filter(|i| {
+                i.status.as_ref().is_some_and(|s| {
+                    s.node_name.as_deref() == Some(node) || s.node_names.iter().any(|n| n == node)
+                })
+            })
             .map(|i| ObjectRef::from_obj(i.as_ref())),
     );
     refs
@@ -130,12 +135,26 @@ async fn reconcile(inst: Arc<GpuInstance>, ctx: Arc<Context>) -> Result<Action, 
 }
 
 async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileError> {
-    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let ns = inst.namespace().unwrap_or_default();
     let uid = inst.uid().ok_or(ReconcileError::Missing("metadata.uid"))?;
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
-    let pod = ctx.caches.pod(&ns, &name);
-    let view = pod.as_ref().and_then(|p| PodView::of(p, &uid));
+    let names = inst.pod_names();
+    let members: Vec<Member> = names
+        .iter()
+        .map(|n| match ctx.caches.pod(&ns, n) {
+            None => Member::Missing,
+            Some(p) => PodView::of(&p, &uid).map_or(Member::Taken, |v| Member::Ours(Box::new(v))),
+        })
+        .collect();
     let now = Timestamp::now();
+    let view = match gang::reduce(&members) {
+        Members::Whole(v) => Some(*v),
+        Members::None => None,
+        Members::Partial { present, taken } => {
+            let out = gang::incomplete(inst, &present, &taken, now);
+            return act(inst, ctx, &pods, &names, out).await;
+        }
+    };
     let user = ctx
         .caches
         .user_of_namespace(&ns)
@@ -169,22 +188,46 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
     if let Some(why) = &verdicts.invalid {
         warn!(error = %why, "idle settings ignored");
     }
-    // The node it is on (its pod's, else the one its status names: a pod removed with its
-    // node still tells where the instance was).
-    let on = view
-        .as_ref()
-        .and_then(|p| p.node.clone())
-        .or_else(|| inst.status.as_ref().and_then(|s| s.node_name.clone()));
+    // The nodes it is on (its pods', else the ones its status names: a pod removed with
+    // its node still tells where the instance was); a gang is watched on all of them, and
+    // the first that is not Ready is the one that counts.
+    let status = inst.status.clone().unwrap_or_default();
+    let on: Vec<String> = match &view {
+        Some(p) if !p.gang_nodes.is_empty() => p.gang_nodes.clone(),
+        Some(p) => p.node.clone().into_iter().collect(),
+        None if !status.node_names.is_empty() => status.node_names.clone(),
+        None => status.node_name.clone().into_iter().collect(),
+    };
+    let states = on.iter().map(|n| {
+        let state = NodeState::of(ctx.caches.nodes.get(&ObjectRef::new(n)).as_deref());
+        (n, state)
+    });
+    let (watched, state) = states
+        .clone()
+        .find(|(_, s)| *s != NodeState::Ready)
+        .map_or((None, NodeState::Ready), |(n, s)| (Some(n.clone()), s));
     let node = NodeWatch {
-        state: on.map_or(NodeState::Ready, |n| {
-            NodeState::of(ctx.caches.nodes.get(&ObjectRef::new(&n)).as_deref())
-        }),
+        state,
         lost_after: ctx.args.node_lost_after,
         image_pull_timeout: ctx.args.image_pull_timeout,
+        node: watched.filter(|_| on.len() > 1),
     };
     let mut out = lifecycle::decide(inst, view.as_ref(), node, now, verdicts.stop.as_ref());
     let prices = ctx.caches.price_list();
     enforce::after(&mut out, inst, &verdicts, prices.as_ref(), placed, now);
+    act(inst, ctx, &pods, &names, out).await
+}
+
+/// Carries out a decision: the status (written if it changed), usage cleared, the pods
+/// (all of a gang's), Events, the scheduler woken; and when to look again.
+async fn act(
+    inst: &GpuInstance,
+    ctx: &Context,
+    pods: &Api<Pod>,
+    names: &[String],
+    out: lifecycle::Outcome,
+) -> Result<Action, ReconcileError> {
+    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
     tracing::Span::current().record("phase", field::debug(out.status.phase));
 
     // No status and nothing to say yet is not a change: never write an empty status.
@@ -215,25 +258,31 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
     match out.pod {
         PodAction::Keep => {}
         PodAction::Delete => {
-            info!("booking ended: deleting its pod");
-            ignore_not_found(pods.delete(&name, &DeleteParams::default()).await)
-                .map_err(ReconcileError::kube("delete pod"))?;
+            info!("booking ended: deleting its pod(s)");
+            for pod in ours(ctx, &ns, inst, names) {
+                ignore_not_found(pods.delete(&pod, &DeleteParams::default()).await)
+                    .map_err(ReconcileError::kube("delete pod"))?;
+            }
         }
         PodAction::Preempt { grace_seconds } => {
-            info!(grace_seconds, "preempted: deleting its pod");
-            preempt_pod(&pods, &name, &out.status, grace_seconds).await?;
+            info!(grace_seconds, "preempted: deleting its pod(s)");
+            for pod in ours(ctx, &ns, inst, names) {
+                preempt_pod(pods, &pod, &out.status, grace_seconds).await?;
+            }
         }
         PodAction::ForceDelete => {
-            info!("node lost: removing its pod at once");
+            info!("node lost: removing its pod(s) at once");
             let now = DeleteParams {
                 grace_period_seconds: Some(0),
                 ..DeleteParams::default()
             };
-            ignore_not_found(pods.delete(&name, &now).await)
-                .map_err(ReconcileError::kube("remove the pod of a lost node"))?;
-            // Gone for sure now: were it still assumed (lost before a pass saw it in the
-            // cache), the instance would look placed until the assumption expired.
-            ctx.assumed.forget(&ns, &name);
+            for pod in names {
+                ignore_not_found(pods.delete(pod, &now).await)
+                    .map_err(ReconcileError::kube("remove the pod of a lost node"))?;
+                // Gone for sure now: were it still assumed (lost before a pass saw it in
+                // the cache), the instance would look placed until the assumption expired.
+                ctx.assumed.forget(&ns, pod);
+            }
         }
     }
     if out.events.iter().any(|n| n.reason == "NodeLost") {
@@ -284,17 +333,25 @@ async fn preempt_pod(
 }
 
 async fn cleanup(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileError> {
-    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
+    let ns = inst.namespace().unwrap_or_default();
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     let uid = inst.uid().unwrap_or_default();
-    let ours = ctx.caches.pod(&ns, &name);
-    if ours
-        .as_deref()
-        .and_then(|p| PodView::of(p, &uid))
-        .is_some_and(|p| !p.terminating)
-    {
-        ignore_not_found(pods.delete(&name, &DeleteParams::default()).await)
+    let running: Vec<String> = inst
+        .pod_names()
+        .into_iter()
+        .filter(|n| {
+            ctx.caches
+                .pod(&ns, n)
+                .as_deref()
+                .and_then(|p| PodView::of(p, &uid))
+                .is_some_and(|p| !p.terminating)
+        })
+        .collect();
+    for pod in &running {
+        ignore_not_found(pods.delete(pod, &DeleteParams::default()).await)
             .map_err(ReconcileError::kube("delete pod"))?;
+    }
+    if !running.is_empty() {
         ctx.event(
             inst,
             EventType::Normal,
@@ -374,4 +431,21 @@ fn error_policy(inst: Arc<GpuInstance>, err: &ReconcileError, _ctx: Arc<Context>
     }
     warn!(instance = %inst.object_ref(&()).name.unwrap_or_default(), error = %err, "retrying");
     Action::requeue(Duration::from_secs(2))
+}
+
+/// Of `names`, the pods in the cache that are `inst`'s and not already stopping: the ones
+/// to delete (a name taken by someone else's pod is never touched).
+fn ours(ctx: &Context, ns: &str, inst: &GpuInstance, names: &[String]) -> Vec<String> {
+    let uid = inst.uid().unwrap_or_default();
+    names
+        .iter()
+        .filter(|n| {
+            ctx.caches
+                .pod(ns, n)
+                .as_deref()
+                .and_then(|p| PodView::of(p, &uid))
+                .is_some_and(|p| !p.terminating)
+        })
+        .cloned()
+        .collect()
 }

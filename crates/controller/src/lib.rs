@@ -15,6 +15,7 @@ pub mod conditions;
 pub mod enforce;
 mod error;
 pub mod events;
+pub mod gang;
 pub mod instance;
 pub mod lifecycle;
 pub mod metrics;
@@ -64,6 +65,17 @@ pub struct ControllerArgs {
     /// pass rather than a long one; `0` places all in one pass.
     #[arg(long, default_value_t = 256)]
     pub placements_per_pass: usize,
+    /// Node labels naming a node's topology domain, most specific first (repeat the flag;
+    /// a node's domain is the first it carries). Gangs are packed into the fewest domains
+    /// (`spec.gpu.topology: Required` keeps one in a single domain), single-node bookings
+    /// go to the fullest domain that fits them.
+    #[arg(
+        long = "topology-label",
+        value_delimiter = ',',
+        default_values_t = gpu_cloud_api::DEFAULT_TOPOLOGY_LABELS.map(String::from),
+        env = "GPU_CLOUD_TOPOLOGY_LABELS"
+    )]
+    pub topology_labels: Vec<String>,
     /// Waiting bookings may preempt others (spot instances, borrowed GPUs, lower priority
     /// of the same user); `--preemption=false` turns it off: nothing is preempted, and
     /// quotas still allow borrowing.

@@ -42,6 +42,9 @@ pub struct PodView {
     pub user: Option<String>,
     /// What the kubelet reports of its program (none from kwok).
     pub program: Option<ProgramState>,
+    /// A gang's nodes by rank, when this view stands for all its pods
+    /// ([`super::gang::reduce`]); empty for one pod.
+    pub gang_nodes: Vec<String>,
 }
 
 impl PodView {
@@ -59,6 +62,7 @@ impl PodView {
             terminating: pod.metadata.deletion_timestamp.is_some(),
             user: pod.labels().get(USER_LABEL).cloned(),
             program: pod.program.clone(),
+            gang_nodes: vec![],
         })
     }
 }
@@ -203,6 +207,11 @@ fn on_lost_node(
             message: Some(message),
             started_at: old.started_at.or(p.created),
             node_name: old.node_name.clone().or(p.node.clone()),
+            node_names: if old.node_names.is_empty() {
+                p.gang_nodes.clone()
+            } else {
+                old.node_names.clone()
+            },
             pod_name: old.pod_name.clone().or(Some(p.name.clone())),
             node_lost: Some(loss),
             ..old
@@ -298,6 +307,7 @@ fn requeue(
         ),
         observed_generation: generation,
         node_name: None,
+        node_names: vec![],
         pod_name: None,
         started_at: None,
         expires_at: None,
@@ -494,7 +504,7 @@ pub struct Stop {
 /// How the node an instance runs on, and its kubelet, are watched: the node's state, how
 /// long it may be not Ready before the instance counts as lost (`--node-lost-after`), and
 /// how long the kubelet may fail to pull the instance's image (`--image-pull-timeout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeWatch {
     /// The node's state now.
     pub state: NodeState,
@@ -502,6 +512,9 @@ pub struct NodeWatch {
     pub lost_after: Duration,
     /// How long a failing image pull is retried before the instance fails.
     pub image_pull_timeout: Duration,
+    /// The node `state` is of, when not the pod's: the member of a gang whose node is
+    /// not Ready (a gang is lost with any of its nodes).
+    pub node: Option<String>,
 }
 
 impl NodeWatch {
@@ -510,6 +523,7 @@ impl NodeWatch {
         state: NodeState::Ready,
         lost_after: DEFAULT_NODE_LOST_AFTER,
         image_pull_timeout: program::DEFAULT_IMAGE_PULL_TIMEOUT,
+        node: None,
     };
 }
 
@@ -528,8 +542,10 @@ pub fn decide(
     }
     // Its node lost: ahead of everything else, since a pod on a lost node never finishes
     // stopping (a preempted one included).
-    let on_node = pod
-        .and_then(|p| p.node.clone())
+    let on_node = node
+        .node
+        .clone()
+        .or(pod.and_then(|p| p.node.clone()))
         .or(old.and_then(|s| s.node_name.clone()));
     let held_since = old
         .and_then(|s| s.started_at)
@@ -687,6 +703,9 @@ fn decide_on_node(
     status.started_at = Some(started);
     status.expires_at = Some(expires);
     status.node_name = pod.node.clone().or(old.node_name.clone());
+    if !pod.gang_nodes.is_empty() {
+        status.node_names = pod.gang_nodes.clone();
+    }
     status.pod_name = Some(pod.name.clone());
     status.user = pod.user.clone().or(old.user.clone());
     status.queue_position = None;
@@ -939,6 +958,7 @@ mod tests {
             created: Some(ts(1000)),
             terminating: false,
             user: Some("u".into()),
+            gang_nodes: vec![],
         }
     }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, PartialObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, instrument, warn};
@@ -23,6 +23,7 @@ use tracing::{debug, info, instrument, warn};
 use super::cached_pod::CachedPod;
 use super::conditions::{Health, with_health};
 use super::error::ignore_not_found;
+use super::gang::{self, Member, Members};
 use super::lifecycle::PodView;
 use super::{Context, ReconcileError, pod, write_instance_status};
 use crate::metrics::CacheLabels;
@@ -30,6 +31,7 @@ use gpu_cloud_api::USER_LABEL;
 use gpu_cloud_api::time;
 use gpu_cloud_api::v1::{
     GpuInstance, GpuInstanceStatus, GpuUsageRecord, GpuUser, Phase, PreemptionNotice, StartPolicy,
+    TopologyPolicy,
 };
 use gpu_cloud_core::policy::cost::PriceList;
 use gpu_cloud_core::policy::objects;
@@ -77,6 +79,9 @@ pub async fn run(ctx: Arc<Context>) {
     }
 }
 
+/// A window to record: the instance, its user, its nodes (rank 0 first), its start.
+type Reservation = (Arc<GpuInstance>, Option<String>, Vec<String>, Timestamp);
+
 /// Everything one pass reads.
 struct World {
     nodes: Vec<Arc<Node>>,
@@ -100,7 +105,7 @@ struct Pass {
 async fn pass(ctx: &Context) -> Result<Pass, ReconcileError> {
     let now = Timestamp::now();
     let world = read_world(ctx);
-    let mut snapshot = snapshot(&world, now, ctx.args.preemption);
+    let mut snapshot = snapshot(&world, now, ctx.args.preemption, &ctx.args.topology_labels);
     let (gates, planned) = budget_inputs(&world, now);
     let refused = objects::budget_gate(&mut snapshot, &gates, &planned);
     let mut plan = scheduler::plan(&snapshot);
@@ -137,7 +142,7 @@ async fn pass(ctx: &Context) -> Result<Pass, ReconcileError> {
         .collect();
 
     // Owned inputs: the futures below must not borrow from a closure's argument.
-    let to_place: Vec<(Arc<GpuInstance>, String, String)> = plan
+    let to_place: Vec<(Arc<GpuInstance>, String, Vec<String>)> = plan
         .placements
         .iter()
         .filter_map(|(key, node)| {
@@ -150,8 +155,8 @@ async fn pass(ctx: &Context) -> Result<Pass, ReconcileError> {
     // Every create runs to its end even when one fails: a create dropped in flight could
     // still land, and a pod this process does not know of is a double booking.
     let results: Vec<Result<(), ReconcileError>> = stream::iter(to_place)
-        .map(|(inst, user, node)| async move {
-            bounded("create pod", place(ctx, &inst, &user, &node)).await
+        .map(|(inst, user, nodes)| async move {
+            bounded("create pod", place(ctx, &inst, &user, &nodes)).await
         })
         .buffer_unordered(writes)
         .collect()
@@ -220,7 +225,7 @@ async fn pass(ctx: &Context) -> Result<Pass, ReconcileError> {
         .try_collect::<Vec<()>>()
         .await?;
 
-    let to_reserve: Vec<(Arc<GpuInstance>, Option<String>, String, Timestamp)> = plan
+    let to_reserve: Vec<Reservation> = plan
         .reservations
         .iter()
         .filter_map(|(key, node, start)| {
@@ -230,14 +235,14 @@ async fn pass(ctx: &Context) -> Result<Pass, ReconcileError> {
         .collect();
     let prices = &prices;
     stream::iter(to_reserve)
-        .map(|(inst, user, node, start)| async move {
+        .map(|(inst, user, nodes, start)| async move {
             bounded(
                 "write reservation",
                 mark_reserved(
                     ctx,
                     &inst,
                     user.as_deref(),
-                    &node,
+                    &nodes,
                     start,
                     prices.as_ref(),
                     now,
@@ -405,8 +410,17 @@ fn key_of(inst: &GpuInstance) -> InstanceKey {
 }
 
 /// The pure scheduler's view of the world.
-fn snapshot(world: &World, now: Timestamp, preemption: bool) -> Snapshot {
-    let nodes = world.nodes.iter().map(|n| NodeGpus::from_node(n)).collect();
+fn snapshot(
+    world: &World,
+    now: Timestamp,
+    preemption: bool,
+    topology_labels: &[String],
+) -> Snapshot {
+    let nodes = world
+        .nodes
+        .iter()
+        .map(|n| NodeGpus::with_topology(n, topology_labels))
+        .collect();
     let used = scheduler::gpus_in_use(world.pods.iter().map(|p| p.as_ref()));
     let ns_user: BTreeMap<String, String> = world
         .namespaces
@@ -461,11 +475,29 @@ fn snapshot(world: &World, now: Timestamp, preemption: bool) -> Snapshot {
             }
             let key = key_of(inst);
             let uid = inst.uid().unwrap_or_default();
-            let pod = pod_of
-                .get(&(key.namespace.clone(), key.name.clone()))
-                .and_then(|p| PodView::of(p, &uid));
+            let members: Vec<Member> =
+                inst.pod_names()
+                    .into_iter()
+                    .map(|n| match pod_of.get(&(key.namespace.clone(), n)) {
+                        None => Member::Missing,
+                        Some(p) => PodView::of(p, &uid)
+                            .map_or(Member::Taken, |v| Member::Ours(Box::new(v))),
+                    })
+                    .collect();
+            let pod = match gang::reduce(&members) {
+                Members::Whole(v) => Some(*v),
+                Members::None => None,
+                // A gang with only some of its pods is the instance reconciler's to end or
+                // take down; placed again only once none is left (its pods' GPUs count as
+                // used meanwhile, as any pod's).
+                Members::Partial { .. } => return None,
+            };
             let pod_created = pod.as_ref().and_then(|p| p.created);
             let pod_terminating = pod.as_ref().is_some_and(|p| p.terminating);
+            let gang_nodes = pod
+                .as_ref()
+                .map(|p| p.gang_nodes.clone())
+                .unwrap_or_default();
             let nominated_on = nominated
                 .get(&key)
                 .cloned()
@@ -483,10 +515,23 @@ fn snapshot(world: &World, now: Timestamp, preemption: bool) -> Snapshot {
                 && status.starts_at.is_some()
                 && placed_on.is_none()
                 && status.observed_generation == inst.metadata.generation;
+            let gang = if placed_on.is_some() {
+                gang_nodes.get(1..).unwrap_or_default().to_vec()
+            } else if reserved {
+                status.reserved_nodes.get(1..).unwrap_or_default().to_vec()
+            } else {
+                vec![]
+            };
             Some(Booking {
                 user: ns_user.get(&key.namespace).cloned(),
                 model: inst.spec.gpu.model.clone(),
                 count: inst.spec.gpu.count,
+                nodes: inst.spec.gpu.nodes(),
+                topology: match inst.spec.gpu.topology.unwrap_or_default() {
+                    TopologyPolicy::Preferred => scheduler::Topology::Preferred,
+                    TopologyPolicy::Required => scheduler::Topology::Required,
+                },
+                gang,
                 priority: inst.spec.priority,
                 created: inst
                     .meta()
@@ -554,44 +599,110 @@ fn parse_key(s: &str) -> Option<InstanceKey> {
     })
 }
 
-/// Creates the pod: the commit point. The instance reconciler reports the placement in the
-/// instance's status once the pod runs (one write instead of two).
+/// Creates the pod (a gang's headless Service and all its pods): the commit point. The
+/// instance reconciler reports the placement in the instance's status once the pods run
+/// (one write instead of two).
+///
+/// A gang is placed whole or not at all: its pods are created together, and if one is
+/// refused the others are deleted at once (one lost in transit is left to the instance
+/// reconciler, which takes down a gang still incomplete after `gang::ASSEMBLY_GRACE`).
 async fn place(
     ctx: &Context,
     inst: &GpuInstance,
     user: &str,
-    node: &str,
+    nodes: &[String],
 ) -> Result<(), ReconcileError> {
-    let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
-    let pod = pod::build(inst, user, node).map_err(|e| ReconcileError::Build("pod", e))?;
+    if nodes.len() <= 1 {
+        return place_pod(ctx, inst, user, nodes, 0).await.map(|_| ());
+    }
+    let ns = inst.namespace().unwrap_or_default();
+    let svc = pod::service(inst).map_err(|e| ReconcileError::Build("service", e))?;
+    match Api::<Service>::namespaced(ctx.client.clone(), &ns)
+        .create(&PostParams::default(), &svc)
+        .await
+    {
+        Ok(_) => {}
+        // Ours from an earlier attempt, or the user's own of that name: the pods'
+        // host names resolve only under ours, which the event says.
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(ReconcileError::kube("create gang service")(e)),
+    }
+    let results: Vec<Result<bool, ReconcileError>> = futures::future::join_all(
+        (0..nodes.len()).map(|rank| place_pod(ctx, inst, user, nodes, rank)),
+    )
+    .await;
+    if results.iter().all(|r| matches!(r, Ok(true))) {
+        return Ok(());
+    }
+    // Not all of it: take back what was created.
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
+    let names = inst.pod_names();
+    for (rank, r) in results.iter().enumerate() {
+        if let (Ok(true), Some(name)) = (r, names.get(rank)) {
+            ignore_not_found(pods.delete(name, &DeleteParams::default()).await)
+                .map_err(ReconcileError::kube("take back a gang's pod"))?;
+        }
+    }
+    warn!(instance = %inst.name_any(), "gang not placed whole: its pods were taken back");
+    ctx.event(
+        inst,
+        EventType::Warning,
+        "GangIncomplete",
+        format!(
+            "not all {} pods of the gang could be created: the others were removed, it is placed again",
+            nodes.len()
+        ),
+    )
+    .await;
+    results
+        .into_iter()
+        .find_map(Result::err)
+        .map_or(Ok(()), Err)
+}
+
+/// Creates the pod of rank `rank` of `inst` on `nodes`; `Ok(true)` when it exists now (made
+/// here or by an earlier attempt), `Ok(false)` when it was refused for good.
+async fn place_pod(
+    ctx: &Context,
+    inst: &GpuInstance,
+    user: &str,
+    nodes: &[String],
+    rank: usize,
+) -> Result<bool, ReconcileError> {
+    let ns = inst.namespace().unwrap_or_default();
+    let pod = pod::build(inst, user, nodes, rank).map_err(|e| ReconcileError::Build("pod", e))?;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let node = nodes.get(rank).cloned().unwrap_or_default();
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns);
     // Assumed before it is sent: a create cut off by a timeout may still land.
     ctx.assumed.insert_unsure(&pod);
     match pods.create(&PostParams::default(), &pod).await {
         Ok(created) => {
             ctx.assumed.insert(&created);
-            ctx.metrics.placed.inc();
-            debug!(instance = %name, %node, "placed");
-            Ok(())
+            if rank == 0 {
+                ctx.metrics.placed.inc();
+            }
+            debug!(pod = %name, %node, "placed");
+            Ok(true)
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {
             // A pod of that name exists: ours from an earlier attempt (the next pass sees
             // it as placed), or a leftover still terminating. Either way, not twice.
-            debug!(instance = %name, "pod already exists");
-            Ok(())
+            debug!(pod = %name, "pod already exists");
+            Ok(true)
         }
         Err(kube::Error::Api(e)) if e.code == 403 => {
             ctx.assumed.forget(&ns, &name);
             // The namespace's ResourceQuota refused it: our view of the quota was stale.
-            warn!(instance = %name, reason = %e.message, "pod refused");
+            warn!(pod = %name, reason = %e.message, "pod refused");
             ctx.event(inst, EventType::Warning, "PodRefused", e.message.clone())
                 .await;
-            Ok(())
+            Ok(false)
         }
         // Its namespace is going away, or the instance with it.
         Err(kube::Error::Api(e)) if e.code == 404 => {
             ctx.assumed.forget(&ns, &name);
-            Ok(())
+            Ok(false)
         }
         // Refused: nothing was created.
         Err(e @ kube::Error::Api(_)) => {
@@ -713,13 +824,13 @@ async fn mark_reserved(
     ctx: &Context,
     inst: &GpuInstance,
     user: Option<&str>,
-    node: &str,
+    nodes: &[String],
     start: Timestamp,
     prices: Option<&PriceList>,
     now: Timestamp,
 ) -> Result<(), ReconcileError> {
     let (ns, name) = (inst.namespace().unwrap_or_default(), inst.name_any());
-    let mut status = reserved_status(inst, user, node, start, now);
+    let mut status = reserved_status(inst, user, nodes, start, now);
     status.cost = prices.and_then(|p| objects::instance_cost(inst, p));
     if inst.status.as_ref() == Some(&status) {
         return Ok(());
@@ -741,17 +852,22 @@ async fn mark_reserved(
 pub fn reserved_status(
     inst: &GpuInstance,
     user: Option<&str>,
-    node: &str,
+    nodes: &[String],
     start: Timestamp,
     now: Timestamp,
 ) -> GpuInstanceStatus {
+    let node = nodes.join(", ");
     let old = inst.status.clone().unwrap_or_default();
     let generation = inst.metadata.generation;
     let end = time::parse_duration(&inst.spec.duration)
         .ok()
         .and_then(|d| start.checked_add(d).ok());
     let message = format!(
-        "{} x {} reserved on {node} from {}{}",
+        "{}{} x {} reserved on {node} from {}{}",
+        match inst.spec.gpu.nodes() {
+            1 => String::new(),
+            n => format!("{n} nodes x "),
+        },
         inst.spec.gpu.count,
         inst.spec.gpu.model,
         gpu_cloud_api::time::short_utc(start),
@@ -772,7 +888,12 @@ pub fn reserved_status(
         observed_generation: generation,
         user: user.map(str::to_owned),
         queue_position: None,
-        reserved_node: Some(node.to_owned()),
+        reserved_node: nodes.first().cloned(),
+        reserved_nodes: if nodes.len() > 1 {
+            nodes.to_vec()
+        } else {
+            vec![]
+        },
         starts_at: Some(start),
         message: Some(message),
         ..old
@@ -812,6 +933,11 @@ pub fn queued_status(
         // Still its window's while it waits for its node or once it was missed; any
         // other wait means it holds none (it was never granted one, or was edited).
         reserved_node: old.reserved_node.clone().filter(|_| keeps_window),
+        reserved_nodes: if keeps_window {
+            old.reserved_nodes.clone()
+        } else {
+            vec![]
+        },
         starts_at: old.starts_at.filter(|_| keeps_window),
         ..old
     }

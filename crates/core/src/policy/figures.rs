@@ -27,7 +27,7 @@ pub fn held_gpus<'a>(instances: impl IntoIterator<Item = &'a GpuInstance>) -> u3
     instances
         .into_iter()
         .filter(|i| holds_gpus(i))
-        .fold(0u32, |n, i| n.saturating_add(i.spec.gpu.count))
+        .fold(0u32, |n, i| n.saturating_add(i.spec.gpu.total()))
 }
 
 /// Where an instance's booked time starts, given when its GPUs were first held
@@ -78,13 +78,13 @@ pub fn current_run(inst: &GpuInstance, now: Timestamp) -> Option<RetiredInstance
         Some(u) => (u.sampled_at, u.gpu_seconds, u.energy_joules),
         None => (
             end,
-            held_gpu_seconds(inst.spec.gpu.count, started, end),
+            held_gpu_seconds(inst.spec.gpu.total(), started, end),
             0.0,
         ),
     };
     Some(RetiredInstance {
         model: inst.spec.gpu.model.clone(),
-        gpus: inst.spec.gpu.count,
+        gpus: inst.spec.gpu.total(),
         started_at: started,
         ended_at: status.finished_at.unwrap_or(sampled_at).max(started),
         gpu_seconds,
@@ -145,7 +145,7 @@ pub fn spans(inst: &GpuInstance) -> Vec<InstanceSpan> {
         .collect();
     if let Some(started) = status.started_at {
         out.push(InstanceSpan {
-            gpus: inst.spec.gpu.count,
+            gpus: inst.spec.gpu.total(),
             started,
             ended: status.finished_at,
         });

@@ -42,14 +42,17 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
         let w = world.to_mut();
         let now = w.now;
         // An index, not a search per placement: one pass may place thousands.
-        let placed: BTreeMap<&InstanceKey, &String> =
-            swept.placements.iter().map(|(k, n)| (k, n)).collect();
+        let placed: BTreeMap<&InstanceKey, &[String]> = swept
+            .placements
+            .iter()
+            .map(|(k, n)| (k, n.as_slice()))
+            .collect();
         let due: BTreeMap<&InstanceKey, Timestamp> =
             swept.due.iter().map(|(k, t)| (k, *t)).collect();
-        let reserved: BTreeMap<&InstanceKey, (&String, Timestamp)> = swept
+        let reserved: BTreeMap<&InstanceKey, (&[String], Timestamp)> = swept
             .reservations
             .iter()
-            .map(|(k, n, t)| (k, (n, *t)))
+            .map(|(k, n, t)| (k, (n.as_slice(), *t)))
             .collect();
         let victims: BTreeSet<&InstanceKey> = swept.preemptions.iter().map(|p| &p.victim).collect();
         let nominated: BTreeMap<&InstanceKey, &String> =
@@ -61,12 +64,16 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
             if let Some(node) = nominated.get(&b.key) {
                 b.nominated_on = Some((*node).clone());
             }
-            if let Some(node) = placed.get(&b.key) {
-                b.placed_on = Some((*node).clone());
+            if let Some(nodes) = placed.get(&b.key) {
+                b.placed_on = nodes.first().cloned();
+                b.gang = nodes.get(1..).unwrap_or_default().to_vec();
                 b.started = Some(due.get(&b.key).copied().unwrap_or(now));
-                *w.used.entry((*node).clone()).or_default() += b.count;
-            } else if let Some((node, start)) = reserved.get(&b.key) {
-                b.reserved_on = Some((*node).clone());
+                for node in *nodes {
+                    *w.used.entry(node.clone()).or_default() += b.count;
+                }
+            } else if let Some((nodes, start)) = reserved.get(&b.key) {
+                b.reserved_on = nodes.first().cloned();
+                b.gang = nodes.get(1..).unwrap_or_default().to_vec();
                 b.start = Some(*start);
             }
         }
@@ -78,13 +85,50 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
     }
 }
 
-/// The next `n` starts at or after `from` (not before `snapshot.now`) where `count` GPUs of
-/// `model` are free on one eligible node for `duration` (`None`: for good), each with the
-/// node a booking for it would get. Bookings still queued hold nothing and are not
-/// considered; placed ones and granted windows are.
+/// What a slot search looks for: `count` GPUs of `model` on each of `nodes` nodes (1
+/// unless a gang, spread over domains as `topology` allows) for `duration` (`None`: for
+/// good).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotWant<'a> {
+    /// GPU model.
+    pub model: &'a str,
+    /// GPUs per node.
+    pub count: u32,
+    /// Nodes (a gang when more than 1).
+    pub nodes: u32,
+    /// How a gang may spread over domains.
+    pub topology: super::Topology,
+    /// Length.
+    pub duration: Option<Duration>,
+}
+
+/// The next `n` starts at or after `from` (not before `snapshot.now`) where what `want`
+/// asks for is free on eligible nodes, each with the nodes (rank 0 first) a booking for it
+/// would get. Bookings still queued hold nothing and are not considered; placed ones and
+/// granted windows are.
 ///
-/// Feeds `kubectl gpu slots MODEL --count N --for 4h`, and is the search behind
-/// [`Wait::WindowTaken`] and [`StartPolicy::EarliestAvailable`].
+/// Feeds `kubectl gpu slots MODEL --count N [--nodes K] --for 4h`, and is the search
+/// behind [`Wait::WindowTaken`] and [`StartPolicy::EarliestAvailable`].
+pub fn free_slots(
+    snapshot: &Snapshot,
+    want: &SlotWant<'_>,
+    from: Timestamp,
+    n: usize,
+) -> Vec<(Timestamp, Vec<String>)> {
+    let ledger = Ledger::new(snapshot);
+    let names = |nodes: Vec<usize>| {
+        nodes
+            .into_iter()
+            .map(|i| ledger.nodes[i].name.clone())
+            .collect()
+    };
+    slots_of(&ledger, want, from.max(snapshot.now), n)
+        .into_iter()
+        .map(|(t, nodes)| (t, names(nodes)))
+        .collect()
+}
+
+/// [`free_slots`] for `count` GPUs of `model` on one node, each start with its node.
 pub fn next_free_slots(
     snapshot: &Snapshot,
     model: &str,
@@ -93,13 +137,41 @@ pub fn next_free_slots(
     from: Timestamp,
     n: usize,
 ) -> Vec<(Timestamp, String)> {
-    let ledger = Ledger::new(snapshot);
-    let want = Want { count, duration };
-    ledger
-        .slots(model, want, from.max(snapshot.now), n)
+    let want = SlotWant {
+        model,
+        count,
+        nodes: 1,
+        topology: super::Topology::Preferred,
+        duration,
+    };
+    free_slots(snapshot, &want, from, n)
         .into_iter()
-        .map(|(t, i)| (t, ledger.nodes[i].name.clone()))
+        .filter_map(|(t, nodes)| Some((t, nodes.into_iter().next()?)))
         .collect()
+}
+
+/// The slot search on a sweep's ledger: per node for one node, [`Ledger::gang_slots`] for
+/// a gang.
+fn slots_of(
+    ledger: &Ledger<'_>,
+    want: &SlotWant<'_>,
+    from: Timestamp,
+    n: usize,
+) -> Vec<(Timestamp, Vec<usize>)> {
+    let w = Want {
+        count: want.count,
+        duration: want.duration,
+    };
+    if want.nodes > 1 {
+        let required = want.topology == super::Topology::Required;
+        ledger.gang_slots(want.model, w, want.nodes, required, from, n)
+    } else {
+        ledger
+            .slots(want.model, w, from, n)
+            .into_iter()
+            .map(|(t, i)| (t, vec![i]))
+            .collect()
+    }
 }
 
 /// One sweep down the queue: opened windows, then window requests, then the queue.
@@ -118,12 +190,12 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
             holds
                 .entry((user, b.preemptible))
                 .or_default()
-                .add_placed(release_time(end, now), b.count);
+                .add_placed(release_time(end, now), b.gpus());
         } else if let Some(h) = ledger.held(b) {
             holds
                 .entry((user, b.preemptible))
                 .or_default()
-                .add_window(h.start, h.end, b.count);
+                .add_window(h.start, h.end, b.gpus());
         }
     }
 
@@ -167,32 +239,37 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
     // Spot bookings on their node were counted as reclaimable: they are preempted now.
     for (b, h) in opened {
         let checked = admit(b, snapshot, &ledger).and_then(|_| {
-            let n = &ledger.nodes[h.node];
-            let free = ledger.free[h.node];
             if h.end <= now {
-                Err(Wait::WindowMissed { end: h.end })
-            } else if n.eligible() && free >= b.count {
-                Ok(())
-            } else {
-                Err(Wait::HeldNode {
-                    node: n.name.clone(),
-                    free: if n.eligible() { free } else { 0 },
-                })
+                return Err(Wait::WindowMissed { end: h.end });
             }
+            // Every node of the window must take its part now (a gang's all at once).
+            for i in h.nodes() {
+                let n = &ledger.nodes[i];
+                let free = ledger.free[i];
+                if !n.eligible() || free < b.count {
+                    return Err(Wait::HeldNode {
+                        node: n.name.clone(),
+                        free: if n.eligible() { free } else { 0 },
+                    });
+                }
+            }
+            Ok(())
         });
         match checked {
             Ok(()) => {
-                let node = ledger.open(h, b.count, now);
+                let nodes = ledger.open(&h, b.count, now);
                 if let Some(u) = b.user.as_deref() {
                     let u = holds.entry((u, b.preemptible)).or_default();
-                    u.remove_window(h.start, h.end, b.count);
-                    u.add_placed(release_time(h.end, now), b.count);
+                    u.remove_window(h.start, h.end, b.gpus());
+                    u.add_placed(release_time(h.end, now), b.gpus());
                 }
-                plan.placements.push((b.key.clone(), node.to_owned()));
+                plan.placements.push((b.key.clone(), nodes));
                 plan.due.push((b.key.clone(), h.start));
             }
+            // Spot bookings on a single node's window are preempted for it; a gang's
+            // window waits for its nodes (gangs preempt nothing).
             Err(Wait::HeldNode { node, free })
-                if snapshot.preemption && ledger.nodes[h.node].eligible() =>
+                if snapshot.preemption && b.size() == 1 && ledger.nodes[h.node].eligible() =>
             {
                 let spot = preempting.spot_victims(b, h.node, &ledger, &taken);
                 if spot.is_empty() {
@@ -218,17 +295,19 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
     // Window requests, first come, first served.
     for b in requests {
         match request(b, snapshot, &ledger, &holds) {
-            Ok((index, start)) => {
+            Ok((indexes, start)) => {
                 let end = end_of(start, b.duration);
-                let node = ledger.reserve(index, start, end, b.count);
+                let nodes = indexes
+                    .into_iter()
+                    .map(|i| ledger.reserve(i, start, end, b.count).to_owned())
+                    .collect();
                 if let Some(u) = b.user.as_deref() {
                     holds
                         .entry((u, b.preemptible))
                         .or_default()
-                        .add_window(start, end, b.count);
+                        .add_window(start, end, b.gpus());
                 }
-                plan.reservations
-                    .push((b.key.clone(), node.to_owned(), start));
+                plan.reservations.push((b.key.clone(), nodes, start));
             }
             Err(w) => wait(&mut plan, b, w, false),
         }
@@ -270,9 +349,9 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                     holds
                         .entry((u, b.preemptible))
                         .or_default()
-                        .add_placed(release_time(end, now), b.count);
+                        .add_placed(release_time(end, now), b.gpus());
                 }
-                plan.placements.push((b.key.clone(), node.to_owned()));
+                plan.placements.push((b.key.clone(), vec![node.to_owned()]));
             } else if victims > 0 {
                 let keep = ledger.free[i].min(b.count);
                 if keep > 0 {
@@ -293,23 +372,27 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
     for b in queue {
         let blocked = blocked_models.contains(b.model.as_str());
         match decide(b, snapshot, &ledger, &holds, blocked) {
-            Ok(index) => {
-                let node = ledger.take(index, b.count, end_of(now, b.duration), now);
+            Ok(indexes) => {
+                let end = end_of(now, b.duration);
+                let nodes = indexes
+                    .into_iter()
+                    .map(|i| ledger.take(i, b.count, end, now).to_owned())
+                    .collect();
                 if let Some(u) = b.user.as_deref() {
                     holds
                         .entry((u, b.preemptible))
                         .or_default()
-                        .add_placed(release_time(end_of(now, b.duration), now), b.count);
+                        .add_placed(release_time(end, now), b.gpus());
                 }
-                plan.placements.push((b.key.clone(), node.to_owned()));
+                plan.placements.push((b.key.clone(), nodes));
             }
             Err(w) => {
                 // Waiting for GPUs, victims of any kind may make room; waiting for its
                 // user's quota, only the user's own bookings of lower priority can.
                 let quota_need = match w {
-                    Wait::Capacity { .. } => Some(0),
+                    Wait::Capacity { .. } | Wait::GangCapacity { .. } => Some(0),
                     Wait::GpuQuota { in_use, max } => {
-                        Some(in_use.saturating_add(b.count).saturating_sub(max))
+                        Some(in_use.saturating_add(b.gpus()).saturating_sub(max))
                     }
                     _ => None,
                 };
@@ -318,7 +401,13 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                         blocked_models.insert(&b.model);
                     }
                     let tries = || attempts.get(b.model.as_str()).copied().unwrap_or(0);
-                    if snapshot.preemption && !b.preemptible && tries() < PREEMPTION_ATTEMPTS {
+                    // Gangs preempt nothing: victims on many nodes at once are not looked
+                    // for (a gang waits for its GPUs, holding up its model's queue).
+                    if snapshot.preemption
+                        && !b.preemptible
+                        && b.size() == 1
+                        && tries() < PREEMPTION_ATTEMPTS
+                    {
                         *attempts.entry(b.model.as_str()).or_default() += 1;
                         if let Some((i, victims)) =
                             preempting.choose(b, &ledger, &taken, now, quota_need)
@@ -369,7 +458,7 @@ fn admit<'l>(
     if b.preemptible && policy.max_spot_gpus == 0 {
         return Err(Wait::SpotNotAllowed);
     }
-    if let Some(max) = gpu_limit(b, policy).filter(|&max| b.count > max) {
+    if let Some(max) = gpu_limit(b, policy).filter(|&max| b.gpus() > max) {
         return Err(Wait::OverQuotaLimit { max });
     }
     let model = ledger
@@ -380,6 +469,13 @@ fn admit<'l>(
         return Err(Wait::TooLarge {
             largest: model.largest,
         });
+    }
+    if b.size() > 1 {
+        let one_domain = b.topology == super::Topology::Required;
+        let have = ledger.nodes_with(model, b.count, one_domain);
+        if have < b.size() {
+            return Err(Wait::TooFewNodes { have, one_domain });
+        }
     }
     Ok(model)
 }
@@ -406,7 +502,7 @@ fn quota(
     }
     let peak = |spot: bool| holds.get(&(user, spot)).map_or((0, 0), |h| h.peak(a, end));
     let (in_use, _) = peak(b.preemptible);
-    if let Some(max) = limit.filter(|&max| in_use.saturating_add(b.count) > max) {
+    if let Some(max) = limit.filter(|&max| in_use.saturating_add(b.gpus()) > max) {
         return Err(Wait::GpuQuota { in_use, max });
     }
     let placed = peak(false).1.saturating_add(peak(true).1);
@@ -434,19 +530,33 @@ fn request(
     snapshot: &Snapshot,
     ledger: &Ledger<'_>,
     holds: &BTreeMap<(&str, bool), UserHolds>,
-) -> Result<(usize, Timestamp), Wait> {
+) -> Result<(Vec<usize>, Timestamp), Wait> {
     let model = admit(b, snapshot, ledger)?;
     let asked = b.start.unwrap_or(snapshot.now).max(snapshot.now);
-    let want = Want {
+    let want = SlotWant {
+        model: &b.model,
         count: b.count,
+        nodes: b.size(),
+        topology: b.topology,
         duration: b.duration,
     };
     if model.largest_ever < b.count {
         // Every node of the model is held for good beyond what it would leave.
         return Err(Wait::WindowTaken { next_free: None });
     }
-    let fits =
-        |start: Timestamp| ledger.best_fit(model, b.count, start, end_of(start, b.duration), false);
+    let required = b.topology == super::Topology::Required;
+    let fits = |start: Timestamp| {
+        let end = end_of(start, b.duration);
+        if b.size() > 1 {
+            ledger
+                .gang_fit(model, b.count, b.size(), start, end, false, required)
+                .ok()
+        } else {
+            ledger
+                .best_fit(model, b.count, start, end, false)
+                .map(|i| vec![i])
+        }
+    };
     let within_quota =
         |start: Timestamp| quota(b, snapshot, holds, start, end_of(start, b.duration));
     match (fits(asked), b.start_policy) {
@@ -456,10 +566,7 @@ fn request(
             Err(_) => {}
         },
         (None, StartPolicy::Exact) => {
-            let next_free = ledger
-                .slots(&b.model, want, asked, 1)
-                .first()
-                .map(|&(t, _)| t);
+            let next_free = slots_of(ledger, &want, asked, 1).first().map(|(t, _)| *t);
             return Err(Wait::WindowTaken { next_free });
         }
         (None, StartPolicy::EarliestAvailable) => {}
@@ -468,8 +575,7 @@ fn request(
     // starts where GPUs of the model come free and the ends of what the user holds. (The
     // earliest free GPUs alone may be over quota, and a later start within it would then
     // be left to a later sweep, where later bookings could have taken it.)
-    let mut starts: Vec<Timestamp> = ledger
-        .slots(&b.model, want, asked, EARLIEST_SEARCH)
+    let mut starts: Vec<Timestamp> = slots_of(ledger, &want, asked, EARLIEST_SEARCH)
         .into_iter()
         .map(|(t, _)| t)
         .collect();
@@ -505,22 +611,36 @@ fn decide(
     ledger: &Ledger<'_>,
     holds: &BTreeMap<(&str, bool), UserHolds>,
     blocked: bool,
-) -> Result<usize, Wait> {
+) -> Result<Vec<usize>, Wait> {
     let model = admit(b, snapshot, ledger)?;
     let now = snapshot.now;
     let end = end_of(now, b.duration);
     quota(b, snapshot, holds, now, end)?;
     let largest_free = model.largest_free;
+    if b.size() > 1 {
+        if blocked || largest_free < b.count {
+            return Err(Wait::GangCapacity { fitting: 0 });
+        }
+        let required = b.topology == super::Topology::Required;
+        return ledger
+            .gang_fit(model, b.count, b.size(), now, end, true, required)
+            .map_err(|m| Wait::GangCapacity { fitting: m.fitting });
+    }
     if blocked || largest_free < b.count {
         return Err(Wait::Capacity { largest_free });
     }
     ledger
         .best_fit(model, b.count, now, end, true)
+        .map(|i| vec![i])
         .ok_or(Wait::Capacity { largest_free })
 }
 
 fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
-    let want = format!("{} x {}", b.count, b.model);
+    let want = if b.size() > 1 {
+        format!("{} nodes x {} x {}", b.size(), b.count, b.model)
+    } else {
+        format!("{} x {}", b.count, b.model)
+    };
     let user = b.user.as_deref().unwrap_or("");
     match wait {
         Wait::NoUser => format!(
@@ -545,6 +665,26 @@ fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
                 "no {} node has {} GPUs (the largest has {largest})",
                 b.model, b.count
             )
+        }
+        Wait::TooFewNodes { have, one_domain } => {
+            let place = if *one_domain { " in one domain" } else { "" };
+            format!(
+                "wants {want} but only {have} {} node(s){place} have {} GPUs",
+                b.model, b.count
+            )
+        }
+        Wait::GangCapacity { fitting } => {
+            let place = if b.topology == super::Topology::Required {
+                " in one domain"
+            } else {
+                ""
+            };
+            let free = if blocked {
+                "free GPUs are held for earlier bookings".to_owned()
+            } else {
+                format!("{fitting} node(s){place} have {} free", b.count)
+            };
+            format!("waiting for {want}: {free}, {ahead} ahead")
         }
         Wait::Capacity { largest_free } => {
             let free = match *largest_free {
@@ -636,7 +776,11 @@ impl<'s> Preempting<'s> {
                 continue;
             };
             if b.terminating {
-                *p.terminating.entry(i).or_default() += 1;
+                for n in b.held_nodes() {
+                    if let Some(&j) = p.index_of.get(n) {
+                        *p.terminating.entry(j).or_default() += 1;
+                    }
+                }
             } else if !fresh.contains(&b.key) {
                 p.running.entry(i).or_default().push(b);
             }

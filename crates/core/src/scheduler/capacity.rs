@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use gpu_cloud_api::{GPU_PRODUCT_LABEL, GPU_RESOURCE, TOLERATED_TAINT};
+use gpu_cloud_api::{DEFAULT_TOPOLOGY_LABELS, GPU_PRODUCT_LABEL, GPU_RESOURCE, TOLERATED_TAINT};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -21,11 +21,27 @@ pub struct NodeGpus {
     pub schedulable: bool,
     /// A `NoSchedule`/`NoExecute` taint our pods do not tolerate, as `key=value:Effect`.
     pub untolerated_taint: Option<String>,
+    /// Its topology domain as `label=value`, from the first topology label it carries;
+    /// `None`: a domain of its own.
+    pub domain: Option<String>,
 }
 
 impl NodeGpus {
-    /// Reads the GPU view of a node object as the API returned it.
+    /// Reads the GPU view of a node object as the API returned it, its domain by the
+    /// [`DEFAULT_TOPOLOGY_LABELS`].
     pub fn from_node(node: &Node) -> Self {
+        Self::with_topology(node, &DEFAULT_TOPOLOGY_LABELS)
+    }
+
+    /// Reads the GPU view of a node, its domain by the first of `topology_labels` (most
+    /// specific first) it carries.
+    pub fn with_topology<S: AsRef<str>>(node: &Node, topology_labels: &[S]) -> Self {
+        let labels = node.metadata.labels.as_ref();
+        let domain = topology_labels.iter().find_map(|key| {
+            let key = key.as_ref();
+            let value = labels?.get(key)?;
+            Some(format!("{key}={value}"))
+        });
         let name = node.metadata.name.clone().unwrap_or_default();
         let model = node
             .metadata
@@ -64,6 +80,7 @@ impl NodeGpus {
             ready,
             schedulable,
             untolerated_taint,
+            domain,
         }
     }
 
@@ -203,6 +220,7 @@ mod tests {
                 ready: true,
                 schedulable: true,
                 untolerated_taint: None,
+                domain: None,
             }
         );
     }

@@ -10,11 +10,28 @@ use super::model::{Booking, Snapshot};
 use super::timeline::{NEVER, Timeline, Want, end_of, release_time};
 
 /// A granted window as the ledger holds it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Held {
+    /// Its node (a gang's rank 0).
     pub(super) node: usize,
+    /// A gang's other nodes, ranks 1 and up.
+    pub(super) gang: Vec<usize>,
     pub(super) start: Timestamp,
     pub(super) end: Timestamp,
+}
+
+impl Held {
+    /// All its nodes, rank 0 first.
+    pub(super) fn nodes(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.node).chain(self.gang.iter().copied())
+    }
+}
+
+/// Why no set of nodes takes a gang: how many nodes would (in one domain when it requires
+/// one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct GangMiss {
+    pub(super) fitting: u32,
 }
 
 /// One sweep's view of free GPUs: per node now and over time, and per model the nodes of
@@ -32,10 +49,18 @@ pub(super) struct Ledger<'s> {
     /// Node index by name (empty when no booking needs it).
     pub(super) by_name: HashMap<&'s str, usize>,
     pub(super) models: BTreeMap<&'s str, ModelNodes>,
+    /// Per node: its topology domain (an index into `domain_free`), `None` for a node
+    /// that is a domain of its own.
+    pub(super) domain: Vec<Option<usize>>,
+    /// Per domain: free GPUs now on its eligible nodes (so that single-node bookings go
+    /// to the fullest domain and whole domains stay free for gangs).
+    pub(super) domain_free: Vec<u32>,
 }
 
 /// The nodes of one GPU model.
 pub(super) struct ModelNodes {
+    /// Every node of the model, eligible or not (indexes into `Ledger::nodes`).
+    pub(super) all: Vec<usize>,
     /// Ready, schedulable, untainted nodes (indexes into `Ledger::nodes`).
     pub(super) eligible: Vec<usize>,
     /// The largest node of the model, eligible or not.
@@ -63,15 +88,32 @@ impl<'s> Ledger<'s> {
                 continue;
             };
             let m = models.entry(model).or_insert(ModelNodes {
+                all: vec![],
                 eligible: vec![],
                 largest: 0,
                 largest_free: 0,
                 largest_ever: 0,
             });
             m.largest = m.largest.max(n.allocatable);
+            m.all.push(i);
             if n.eligible() {
                 m.eligible.push(i);
                 m.largest_free = m.largest_free.max(free[i]);
+            }
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let domain: Vec<Option<usize>> = nodes
+            .iter()
+            .map(|n| {
+                let d = n.domain.as_deref()?;
+                let next = names.len();
+                Some(*names.entry(d).or_insert(next))
+            })
+            .collect();
+        let mut domain_free = vec![0u32; names.len()];
+        for (i, n) in nodes.iter().enumerate() {
+            if let (Some(d), true) = (domain[i], n.eligible()) {
+                domain_free[d] = domain_free[d].saturating_add(free[i]);
             }
         }
         let timed = |b: &Booking| {
@@ -94,15 +136,24 @@ impl<'s> Ledger<'s> {
             ever: vec![],
             by_name,
             models,
+            domain,
+            domain_free,
         };
         for b in &snapshot.bookings {
-            if let Some(node) = &b.placed_on {
+            if b.placed_on.is_some() {
                 let end = b.held_until(snapshot.now);
-                if let (true, Some(&i)) = (end < NEVER, ledger.by_name.get(node.as_str())) {
-                    ledger.time[i].add_release(release_time(end, snapshot.now), b.count);
+                if end >= NEVER {
+                    continue;
+                }
+                for node in b.held_nodes() {
+                    if let Some(&i) = ledger.by_name.get(node) {
+                        ledger.time[i].add_release(release_time(end, snapshot.now), b.count);
+                    }
                 }
             } else if let Some(h) = ledger.held(b) {
-                ledger.time[h.node].add_window(h.start, h.end, b.count);
+                for i in h.nodes() {
+                    ledger.time[i].add_window(h.start, h.end, b.count);
+                }
             }
         }
         ledger.ever = (0..nodes.len())
@@ -124,19 +175,140 @@ impl<'s> Ledger<'s> {
         self.ever[i]
     }
 
-    /// The window a booking holds, if its `reserved_on` names a node of its model and it
-    /// has a start; anything else is not a valid window and the booking asks again.
+    /// The window a booking holds, if its `reserved_on` (and a gang's other nodes) name
+    /// distinct nodes of its model, as many as it wants, and it has a start; anything else
+    /// is not a valid window and the booking asks again.
     pub(super) fn held(&self, b: &Booking) -> Option<Held> {
         if b.placed_on.is_some() {
             return None;
         }
         let start = b.start?;
-        let &node = self.by_name.get(b.reserved_on.as_deref()?)?;
-        (self.nodes[node].model.as_deref() == Some(b.model.as_str())).then(|| Held {
+        let of_model = |name: &str| {
+            let &i = self.by_name.get(name)?;
+            (self.nodes[i].model.as_deref() == Some(b.model.as_str())).then_some(i)
+        };
+        let node = of_model(b.reserved_on.as_deref()?)?;
+        let gang = b
+            .gang
+            .iter()
+            .map(|n| of_model(n))
+            .collect::<Option<Vec<usize>>>()?;
+        let mut distinct: Vec<usize> = std::iter::once(node).chain(gang.iter().copied()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        (u32::try_from(distinct.len()).ok() == Some(b.size())).then(|| Held {
             node,
+            gang,
             start,
             end: end_of(start, b.duration),
         })
+    }
+
+    /// Free GPUs now in node `i`'s domain: 0 for a node of no domain (a domain of its own
+    /// is no loss to a gang), so that best fit looks at the node alone then.
+    fn domain_free_of(&self, i: usize) -> u32 {
+        self.domain[i].map_or(0, |d| self.domain_free[d])
+    }
+
+    /// The nodes for a gang of `size` nodes with `count` GPUs free on each over `[a, b)`
+    /// (with `now_only`: `a` is now, and nodes short now are skipped at once), rank 0
+    /// first; or how many would fit.
+    ///
+    /// Packing: the gang goes into one domain if any can take it (the one with the fewest
+    /// fitting nodes, then the fullest, so that large domains stay whole); otherwise, unless
+    /// it requires one domain, into the fewest domains (the largest first). Within a
+    /// domain, best fit (the nodes left with the fewest free GPUs). A node without a
+    /// domain label is a domain of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gang_fit(
+        &self,
+        model: &ModelNodes,
+        count: u32,
+        size: u32,
+        a: Timestamp,
+        b: Timestamp,
+        now_only: bool,
+        required: bool,
+    ) -> Result<Vec<usize>, GangMiss> {
+        // Fitting nodes by domain: (domain key, [(left free, node)]).
+        let mut groups: BTreeMap<DomainKey, Vec<(u32, usize)>> = BTreeMap::new();
+        for &i in &model.eligible {
+            if self.most_free(i) < count || (now_only && self.free[i] < count) {
+                continue;
+            }
+            let Some(left) = self.min_free(i, a, b).checked_sub(count) else {
+                continue;
+            };
+            let key = match self.domain[i] {
+                Some(d) => DomainKey::Labelled(d),
+                None => DomainKey::Alone(i),
+            };
+            groups.entry(key).or_default().push((left, i));
+        }
+        let name = |i: usize| self.nodes[i].name.as_str();
+        let dfree = |k: &DomainKey| match *k {
+            DomainKey::Labelled(d) => self.domain_free[d],
+            DomainKey::Alone(i) => self.free[i],
+        };
+        let first_name = |g: &[(u32, usize)]| g.iter().map(|&(_, i)| name(i)).min();
+        for g in groups.values_mut() {
+            g.sort_by(|&(x, i), &(y, j)| (x, name(i)).cmp(&(y, name(j))));
+        }
+        let want = usize::try_from(size).unwrap_or(usize::MAX);
+        let one = groups
+            .iter()
+            .filter(|(_, g)| g.len() >= want)
+            .min_by(|(k1, g1), (k2, g2)| {
+                (g1.len(), dfree(k1), first_name(g1)).cmp(&(g2.len(), dfree(k2), first_name(g2)))
+            });
+        if let Some((_, g)) = one {
+            return Ok(g.iter().take(want).map(|&(_, i)| i).collect());
+        }
+        let count_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        if required {
+            let fitting = count_of(groups.values().map(Vec::len).max().unwrap_or(0));
+            return Err(GangMiss { fitting });
+        }
+        let mut order: Vec<(&DomainKey, &Vec<(u32, usize)>)> = groups.iter().collect();
+        order.sort_by(|(k1, g1), (k2, g2)| {
+            (std::cmp::Reverse(g1.len()), dfree(k1), first_name(g1)).cmp(&(
+                std::cmp::Reverse(g2.len()),
+                dfree(k2),
+                first_name(g2),
+            ))
+        });
+        let chosen: Vec<usize> = order
+            .into_iter()
+            .flat_map(|(_, g)| g.iter().map(|&(_, i)| i))
+            .take(want)
+            .collect();
+        if chosen.len() < want {
+            return Err(GangMiss {
+                fitting: count_of(chosen.len()),
+            });
+        }
+        Ok(chosen)
+    }
+
+    /// How many nodes of `model` could ever hold `count` GPUs (eligible or not): in the
+    /// largest domain when `one_domain`, else all of them.
+    pub(super) fn nodes_with(&self, model: &ModelNodes, count: u32, one_domain: bool) -> u32 {
+        let big = model
+            .all
+            .iter()
+            .copied()
+            .filter(|&i| self.nodes[i].allocatable >= count);
+        let n = if one_domain {
+            let mut per: BTreeMap<DomainKey, usize> = BTreeMap::new();
+            for i in big {
+                let key = self.domain[i].map_or(DomainKey::Alone(i), DomainKey::Labelled);
+                *per.entry(key).or_default() += 1;
+            }
+            per.into_values().max().unwrap_or(0)
+        } else {
+            big.count()
+        };
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// The fewest GPUs free on node `i` over `[a, b)`, `a` not before now.
@@ -161,7 +333,13 @@ impl<'s> Ledger<'s> {
             .copied()
             .filter(|&i| self.most_free(i) >= count && (!now_only || self.free[i] >= count))
             .filter_map(|i| Some((self.min_free(i, a, b).checked_sub(count)?, i)))
-            .min_by(|&(x, i), &(y, j)| (x, &self.nodes[i].name).cmp(&(y, &self.nodes[j].name)))
+            .min_by(|&(x, i), &(y, j)| {
+                (self.domain_free_of(i), x, &self.nodes[i].name).cmp(&(
+                    self.domain_free_of(j),
+                    y,
+                    &self.nodes[j].name,
+                ))
+            })
             .map(|(_, i)| i)
     }
 
@@ -200,6 +378,46 @@ impl<'s> Ledger<'s> {
         all.into_iter().map(|(t, _, i)| (t, i)).collect()
     }
 
+    /// Up to `n` distinct starts at or after `from` (not before now) where a gang of
+    /// `size` nodes with `want` each fits on eligible nodes of `model`, earliest first,
+    /// each with the nodes it would get ([`Ledger::gang_fit`]).
+    pub(super) fn gang_slots(
+        &self,
+        model: &str,
+        want: Want,
+        size: u32,
+        required: bool,
+        from: Timestamp,
+        n: usize,
+    ) -> Vec<(Timestamp, Vec<usize>)> {
+        let Some(m) = self
+            .models
+            .get(model)
+            .filter(|m| m.largest_ever >= want.count)
+        else {
+            return vec![];
+        };
+        // A gang that does not fit may start to fit only when GPUs come back on one of
+        // its model's nodes.
+        let mut starts: Vec<Timestamp> = std::iter::once(from)
+            .chain(m.eligible.iter().flat_map(|&i| self.time[i].comebacks()))
+            .filter(|&t| t >= from && t < NEVER)
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let mut out = vec![];
+        for t in starts.into_iter().take(GANG_SEARCH) {
+            let end = end_of(t, want.duration);
+            if let Ok(nodes) = self.gang_fit(m, want.count, size, t, end, false, required) {
+                out.push((t, nodes));
+                if out.len() == n {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     /// Recomputes the model's largest free blocks after node `index` lost GPUs now; with
     /// `for_good`, they do not come back, so its most-ever-free bound drops too (a timed
     /// placement leaves that bound as it was: what it takes, it gives back).
@@ -233,6 +451,9 @@ impl<'s> Ledger<'s> {
         now: Timestamp,
     ) -> &'s str {
         self.free[index] -= count;
+        if let Some(d) = self.domain[index] {
+            self.domain_free[d] = self.domain_free[d].saturating_sub(count);
+        }
         if end < NEVER {
             self.time[index].add_release(release_time(end, now), count);
         } else {
@@ -243,13 +464,18 @@ impl<'s> Ledger<'s> {
         &self.nodes[index].name
     }
 
-    /// Turns an opened window into a placement on its node; returns the node's name.
-    pub(super) fn open(&mut self, h: Held, count: u32, now: Timestamp) -> &'s str {
-        self.time[h.node].remove_window(h.start, h.end, count);
-        self.take(h.node, count, h.end, now)
+    /// Turns an opened window into a placement on its nodes; returns their names, rank 0
+    /// first.
+    pub(super) fn open(&mut self, h: &Held, count: u32, now: Timestamp) -> Vec<String> {
+        h.nodes()
+            .map(|i| {
+                self.time[i].remove_window(h.start, h.end, count);
+                self.take(i, count, h.end, now).to_owned()
+            })
+            .collect()
     }
 
-    /// Books a window on node `index`; returns its name.
+    /// Books a window on node `index`; returns its name (for a gang, once per node).
     pub(super) fn reserve(
         &mut self,
         index: usize,
@@ -260,4 +486,15 @@ impl<'s> Ledger<'s> {
         self.time[index].add_window(start, end, count);
         &self.nodes[index].name
     }
+}
+
+/// How many times GPUs come back a gang's slot search tries: its cost is a fit over the
+/// model's nodes per try.
+const GANG_SEARCH: usize = 1024;
+
+/// A topology domain in one sweep: a labelled one, or a node without a label on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum DomainKey {
+    Labelled(usize),
+    Alone(usize),
 }

@@ -47,6 +47,8 @@ pub mod timeline;
 #[cfg(test)]
 mod tests;
 
-pub use admission::{next_free_slots, plan};
+pub use admission::{SlotWant, free_slots, next_free_slots, plan};
 pub use capacity::{GpuPod, NodeGpus, gpus_in_use, pod_gpu_request};
-pub use model::{Booking, InstanceKey, Plan, Snapshot, StartPolicy, UserPolicy, Wait, Waiting};
+pub use model::{
+    Booking, InstanceKey, Plan, Snapshot, StartPolicy, Topology, UserPolicy, Wait, Waiting,
+};

@@ -63,14 +63,20 @@ pub struct Booking {
     pub user: Option<String>,
     /// GPU model.
     pub model: String,
-    /// GPUs wanted, all on one node.
+    /// GPUs wanted, all on one node (on each node of a gang).
     pub count: u32,
+    /// Nodes of a gang (all placed in one pass or none); 0 and 1 both mean one node.
+    pub nodes: u32,
+    /// How a gang may spread over topology domains.
+    pub topology: Topology,
     /// Queue priority (higher first).
     pub priority: i32,
     /// Creation time: first come, first served within a priority, and for windows.
     pub created: Timestamp,
-    /// The node its pod is on, once placed.
+    /// The node its pod is on, once placed (a gang's rank 0).
     pub placed_on: Option<String>,
+    /// A placed or reserved gang's other nodes, ranks 1 and up (empty for one node).
+    pub gang: Vec<String>,
     /// Booked length (`spec.duration`); `None` is treated as running for good, so that
     /// such a booking never overlaps a window.
     pub duration: Option<Duration>,
@@ -118,6 +124,26 @@ impl Booking {
 }
 
 impl Booking {
+    /// Its nodes: 1 unless it is a gang.
+    pub fn size(&self) -> u32 {
+        self.nodes.max(1)
+    }
+
+    /// GPUs of the whole booking, on all its nodes: what quotas and shares count.
+    pub fn gpus(&self) -> u32 {
+        self.count.saturating_mul(self.size())
+    }
+
+    /// The nodes it holds GPUs on (`count` on each): where it is placed, or where its
+    /// window is, rank 0 first.
+    pub fn held_nodes(&self) -> impl Iterator<Item = &str> {
+        self.placed_on
+            .as_deref()
+            .or(self.reserved_on.as_deref())
+            .into_iter()
+            .chain(self.gang.iter().map(String::as_str))
+    }
+
     /// Until when a placed booking's GPUs count as taken for what is booked later (book-
     /// ahead windows, `kubectl gpu slots`): its end ([`super::timeline::NEVER`] when
     /// unknown), or for a spot booking no later than a moment after `now`, since its GPUs
@@ -135,6 +161,16 @@ impl Booking {
             end
         }
     }
+}
+
+/// How a gang may spread over topology domains (see [`NodeGpus::domain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// The fewest domains that hold it now (one if any can).
+    #[default]
+    Preferred,
+    /// One domain, or it waits.
+    Required,
 }
 
 /// Everything the decision looks at.
@@ -174,6 +210,12 @@ pub enum Wait {
     UnknownModel,
     /// No node of this model has that many GPUs.
     TooLarge { largest: u32 },
+    /// A gang wants more nodes than there are of its model with its GPUs per node
+    /// (`have`), or in one domain when it requires one.
+    TooFewNodes { have: u32, one_domain: bool },
+    /// Not enough nodes with its GPUs free for a gang (`fitting` have, in one domain when
+    /// it requires one), or earlier bookings wait for them.
+    GangCapacity { fitting: u32 },
     /// Not enough free GPUs of the model on any one node for its whole duration, or
     /// earlier bookings wait for them.
     Capacity { largest_free: u32 },
@@ -206,6 +248,7 @@ impl Wait {
                 | Wait::OverQuotaLimit { .. }
                 | Wait::UnknownModel
                 | Wait::TooLarge { .. }
+                | Wait::TooFewNodes { .. }
                 | Wait::WindowTaken { .. }
                 | Wait::WindowMissed { .. }
                 | Wait::Budget { never: true }
@@ -223,7 +266,8 @@ impl Wait {
             Wait::GpuQuota { .. } | Wait::InstanceQuota { .. } => "WaitingForQuota",
             Wait::UnknownModel => "UnknownModel",
             Wait::TooLarge { .. } => "TooLarge",
-            Wait::Capacity { .. } => "WaitingForGpus",
+            Wait::Capacity { .. } | Wait::GangCapacity { .. } => "WaitingForGpus",
+            Wait::TooFewNodes { .. } => "TooFewNodes",
             Wait::WindowTaken { .. } => "WindowTaken",
             Wait::WindowMissed { .. } => "WindowMissed",
             Wait::HeldNode { .. } => "WaitingForHeldNode",
@@ -253,13 +297,15 @@ pub struct Waiting {
 /// no list: it keeps its window and its `Reserved` status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Bookings to place now, and their node, in queue order (opened windows first).
-    pub placements: Vec<(InstanceKey, String)>,
+    /// Bookings to place now, and their nodes (one, or a gang's by rank), in queue order
+    /// (opened windows first).
+    pub placements: Vec<(InstanceKey, Vec<String>)>,
     /// Bookings that wait, in queue order.
     pub waiting: Vec<Waiting>,
-    /// Windows granted in this pass: booking, node, start. The controller records them
-    /// (phase `Reserved`), so that the next pass sees them in `reserved_on`/`start`.
-    pub reservations: Vec<(InstanceKey, String, Timestamp)>,
+    /// Windows granted in this pass: booking, nodes (a gang's by rank), start. The
+    /// controller records them (phase `Reserved`), so that the next pass sees them in
+    /// `reserved_on`/`gang`/`start`.
+    pub reservations: Vec<(InstanceKey, Vec<String>, Timestamp)>,
     /// Of `placements`, those whose window opened, with the window start: record it as
     /// their start, so that they end when their window ends and not later.
     pub due: Vec<(InstanceKey, Timestamp)>,

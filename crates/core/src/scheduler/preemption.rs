@@ -103,7 +103,7 @@ pub fn borrowed(snapshot: &Snapshot) -> BTreeSet<InstanceKey> {
         });
         let mut held = 0u32;
         for b in bookings {
-            held = held.saturating_add(b.count);
+            held = held.saturating_add(b.gpus());
             if held > guarantee {
                 out.insert(b.key.clone());
             }
@@ -118,7 +118,7 @@ pub fn held_guaranteed(snapshot: &Snapshot, user: &str) -> u32 {
         .bookings
         .iter()
         .filter(|x| x.placed_on.is_some() && !x.preemptible && x.user.as_deref() == Some(user))
-        .fold(0u32, |n, x| n.saturating_add(x.count))
+        .fold(0u32, |n, x| n.saturating_add(x.gpus()))
 }
 
 /// `b` fits within its user's guarantee with what the user holds now: it may reclaim.
@@ -131,7 +131,7 @@ pub fn within_guarantee(snapshot: &Snapshot, b: &Booking) -> bool {
     }
     match snapshot.users.get(user).map(|p| p.max_gpus) {
         Some(Some(guarantee)) => {
-            held_guaranteed(snapshot, user).saturating_add(b.count) <= guarantee
+            held_guaranteed(snapshot, user).saturating_add(b.gpus()) <= guarantee
         }
         // No limit: everything it holds is its own, nothing of it is borrowed, but neither
         // does it have a guarantee to reclaim.
@@ -147,9 +147,12 @@ pub fn may_preempt(
     reclaiming: bool,
     victim_borrowed: bool,
 ) -> Option<Reason> {
+    // A gang is never a victim: preempting one would free GPUs on nodes other than the
+    // one looked at, and take every pod of a job down for one node's sake.
     if by.preemptible
         || victim.terminating
         || victim.placed_on.is_none()
+        || victim.size() > 1
         || victim.key == by.key
         || victim.model != by.model
         || by.preempted_by.contains(&victim.key)

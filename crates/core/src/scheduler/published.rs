@@ -70,27 +70,32 @@ pub fn calendar_of(snapshot: &Snapshot) -> Calendar {
         })
         .collect();
     for b in &snapshot.bookings {
-        if let Some(node) = &b.placed_on {
+        if b.placed_on.is_some() {
             // As the scheduler's ledger: a placed booking with a known end gives its GPUs
             // back then; one without an end holds them for good (counted in `used`).
             // A spot booking's GPUs are reclaimable: free for what is booked later.
             let end = b.held_until(snapshot.now);
-            if let (true, Some(n)) = (end < NEVER, nodes.get_mut(node.as_str())) {
-                add_at(&mut n.releases, ceil_secs(end), b.count);
+            if end < NEVER {
+                for node in b.held_nodes() {
+                    if let Some(n) = nodes.get_mut(node) {
+                        add_at(&mut n.releases, ceil_secs(end), b.count);
+                    }
+                }
             }
             continue;
         }
-        // A granted window: on a node of its own model, with a start (as the ledger
-        // reads it); anything else is a request that holds nothing yet.
-        let (Some(start), Some(node)) = (b.start, b.reserved_on.as_deref()) else {
-            continue;
-        };
-        let Some(n) = nodes.get_mut(node).filter(|n| n.model == b.model) else {
+        // A granted window: on nodes of its own model, with a start (as the ledger reads
+        // it); anything else is a request that holds nothing yet.
+        let (Some(start), Some(_)) = (b.start, b.reserved_on.as_deref()) else {
             continue;
         };
         let end = end_of(start, b.duration);
         let end = (end < NEVER).then(|| ceil_secs(end));
-        add_at(&mut n.windows, (floor_secs(start), end), b.count);
+        for node in b.held_nodes() {
+            if let Some(n) = nodes.get_mut(node).filter(|n| n.model == b.model) {
+                add_at(&mut n.windows, (floor_secs(start), end), b.count);
+            }
+        }
     }
     let mut models: BTreeMap<String, Vec<CalendarNode>> = BTreeMap::new();
     for (name, b) in nodes {
@@ -101,6 +106,7 @@ pub fn calendar_of(snapshot: &Snapshot) -> Calendar {
                 name: name.to_owned(),
                 allocatable: b.node.allocatable,
                 used: snapshot.used.get(name).copied().unwrap_or(0),
+                domain: b.node.domain.clone(),
                 eligible: b.node.eligible(),
                 releases: b.releases,
                 windows: b.windows.into_iter().map(|((s, e), c)| (s, e, c)).collect(),
@@ -136,6 +142,7 @@ pub fn snapshot_of(calendar: &Calendar, now: Timestamp) -> Snapshot {
                 ready: node.eligible,
                 schedulable: true,
                 untolerated_taint: None,
+                domain: node.domain.clone(),
             });
             if node.used > 0 {
                 snapshot.used.insert(node.name.clone(), node.used);
@@ -188,6 +195,7 @@ mod tests {
             ready: eligible,
             schedulable: true,
             untolerated_taint: None,
+            domain: None,
         }
     }
 

@@ -44,14 +44,14 @@ pub fn queue_order<'s>(snapshot: &Snapshot, mut queue: Vec<&'s Booking>) -> Vec<
         .collect();
     for b in snapshot.bookings.iter().filter(|b| b.placed_on.is_some()) {
         if let Some((held, _)) = b.user.as_deref().and_then(|u| users.get_mut(u)) {
-            *held += u64::from(b.count);
+            *held += u64::from(b.gpus());
         }
     }
     let mut keyed: Vec<(f64, &'s Booking)> = queue
         .into_iter()
         .map(|b| match b.user.as_deref().and_then(|u| users.get_mut(u)) {
             Some((held, guarantee)) => {
-                *held += u64::from(b.count);
+                *held += u64::from(b.gpus());
                 (share(*held, *guarantee), b)
             }
             // Not a user's (it waits with NoUser anyway).
@@ -115,6 +115,7 @@ mod tests {
                 ready: true,
                 schedulable: true,
                 untolerated_taint: None,
+                domain: None,
             }],
             users: guarantees
                 .iter()

@@ -84,6 +84,15 @@ impl Timeline {
         self.starts.first().is_some_and(|&(s, _)| s < t)
     }
 
+    /// The times GPUs come back on the node (placements and windows ending), by time:
+    /// the only times after now at which a window that did not fit may start to fit.
+    pub fn comebacks(&self) -> impl Iterator<Item = Timestamp> + '_ {
+        self.releases
+            .iter()
+            .chain(self.ends.iter())
+            .map(|&(t, _)| t)
+    }
+
     /// A booked window `[start, end)`.
     pub fn add_window(&mut self, start: Timestamp, end: Timestamp, count: u32) {
         insert_sorted(&mut self.starts, start, count);

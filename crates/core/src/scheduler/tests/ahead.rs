@@ -96,7 +96,11 @@ fn a_window_that_is_taken_is_refused_with_the_next_free_slot() {
     let p = plan(&s);
     assert_eq!(
         p.reservations,
-        vec![(window.key.clone(), "a".to_owned(), at("2026-12-01T13:00Z"))]
+        vec![(
+            window.key.clone(),
+            vec!["a".to_owned()],
+            at("2026-12-01T13:00Z")
+        )]
     );
     assert!(p.waiting.is_empty() && p.placements.is_empty());
 }
@@ -123,8 +127,8 @@ fn windows_are_first_come_regardless_of_priority_and_fixed_once_granted() {
     assert_eq!(
         p.reservations,
         vec![
-            (first.key.clone(), "a".into(), t("2026-12-02T00:00Z")),
-            (urgent.key.clone(), "a".into(), t("2026-12-02T02:00Z")),
+            (first.key.clone(), vec!["a".into()], t("2026-12-02T00:00Z")),
+            (urgent.key.clone(), vec!["a".into()], t("2026-12-02T02:00Z")),
         ]
     );
 }

@@ -3,6 +3,7 @@
 //! invariants). Shared builders are here.
 
 mod ahead;
+mod gangs;
 mod placement;
 mod preempting;
 mod properties;
@@ -25,6 +26,7 @@ pub fn node(name: &str, model: &str, gpus: u32) -> NodeGpus {
         ready: true,
         schedulable: true,
         untolerated_taint: None,
+        domain: None,
     }
 }
 
@@ -56,7 +58,7 @@ pub fn snapshot(nodes: Vec<NodeGpus>, bookings: Vec<Booking>) -> Snapshot {
 pub fn placed(plan: &Plan) -> Vec<(&str, &str)> {
     plan.placements
         .iter()
-        .map(|(k, n)| (k.name.as_str(), n.as_str()))
+        .map(|(k, n)| (k.name.as_str(), n.first().map_or("", String::as_str)))
         .collect()
 }
 
@@ -96,9 +98,24 @@ pub fn at_time(now: &str, nodes: Vec<NodeGpus>, bookings: Vec<Booking>) -> Snaps
     let mut s = snapshot(nodes, bookings);
     s.now = at(now);
     for b in &s.bookings {
-        if let Some(n) = &b.placed_on {
-            *s.used.entry(n.clone()).or_default() += b.count;
+        if b.placed_on.is_some() {
+            for n in b.held_nodes() {
+                *s.used.entry(n.to_owned()).or_default() += b.count;
+            }
         }
     }
     s
+}
+
+/// Places `b` on `nodes` (rank 0 first), as the controller's pods would show it.
+pub fn place_on(b: &mut Booking, nodes: &[String]) {
+    b.placed_on = nodes.first().cloned();
+    b.gang = nodes.get(1..).unwrap_or_default().to_vec();
+}
+
+/// Records `b`'s granted window on `nodes` from `start`.
+pub fn reserve_on(b: &mut Booking, nodes: &[String], start: Timestamp) {
+    b.reserved_on = nodes.first().cloned();
+    b.gang = nodes.get(1..).unwrap_or_default().to_vec();
+    b.start = Some(start);
 }

@@ -355,12 +355,14 @@ proptest! {
                 prop_assert!(freed - smallest < b.count, "{} preempted more than needed", by);
             }
             // Apply: placements onto free GPUs only (victims hold theirs until gone).
-            for (key, node) in &p.placements {
+            for (key, nodes) in &p.placements {
                 let b = s.bookings.iter_mut().find(|b| &b.key == key).unwrap();
-                b.placed_on = Some(node.clone());
+                place_on(b, nodes);
                 b.started = Some(Timestamp::from_second(serial).unwrap());
                 b.nominated_on = None;
-                *s.used.entry(node.clone()).or_default() += b.count;
+                for node in nodes {
+                    *s.used.entry(node.clone()).or_default() += b.count;
+                }
             }
             for x in &p.preemptions {
                 let v = s.bookings.iter_mut().find(|b| b.key == x.victim).unwrap();

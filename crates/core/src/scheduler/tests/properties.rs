@@ -15,6 +15,8 @@ enum Op {
         model: u8,
         count: u32,
         priority: i32,
+        /// Gang size (1: one node) and whether it requires one domain.
+        gang: (u32, bool),
     },
     Delete(usize),
     /// Someone else's pod takes GPUs on a node.
@@ -26,24 +28,94 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..3, 0u8..3, 1u32..9, -1i32..2)
-            .prop_map(|(user, model, count, priority)| Op::Book { user, model, count, priority }),
+        4 => (0u8..3, 0u8..3, 1u32..9, -1i32..2, gang())
+            .prop_map(|(user, model, count, priority, gang)| Op::Book { user, model, count, priority, gang }),
         2 => any::<usize>().prop_map(Op::Delete),
         1 => (any::<usize>(), 1u32..4).prop_map(|(node, count)| Op::Foreign { node, count }),
     ]
 }
 
+/// Mostly single-node bookings; gangs of 2 or 3 nodes, some requiring one domain.
+fn gang() -> impl Strategy<Value = (u32, bool)> {
+    prop_oneof![
+        3 => Just((1, false)),
+        1 => (2u32..4, any::<bool>()),
+    ]
+}
+
+/// Nodes of three models, some not ready, in two zones or none.
 fn nodes() -> impl Strategy<Value = Vec<NodeGpus>> {
-    prop::collection::vec((0usize..3, 0u32..9, any::<bool>()), 1..6).prop_map(|v| {
+    prop::collection::vec((0usize..3, 0u32..9, any::<bool>(), 0u8..3), 1..7).prop_map(|v| {
         v.into_iter()
             .enumerate()
-            .map(|(i, (m, gpus, ok))| {
+            .map(|(i, (m, gpus, ok, zone))| {
                 let mut n = node(&format!("n{i}"), MODELS[m], gpus);
                 n.ready = ok || i % 2 == 0;
+                n.domain = (zone < 2).then(|| format!("zone=z{zone}"));
                 n
             })
             .collect()
     })
+}
+
+/// A gang of `gang.0` nodes (requiring one domain with `gang.1`).
+fn with_gang(mut b: Booking, gang: (u32, bool)) -> Booking {
+    b.nodes = gang.0;
+    b.topology = if gang.1 {
+        Topology::Required
+    } else {
+        Topology::Preferred
+    };
+    b
+}
+
+/// GPUs held per node by placed bookings (each node of a gang).
+fn held_per_node(bookings: &[Booking]) -> BTreeMap<String, u32> {
+    let mut used = BTreeMap::new();
+    for b in bookings.iter().filter(|b| b.placed_on.is_some()) {
+        for n in b.held_nodes() {
+            *used.entry(n.to_owned()).or_default() += b.count;
+        }
+    }
+    used
+}
+
+/// A placement's nodes are what its booking asked for: as many as its gang, distinct,
+/// of its model, within one domain when it requires one.
+fn check_gang(nodes: &[NodeGpus], b: &Booking, on: &[String]) -> Result<(), TestCaseError> {
+    let mut distinct = on.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    prop_assert_eq!(
+        distinct.len(),
+        on.len(),
+        "{} twice on a node: {:?}",
+        b.key,
+        on
+    );
+    prop_assert_eq!(
+        on.len() as u32,
+        b.size(),
+        "{} partly placed: {:?}",
+        b.key,
+        on
+    );
+    let domains: Vec<Option<&str>> = on
+        .iter()
+        .map(|n| {
+            let node = nodes.iter().find(|x| &x.name == n).expect("a node");
+            node.domain.as_deref()
+        })
+        .collect();
+    if b.topology == Topology::Required && b.size() > 1 {
+        prop_assert!(
+            domains.iter().all(|d| d.is_some() && *d == domains[0]),
+            "required gang {} spans domains {:?}",
+            b.key,
+            domains
+        );
+    }
+    Ok(())
 }
 
 /// The cluster as objects: nodes, foreign pods, bookings (with `placed_on` standing
@@ -61,10 +133,8 @@ struct World {
 impl World {
     fn snapshot(&self) -> Snapshot {
         let mut used = self.foreign.clone();
-        for b in &self.bookings {
-            if let Some(n) = &b.placed_on {
-                *used.entry(n.clone()).or_default() += b.count;
-            }
+        for (n, c) in held_per_node(&self.bookings) {
+            *used.entry(n).or_default() += c;
         }
         Snapshot {
             nodes: self.nodes.clone(),
@@ -77,14 +147,14 @@ impl World {
     }
 
     fn apply(&mut self, plan: &Plan) {
-        for (key, node) in &plan.placements {
+        for (key, nodes) in &plan.placements {
             let b = self
                 .bookings
                 .iter_mut()
                 .find(|b| &b.key == key)
                 .expect("placed booking exists");
             assert!(b.placed_on.is_none(), "{key} placed twice");
-            b.placed_on = Some(node.clone());
+            place_on(b, nodes);
         }
     }
 }
@@ -96,7 +166,7 @@ fn check_invariants(world: &World, before: &Snapshot, plan: &Plan) -> Result<(),
         let added: u32 = plan
             .placements
             .iter()
-            .filter(|(_, node)| node == &n.name)
+            .filter(|(_, nodes)| nodes.contains(&n.name))
             .map(|(k, _)| {
                 before
                     .bookings
@@ -114,16 +184,19 @@ fn check_invariants(world: &World, before: &Snapshot, plan: &Plan) -> Result<(),
             );
         }
     }
+    // Gangs whole, in one domain where required.
+    for (key, nodes) in &plan.placements {
+        let b = before.bookings.iter().find(|b| &b.key == key).unwrap();
+        check_gang(&world.nodes, b, nodes)?;
+    }
     // Model match, quota.
     let mut gpus: BTreeMap<&str, u32> = BTreeMap::new();
     for b in world.bookings.iter().filter(|b| b.placed_on.is_some()) {
-        let n = world
-            .nodes
-            .iter()
-            .find(|n| Some(&n.name) == b.placed_on.as_ref())
-            .unwrap();
-        prop_assert_eq!(n.model.as_deref(), Some(b.model.as_str()));
-        *gpus.entry(b.user.as_deref().unwrap()).or_default() += b.count;
+        for on in b.held_nodes() {
+            let n = world.nodes.iter().find(|n| n.name == on).unwrap();
+            prop_assert_eq!(n.model.as_deref(), Some(b.model.as_str()));
+        }
+        *gpus.entry(b.user.as_deref().unwrap()).or_default() += b.gpus();
     }
     for (user, used) in gpus {
         if let Some(max) = world.users[user].max_gpus {
@@ -191,14 +264,16 @@ impl World {
                 model,
                 count,
                 priority,
+                gang,
             } => {
-                let mut b = booking(
+                let b = booking(
                     &format!("b{i}"),
                     &format!("u{user}"),
                     MODELS[model as usize],
                     count,
                     self.clock,
                 );
+                let mut b = with_gang(b, gang);
                 b.priority = priority;
                 self.bookings.push(b);
             }
@@ -297,6 +372,7 @@ enum TimedOp {
         model: u8,
         count: u32,
         priority: i32,
+        gang: (u32, bool),
         /// Half hours; `None`: no end.
         length: Option<u32>,
         /// Half hours from now; `None`: now.
@@ -311,16 +387,13 @@ enum TimedOp {
 fn timed_op() -> impl Strategy<Value = TimedOp> {
     prop_oneof![
         6 => (
-            0u8..3,
-            0u8..3,
-            1u32..9,
-            -1i32..2,
+            (0u8..3, 0u8..3, 1u32..9, -1i32..2, gang()),
             prop::option::weighted(0.8, 1u32..12),
             prop::option::weighted(0.5, 1u32..24),
             any::<bool>(),
         )
-            .prop_map(|(user, model, count, priority, length, ahead, earliest)| {
-                TimedOp::Book { user, model, count, priority, length, ahead, earliest }
+            .prop_map(|((user, model, count, priority, gang), length, ahead, earliest)| {
+                TimedOp::Book { user, model, count, priority, gang, length, ahead, earliest }
             }),
         1 => any::<usize>().prop_map(TimedOp::Delete),
         3 => (0u32..8).prop_map(TimedOp::Advance),
@@ -340,12 +413,7 @@ struct TimedWorld {
 
 impl TimedWorld {
     fn snapshot(&self) -> Snapshot {
-        let mut used = BTreeMap::new();
-        for b in &self.bookings {
-            if let Some(n) = &b.placed_on {
-                *used.entry(n.clone()).or_default() += b.count;
-            }
-        }
+        let used = held_per_node(&self.bookings);
         Snapshot {
             nodes: self.nodes.clone(),
             used,
@@ -359,25 +427,24 @@ impl TimedWorld {
     /// What the controller does with a plan.
     fn apply(&mut self, plan: &Plan) {
         let due: BTreeMap<_, _> = plan.due.iter().cloned().collect();
-        for (key, node) in &plan.placements {
+        for (key, nodes) in &plan.placements {
             let b = self
                 .bookings
                 .iter_mut()
                 .find(|b| &b.key == key)
                 .expect("exists");
             assert!(b.placed_on.is_none(), "{key} placed twice");
-            b.placed_on = Some(node.clone());
+            place_on(b, nodes);
             b.started = Some(due.get(key).copied().unwrap_or(self.now));
         }
-        for (key, node, start) in &plan.reservations {
+        for (key, nodes, start) in &plan.reservations {
             let b = self
                 .bookings
                 .iter_mut()
                 .find(|b| &b.key == key)
                 .expect("exists");
             assert!(b.reserved_on.is_none(), "{key} reserved twice");
-            b.reserved_on = Some(node.clone());
-            b.start = Some(*start);
+            reserve_on(b, nodes, *start);
         }
     }
 
@@ -398,10 +465,13 @@ fn check_over_time(world: &TimedWorld) -> Result<(), TestCaseError> {
     for n in &world.nodes {
         let mut holds: Vec<(Timestamp, Timestamp, u32)> = vec![];
         for b in &world.bookings {
-            if b.placed_on.as_ref() == Some(&n.name) {
+            if !b.held_nodes().any(|x| x == n.name) {
+                continue;
+            }
+            if b.placed_on.is_some() {
                 let s = b.started.expect("placed bookings have a start");
                 holds.push((s, end_of(s, b.duration), b.count));
-            } else if b.placed_on.is_none() && b.reserved_on.as_ref() == Some(&n.name) {
+            } else {
                 let s = b.start.expect("windows have a start");
                 holds.push((s, end_of(s, b.duration), b.count));
             }
@@ -434,6 +504,7 @@ fn timed_booking(world: &mut TimedWorld, op: &TimedOp) -> Option<Booking> {
         model,
         count,
         priority,
+        gang,
         length,
         ahead,
         earliest,
@@ -442,13 +513,14 @@ fn timed_booking(world: &mut TimedWorld, op: &TimedOp) -> Option<Booking> {
         return None;
     };
     world.serial += 1;
-    let mut b = booking(
+    let b = booking(
         &format!("b{}", world.serial),
         &format!("u{user}"),
         MODELS[model as usize],
         count,
         world.now.as_second() + world.serial,
     );
+    let mut b = with_gang(b, gang);
     b.priority = priority;
     b.duration = length.map(|l| Duration::from_secs(u64::from(l) * UNIT as u64));
     b.start = ahead.map(|a| {
@@ -473,8 +545,8 @@ proptest! {
     ) {
         let users = users_with_gpu_quotas(&quotas);
         let mut world = TimedWorld { nodes, bookings: vec![], users, now: units(0), serial: 0 };
-        // Every window granted so far: it keeps its node and start until it opens there.
-        let mut granted: BTreeMap<InstanceKey, (String, Timestamp)> = BTreeMap::new();
+        // Every window granted so far: it keeps its nodes and start until it opens there.
+        let mut granted: BTreeMap<InstanceKey, (Vec<String>, Timestamp)> = BTreeMap::new();
         for op in &ops {
             match op {
                 TimedOp::Book { .. } => {
@@ -513,6 +585,14 @@ proptest! {
 
             world.apply(&p);
             check_over_time(&world)?;
+            for (key, nodes) in &p.placements {
+                let b = before.bookings.iter().find(|b| &b.key == key).unwrap();
+                check_gang(&world.nodes, b, nodes)?;
+            }
+            for (key, nodes, _) in &p.reservations {
+                let b = before.bookings.iter().find(|b| &b.key == key).unwrap();
+                check_gang(&world.nodes, b, nodes)?;
+            }
 
             // A granted window opens on its node at its start, unless it was missed
             // altogether (the clock jumped past its end).
@@ -612,6 +692,7 @@ fn a_later_booking_does_not_move_a_granted_window() {
             model,
             count,
             priority: 0,
+            gang: (1, false),
             length,
             ahead,
             earliest,
