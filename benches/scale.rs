@@ -102,6 +102,11 @@ struct Args {
     /// 0 skips the phase.
     #[arg(long, default_value_t = 60)]
     idle_window: u64,
+    /// Gangs in gpu-cloud's run (issue #16): every N-th booking is a gang of 2 to 4 nodes
+    /// with one GPU on each; 0: none (the peers' runs never have gangs, so compare
+    /// throughput without them).
+    #[arg(long, default_value_t = 0)]
+    gang_every: usize,
     /// Set by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -124,6 +129,8 @@ impl Args {
             skip_peers: false,
             agents: 2,
             idle_window: 30,
+            // One booking in 6 a gang, so that CI checks gangs under a burst too.
+            gang_every: 6,
             bench: false,
         }
     }
@@ -241,6 +248,8 @@ struct Report {
     instances: usize,
     users: usize,
     client_concurrency: usize,
+    /// Every N-th booking of gpu-cloud's run a gang of 2 to 4 nodes (0: none).
+    gang_every: usize,
     ceiling: RunFigures,
     kube_scheduler: RunFigures,
     /// With --kueue: Kueue admitting, kube-scheduler binding.
@@ -362,6 +371,7 @@ async fn run(args: Args) -> R<()> {
         instances: args.instances,
         users: args.users,
         client_concurrency: args.concurrency,
+        gang_every: args.gang_every,
         ratio_gpu_cloud_to_kube_scheduler: ours.per_second / sched.per_second,
         ratio_gpu_cloud_to_ceiling: ours.per_second / ceiling.per_second,
         kueue: kueue.map(|k| KueueFigures {
@@ -404,6 +414,15 @@ fn short(model: &str) -> &'static str {
         "NVIDIA-H100-80GB-HBM3" => "h100",
         "NVIDIA-A100-SXM4-80GB" => "a100",
         _ => "l40s",
+    }
+}
+
+/// Nodes of gpu-cloud's booking `i`: a gang of 2 to 4 nodes for every `gang_every`-th, else 1.
+fn gang_of(i: usize, gang_every: usize) -> u32 {
+    match gang_every {
+        0 => 1,
+        n if i % n == n - 1 => 2 + (i / n % 3) as u32,
+        _ => 1,
     }
 }
 
@@ -748,7 +767,12 @@ async fn gpu_cloud_run(
             let applied = applied.clone();
             async move {
                 let name = format!("b{i:05}");
-                let inst: GpuInstance = serde_json::from_value(instance_body(&name, model_of(i)))?;
+                let mut body = instance_body(&name, model_of(i));
+                let nodes = gang_of(i, args.gang_every);
+                if nodes > 1 {
+                    body["spec"]["gpu"]["nodes"] = json!(nodes);
+                }
+                let inst: GpuInstance = serde_json::from_value(body)?;
                 let t0 = Instant::now();
                 Api::<GpuInstance>::namespaced(client, &ns)
                     .create(&PostParams::default(), &inst)
@@ -1330,13 +1354,15 @@ async fn instance_violations(client: &Client, pods: &[Pod]) -> R<Vec<String>> {
         ));
     }
     out.extend(example.map(|e| format!("for example {e}")));
-    let uids: HashMap<String, usize> = instances
+    // Pods per instance (by uid), and the nodes they are on: one pod for a single booking,
+    // one per node of a gang, on distinct nodes.
+    let wanted: HashMap<String, u32> = instances
         .items
         .iter()
-        .filter_map(|i| i.uid())
-        .map(|u| (u, 0))
+        .filter_map(|i| Some((i.uid()?, i.spec.gpu.nodes())))
         .collect();
-    let mut per_owner = uids;
+    let mut per_owner: HashMap<String, usize> = wanted.keys().map(|u| (u.clone(), 0)).collect();
+    let mut nodes_of: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
     let mut orphans = 0;
     for p in pods.iter().filter(|p| {
         p.labels()
@@ -1349,17 +1375,39 @@ async fn instance_violations(client: &Client, pods: &[Pod]) -> R<Vec<String>> {
             .iter()
             .find(|o| o.controller == Some(true))
             .map(|o| o.uid.clone());
-        match owner.and_then(|o| per_owner.get_mut(&o)) {
-            Some(n) => *n += 1,
+        match owner.as_ref().and_then(|o| per_owner.get_mut(o)) {
+            Some(n) => {
+                *n += 1;
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                if let (Some(o), Some(node)) = (owner, node) {
+                    nodes_of.entry(o).or_default().insert(node);
+                }
+            }
             None => orphans += 1,
         }
     }
     if orphans > 0 {
         out.push(format!("{orphans} orphan pods (no GpuInstance owns them)"));
     }
-    let dup = per_owner.values().filter(|n| **n > 1).count();
+    let wants = |uid: &str| wanted.get(uid).copied().unwrap_or(1) as usize;
+    let dup = per_owner.iter().filter(|(u, n)| **n > wants(u)).count();
     if dup > 0 {
-        out.push(format!("{dup} instances have more than one pod"));
+        out.push(format!("{dup} instances have more pods than nodes"));
+    }
+    // A gang is whole or has no pod: never some of its pods without the others.
+    let partial = per_owner
+        .iter()
+        .filter(|(u, n)| **n > 0 && **n < wants(u))
+        .count();
+    if partial > 0 {
+        out.push(format!("{partial} gangs have only some of their pods"));
+    }
+    let shared = nodes_of
+        .iter()
+        .filter(|(u, nodes)| nodes.len() < per_owner.get(*u).copied().unwrap_or(0))
+        .count();
+    if shared > 0 {
+        out.push(format!("{shared} gangs have two pods on one node"));
     }
     Ok(out)
 }

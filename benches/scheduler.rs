@@ -6,6 +6,8 @@
 //!   (nothing placeable), and full but for one free GPU (one booking is placed: two sweeps).
 //! - `queue drained after a large deletion`: the same, with 1 in 10 nodes freed: the pass
 //!   that places everything that fits.
+//! - `gangs`: 1k nodes in NVLink cliques of 8, 10k queued of which 1 in 10 is a gang of
+//!   2 to 8 whole nodes (half of them requiring one clique); full, 1 in 10 freed, empty.
 //! - `growth by queue length` (1k nodes) and `growth by nodes` (10k queued): both cases over
 //!   1k, 2k, 5k and 10k; the throughput (elements per second, the element being a queued
 //!   booking or a node) stays flat where the cost grows linearly.
@@ -28,7 +30,7 @@ use criterion::{
     criterion_main,
 };
 use gpu_cloud_core::scheduler::{
-    Booking, InstanceKey, NodeGpus, Snapshot, StartPolicy, UserPolicy, plan,
+    Booking, InstanceKey, NodeGpus, Snapshot, StartPolicy, Topology, UserPolicy, plan,
 };
 use jiff::Timestamp;
 
@@ -268,6 +270,50 @@ fn preemption(c: &mut Criterion) {
     g.finish();
 }
 
+/// Gangs and topology (issue #16): the nodes in NVLink cliques of 8, and one booking in 10
+/// a gang of 2 to 8 whole nodes (every other one requiring one clique).
+fn with_gangs(mut s: Snapshot) -> Snapshot {
+    for (i, n) in s.nodes.iter_mut().enumerate() {
+        n.domain = Some(format!("nvidia.com/gpu.clique=c{:03}", i / 8));
+    }
+    for (i, b) in s.bookings.iter_mut().enumerate() {
+        if i % 10 == 5 {
+            b.nodes = 2 + (i / 10 % 7) as u32;
+            b.count = 8;
+            if i % 20 == 5 {
+                b.topology = Topology::Required;
+            }
+        }
+    }
+    s
+}
+
+fn gangs(c: &mut Criterion) {
+    let mut g = group(
+        c,
+        "gangs (1k nodes in cliques of 8, 10k queued, 1 in 10 a gang of 2-8)",
+    );
+    for (fill, what) in [
+        (Fill::Full, "cluster full"),
+        (Fill::FreeEvery(10), "1 in 10 freed"),
+        (Fill::FreeEvery(1), "cluster empty"),
+    ] {
+        let s = with_gangs(snapshot(1_000, 10_000, fill));
+        let p = plan(&s);
+        let gangs = p
+            .placements
+            .iter()
+            .filter(|(_, nodes)| nodes.len() > 1)
+            .count();
+        match fill {
+            Fill::Full => assert!(p.placements.is_empty(), "a full cluster places nothing"),
+            _ => assert!(gangs > 0, "{what}: gangs are placed"),
+        }
+        g.bench_function(what, |b| b.iter(|| plan(black_box(&s))));
+    }
+    g.finish();
+}
+
 const SIZES: [usize; 4] = [1_000, 2_000, 5_000, 10_000];
 
 fn growth_by_queue(c: &mut Criterion) {
@@ -323,6 +369,6 @@ fn group<'c>(c: &'c mut Criterion, name: &str) -> BenchmarkGroup<'c, WallTime> {
 criterion_group! {
     name = benches;
     config = config();
-    targets = one_decision, drained_after_deletion, growth_by_queue, growth_by_nodes, time_windows, preemption
+    targets = one_decision, drained_after_deletion, growth_by_queue, growth_by_nodes, time_windows, preemption, gangs
 }
 criterion_main!(benches);

@@ -128,6 +128,7 @@ async fn book_view_delete_and_queue() {
             "USER",
             "MODEL",
             "COUNT",
+            "NODES",
             "PHASE",
             "NODE",
             "EXPIRES",

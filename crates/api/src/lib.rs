@@ -54,6 +54,16 @@ pub fn instance_crd() -> CustomResourceDefinition {
             conversion_review_versions: vec!["v1".into()],
         }),
     });
+    // Its rules on the name (a gang's) report at `metadata.name`, which must be declared.
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            name_metadata(schema);
+        }
+    }
     crd
 }
 

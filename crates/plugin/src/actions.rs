@@ -57,6 +57,10 @@ pub async fn own_namespace(client: &Client) -> Option<String> {
 pub struct Booking<'a> {
     pub model: &'a str,
     pub count: u32,
+    /// Nodes of a gang (1: one node).
+    pub nodes: u32,
+    /// A gang in one topology domain only.
+    pub one_domain: bool,
     pub duration: &'a str,
     pub image: &'a str,
     /// Booked ahead: the start and what to do when that window is taken.
@@ -78,6 +82,12 @@ pub async fn book(
         "gpu": {"model": b.model, "count": b.count}, "image": b.image, "command": command,
         "duration": b.duration
     });
+    if b.nodes > 1 {
+        spec["gpu"]["nodes"] = serde_json::json!(b.nodes);
+        if b.one_domain {
+            spec["gpu"]["topology"] = serde_json::json!("Required");
+        }
+    }
     if let Some((start, policy)) = b.ahead {
         spec["startTime"] = serde_json::json!(start);
         spec["startPolicy"] = serde_json::json!(policy);

@@ -13,6 +13,7 @@ use crate::PluginError;
 use crate::actions::{self, Booking};
 use crate::connect::{Connection, Identity, kubectl_args};
 use crate::tables::{instance_table, slots_text};
+use gpu_cloud_core::scheduler::{SlotWant, Topology};
 
 /// Book and watch GPUs of the gpu-cloud operator.
 #[derive(Debug, Parser)]
@@ -39,9 +40,16 @@ enum PluginCommand {
     Book {
         /// GPU model (as nodes label it in nvidia.com/gpu.product).
         model: String,
-        /// How many GPUs (all on one node).
+        /// How many GPUs (all on one node; on each node of a gang).
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// A gang: this many nodes with `--count` GPUs each, started together (one pod per
+        /// node, with MASTER_ADDR, WORLD_SIZE, NODE_RANK for torchrun).
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        /// A gang's nodes all in one topology domain (a zone, an NVLink clique), or wait.
+        #[arg(long, requires = "nodes")]
+        one_domain: bool,
         /// Booking length (`30m`, `4h`, `1h30m`).
         #[arg(long = "for", default_value = "1h")]
         duration: String,
@@ -86,9 +94,15 @@ enum PluginCommand {
     Slots {
         /// GPU model.
         model: String,
-        /// How many GPUs (all on one node).
+        /// How many GPUs (all on one node; on each node of a gang).
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// For a gang of this many nodes.
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        /// A gang's nodes all in one topology domain.
+        #[arg(long, requires = "nodes")]
+        one_domain: bool,
         /// Window length (`30m`, `4h`, `1h30m`).
         #[arg(long = "for", default_value = "1h")]
         duration: String,
@@ -293,6 +307,8 @@ impl PluginCli {
             PluginCommand::Book {
                 model,
                 count,
+                nodes,
+                one_domain,
                 duration,
                 at,
                 earliest,
@@ -322,6 +338,8 @@ impl PluginCli {
                 let booking = Booking {
                     model: &model,
                     count,
+                    nodes,
+                    one_domain,
                     duration: &duration,
                     image: &image,
                     ahead,
@@ -333,15 +351,19 @@ impl PluginCli {
                 {
                     eprintln!("{w}");
                 }
+                let what = match nodes {
+                    0 | 1 => format!("{count} x {model}"),
+                    n => format!("{n} nodes x {count} x {model}"),
+                };
                 match start {
                     None => writeln!(
                         out,
-                        "booked {ns}/{}: {count} x {model} for {duration}",
+                        "booked {ns}/{}: {what} for {duration}",
                         inst.name_any()
                     )?,
                     Some(t) => writeln!(
                         out,
-                        "booked {ns}/{}: {count} x {model} for {duration} from {}{}",
+                        "booked {ns}/{}: {what} for {duration} from {}{}",
                         inst.name_any(),
                         show_time(t),
                         if earliest {
@@ -375,6 +397,8 @@ impl PluginCli {
             PluginCommand::Slots {
                 model,
                 count,
+                nodes,
+                one_domain,
                 duration,
                 from,
                 show,
@@ -384,7 +408,18 @@ impl PluginCli {
                 let now = next_second(Timestamp::now());
                 let from = from.as_deref().map(|f| parse_time(f, now)).transpose()?;
                 let cal = actions::read_calendar(&client, &calendar_namespace).await?;
-                let text = slots_text(&cal, &model, count, length, from.unwrap_or(now), show, now);
+                let want = SlotWant {
+                    model: &model,
+                    count,
+                    nodes,
+                    topology: if one_domain {
+                        Topology::Required
+                    } else {
+                        Topology::Preferred
+                    },
+                    duration: Some(length),
+                };
+                let text = slots_text(&cal, &want, from.unwrap_or(now), show, now);
                 write!(out, "{text}")?;
             }
             PluginCommand::Shell { instance, command } => {

@@ -6,29 +6,34 @@ use std::time::Duration;
 use gpu_cloud_api::calendar::Calendar;
 use gpu_cloud_api::time::{hours_text, show_time};
 use gpu_cloud_api::v1::{GpuInstance, GpuUser, Phase};
-use gpu_cloud_core::scheduler::next_free_slots;
 use gpu_cloud_core::scheduler::published::snapshot_of;
+use gpu_cloud_core::scheduler::{SlotWant, free_slots};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
 use crate::table::render;
 
-/// The `slots` answer (pure): up to `show` windows of `count` GPUs of `model` for
-/// `length`, from `from`, on the calendar seen at `now`; or why there is none.
+/// The `slots` answer (pure): up to `show` windows for what `want` asks (its `duration`
+/// is the window's length), from `from`, on the calendar seen at `now`; or why there is
+/// none.
 pub fn slots_text(
     cal: &Calendar,
-    model: &str,
-    count: u32,
-    length: Duration,
+    want: &SlotWant<'_>,
     from: Timestamp,
     show: usize,
     now: Timestamp,
 ) -> String {
+    let (model, count) = (want.model, want.count);
+    let length = want.duration.unwrap_or(Duration::MAX);
     let snapshot = snapshot_of(cal, now);
-    let slots = next_free_slots(&snapshot, model, count, Some(length), from, show);
+    let slots = free_slots(&snapshot, want, from, show);
     let len = jiff::SignedDuration::try_from(length).unwrap_or(jiff::SignedDuration::MAX);
+    let what = match want.nodes {
+        0 | 1 => format!("{count} x {model}"),
+        n => format!("{n} nodes x {count} x {model}"),
+    };
     let mut out = format!(
-        "{count} x {model} for {len:#}, from {} (calendar of {}):\n",
+        "{what} for {len:#}, from {} (calendar of {}):\n",
         show_time(from.max(now)),
         show_time(cal.generated_at)
     );
@@ -42,6 +47,13 @@ pub fn slots_text(
                 let largest = nodes.iter().map(|n| n.allocatable).max().unwrap_or(0);
                 format!("no {model} node has {count} GPUs (the largest has {largest})")
             }
+            Some(nodes)
+                if nodes.iter().filter(|n| n.allocatable >= count).count()
+                    < usize::try_from(want.nodes).unwrap_or(usize::MAX) =>
+            {
+                let have = nodes.iter().filter(|n| n.allocatable >= count).count();
+                format!("only {have} {model} node(s) have {count} GPUs")
+            }
             Some(nodes) if !nodes.iter().any(|n| n.eligible) => {
                 format!("no {model} node takes new work now (not ready, cordoned or tainted)")
             }
@@ -52,11 +64,11 @@ pub fn slots_text(
         return out;
     }
     let mut rows = vec![["START", "END", "NODE"].map(String::from).to_vec()];
-    for (start, node) in slots {
+    for (start, nodes) in slots {
         let end = start
             .checked_add(len)
             .map_or_else(|_| "-".to_owned(), show_time);
-        rows.push(vec![show_time(start), end, node]);
+        rows.push(vec![show_time(start), end, nodes.join(",")]);
     }
     out.push_str(&render(&rows, &[]));
     out
@@ -86,7 +98,14 @@ pub fn instance_table(items: &[GpuInstance]) -> String {
         let s = i.status.clone().unwrap_or_default();
         let usage = s.usage.as_ref();
         let reserved = s.phase == Some(Phase::Reserved);
-        let node = if reserved {
+        let nodes = if reserved {
+            &s.reserved_nodes
+        } else {
+            &s.node_names
+        };
+        let node = if !nodes.is_empty() {
+            Some(nodes.join(","))
+        } else if reserved {
             s.reserved_node.clone()
         } else {
             s.node_name.clone()
@@ -100,7 +119,7 @@ pub fn instance_table(items: &[GpuInstance]) -> String {
             i.namespace().unwrap_or_default(),
             i.name_any(),
             i.spec.gpu.model.clone(),
-            i.spec.gpu.count.to_string(),
+            gpus_text(&i.spec.gpu),
             s.phase.map_or("-", |p| p.as_str()).to_owned(),
             node.unwrap_or_else(|| "-".into()),
             start.map_or_else(|| "-".into(), show_time),
@@ -111,6 +130,14 @@ pub fn instance_table(items: &[GpuInstance]) -> String {
         ]);
     }
     render(&rows, &[])
+}
+
+/// GPUs of a booking as a table shows them: `8`, or `2x8` for a gang of 2 nodes.
+fn gpus_text(gpu: &gpu_cloud_api::v1::GpuRequest) -> String {
+    match gpu.nodes() {
+        1 => gpu.count.to_string(),
+        n => format!("{n}x{}", gpu.count),
+    }
 }
 
 /// Who may preempt the instance: for a placed one, by the scheduler's rule; for one
@@ -245,7 +272,7 @@ pub fn cost_table(items: &[GpuInstance]) -> String {
         rows.push(vec![
             i.name_any(),
             i.spec.gpu.model.clone(),
-            i.spec.gpu.count.to_string(),
+            gpus_text(&i.spec.gpu),
             s.phase.map_or("-", |p| p.as_str()).to_owned(),
             i.spec.duration.clone(),
             s.usage
@@ -365,7 +392,14 @@ mod tests {
         let now: Timestamp = "2026-11-18T00:00:00Z".parse().unwrap();
         let free_at = Timestamp::from_second(1_795_000_000).unwrap();
         let four_h = Duration::from_secs(4 * 3600);
-        let text = slots_text(&cal, "NVIDIA-L4", 2, four_h, now, 3, now);
+        let want = |model, count, nodes| SlotWant {
+            model,
+            count,
+            nodes,
+            topology: gpu_cloud_core::scheduler::Topology::Preferred,
+            duration: Some(four_h),
+        };
+        let text = slots_text(&cal, &want("NVIDIA-L4", 2, 1), now, 3, now);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
@@ -385,12 +419,22 @@ mod tests {
             "{text}"
         );
         assert!(
-            slots_text(&cal, "NVIDIA-A100", 1, four_h, now, 3, now)
+            slots_text(&cal, &want("NVIDIA-A100", 1, 1), now, 3, now)
                 .contains("no node has NVIDIA-A100 GPUs (models: NVIDIA-L4)")
         );
         assert!(
-            slots_text(&cal, "NVIDIA-L4", 3, four_h, now, 3, now)
+            slots_text(&cal, &want("NVIDIA-L4", 3, 1), now, 3, now)
                 .contains("no NVIDIA-L4 node has 3 GPUs (the largest has 2)")
+        );
+        assert!(
+            slots_text(&cal, &want("NVIDIA-L4", 1, 3), now, 3, now)
+                .contains("only 2 NVIDIA-L4 node(s) have 1 GPUs")
+        );
+        // A gang of 2 x 1: l4-0 is busy until `free_at`, l4-1 takes no work: none.
+        assert!(
+            slots_text(&cal, &want("NVIDIA-L4", 1, 2), now, 3, now).contains("no free window"),
+            "{}",
+            slots_text(&cal, &want("NVIDIA-L4", 1, 2), now, 3, now)
         );
     }
 
