@@ -115,7 +115,8 @@ struct Args {
 impl Args {
     fn small(out: PathBuf) -> Args {
         Args {
-            nodes: 6,
+            // Three nodes a model: a gang of two still fits once best fit has filled one.
+            nodes: 9,
             gpus_per_node: 16,
             instances: 60,
             users: 3,
@@ -129,8 +130,9 @@ impl Args {
             skip_peers: false,
             agents: 2,
             idle_window: 30,
-            // One booking in 6 a gang, so that CI checks gangs under a burst too.
-            gang_every: 6,
+            // One booking in 5 a gang, so that CI checks gangs under a burst too (not a
+            // multiple of the 3 models, or all gangs would be of one model).
+            gang_every: 5,
             bench: false,
         }
     }
@@ -417,11 +419,16 @@ fn short(model: &str) -> &'static str {
     }
 }
 
-/// Nodes of gpu-cloud's booking `i`: a gang of 2 to 4 nodes for every `gang_every`-th, else 1.
-fn gang_of(i: usize, gang_every: usize) -> u32 {
-    match gang_every {
+/// Nodes of gpu-cloud's booking `i`: a gang of 2 to 4 nodes for every `gang_every`-th, else
+/// 1. At most one node fewer than a model has: best fit fills one node at a time, and a
+/// gang wanting a GPU on every node of its model would wait for one to come free.
+fn gang_of(i: usize, args: &Args) -> u32 {
+    let per_model = u32::try_from(args.nodes / MODELS.len()).unwrap_or(u32::MAX);
+    match args.gang_every {
         0 => 1,
-        n if i % n == n - 1 => 2 + (i / n % 3) as u32,
+        n if i % n == n - 1 => (2 + (i / n % 3) as u32)
+            .min(per_model.saturating_sub(1))
+            .max(1),
         _ => 1,
     }
 }
@@ -768,7 +775,7 @@ async fn gpu_cloud_run(
             async move {
                 let name = format!("b{i:05}");
                 let mut body = instance_body(&name, model_of(i));
-                let nodes = gang_of(i, args.gang_every);
+                let nodes = gang_of(i, args);
                 if nodes > 1 {
                     body["spec"]["gpu"]["nodes"] = json!(nodes);
                 }
@@ -785,10 +792,33 @@ async fn gpu_cloud_run(
         .try_collect::<Vec<()>>()
         .await?;
     let total = args.instances + args.idle_samples;
-    wait_until(args.timeout, "every instance Running", || {
+    if let Err(e) = wait_until(args.timeout, "every instance Running", || {
         lock(&running).len() >= total
     })
-    .await?;
+    .await
+    {
+        // Say why: the first few that are not Running, as their status has it.
+        let all = Api::<GpuInstance>::all(client.clone())
+            .list(&ListParams::default())
+            .await?;
+        for i in all
+            .items
+            .iter()
+            .filter(|i| i.status.as_ref().and_then(|s| s.phase) != Some(Phase::Running))
+            .take(5)
+        {
+            let s = i.status.clone().unwrap_or_default();
+            eprintln!(
+                "not running: {}/{} ({} node(s)): {:?} {:?}",
+                i.namespace().unwrap_or_default(),
+                i.name_any(),
+                i.spec.gpu.nodes(),
+                s.phase,
+                s.message
+            );
+        }
+        return Err(e);
+    }
     // Let trailing writes (user statuses) land before counting requests.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let scrape_after = controller.scrape().await?;
