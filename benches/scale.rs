@@ -419,9 +419,9 @@ fn short(model: &str) -> &'static str {
     }
 }
 
-/// Nodes of gpu-cloud's booking `i`: a gang of 2 to 4 nodes for every `gang_every`-th, else
-/// 1. At most one node fewer than a model has: best fit fills one node at a time, and a
-/// gang wanting a GPU on every node of its model would wait for one to come free.
+/// Nodes of gpu-cloud's booking `i`: a gang of 2 to 4 nodes for every `gang_every`-th, one
+/// otherwise; at most one node fewer than a model has (best fit fills one node at a time,
+/// and a gang wanting a GPU on every node of its model would wait for one to come free).
 fn gang_of(i: usize, args: &Args) -> u32 {
     let per_model = u32::try_from(args.nodes / MODELS.len()).unwrap_or(u32::MAX);
     match args.gang_every {
