@@ -69,7 +69,7 @@ fn main() {
         for (pod, share) in &shares {
             let sample = Sample {
                 at,
-                gpus: 1,
+                gpus: 1.0,
                 utilization: share.utilization_sum,
                 memory_bytes: share.memory_bytes,
                 power_watts: share.power_watts,

@@ -64,6 +64,7 @@ fn snapshot(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
             schedulable: true,
             untolerated_taint: None,
             domain: None,
+            slice: None,
         })
         .collect();
     let last_h100 = (nodes - 1) / 3 * 3;
@@ -107,6 +108,7 @@ fn snapshot(nodes: usize, queued: usize, fill: Fill) -> Snapshot {
     Snapshot {
         nodes: nodes_v,
         used,
+        used_slices: BTreeMap::new(),
         users,
         bookings,
         now: Timestamp::UNIX_EPOCH,

@@ -26,6 +26,7 @@ mod preemption;
 mod rbac;
 mod realnode;
 mod scale;
+mod slices;
 mod smoke;
 mod usage;
 mod users;

@@ -390,6 +390,20 @@ pub async fn gpu_nodes_labelled(
     gpus: u32,
     labels: serde_json::Value,
 ) -> Vec<String> {
+    let resources = serde_json::json!({"nvidia.com/gpu": gpus.to_string()});
+    gpu_nodes_with(client, prefix, model, count, labels, resources).await
+}
+
+/// Fake GPU nodes of `model` with `labels` and the extended `resources` (a JSON object of
+/// resource → count: MIG profiles, time-sliced shares, whole GPUs).
+pub async fn gpu_nodes_with(
+    client: &Client,
+    prefix: &str,
+    model: &str,
+    count: usize,
+    labels: serde_json::Value,
+    resources: serde_json::Value,
+) -> Vec<String> {
     let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
     let mut names = vec![];
     for i in 0..count {
@@ -399,16 +413,17 @@ pub async fn gpu_nodes_labelled(
         if let (Some(all), Some(extra)) = (all.as_object_mut(), labels.as_object()) {
             all.extend(extra.clone());
         }
+        let mut have = serde_json::json!({"cpu": "64", "memory": "512Gi", "pods": "110"});
+        if let (Some(have), Some(extra)) = (have.as_object_mut(), resources.as_object()) {
+            have.extend(extra.clone());
+        }
         let node = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": name,
                 "annotations": {"kwok.x-k8s.io/node": "fake"},
                 "labels": all
             },
-            "status": {
-                "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()},
-                "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()}
-            }
+            "status": {"capacity": have, "allocatable": have}
         }))
         .expect("node object");
         nodes

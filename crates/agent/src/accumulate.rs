@@ -14,8 +14,8 @@ use gpu_cloud_api::v1::{DeviceCounter, Usage, UsageSource};
 pub struct Sample {
     /// When it was taken.
     pub at: Timestamp,
-    /// GPUs the instance holds.
-    pub gpus: u32,
+    /// GPUs the instance holds (a slice as its fraction of a GPU).
+    pub gpus: f64,
     /// Mean utilization over its GPUs, percent.
     pub utilization: f64,
     /// GPU memory in use, bytes (all its GPUs).
@@ -43,7 +43,7 @@ pub fn advance(
     if dt <= 0.0 {
         return base;
     }
-    let held = f64::from(sample.gpus) * dt;
+    let held = sample.gpus * dt;
     let gpu_seconds = base.gpu_seconds + held;
     // Moved toward the new reading by its share of the time: a steady reading stays
     // exactly itself (no rounding drift).
@@ -94,7 +94,7 @@ mod tests {
     fn sample(t: i64, util: f64, power: f64) -> Sample {
         Sample {
             at: at(t),
-            gpus: 2,
+            gpus: 2.0,
             utilization: util,
             memory_bytes: 1 << 30,
             power_watts: power,

@@ -274,7 +274,7 @@ async fn cycle(
             // The pod is gone: carry the last readings to the end.
             (Some(_), Some(_)) => Sample {
                 at,
-                gpus: inst.spec.gpu.total(),
+                gpus: inst.spec.gpu.gpu_equivalent(),
                 utilization: entry.usage.avg_utilization,
                 memory_bytes: 0,
                 power_watts: entry.usage.power_watts,
@@ -294,7 +294,7 @@ async fn cycle(
                 Sample {
                     at,
                     // GPU-seconds held count every GPU of a gang: all are held alike.
-                    gpus: inst.spec.gpu.total(),
+                    gpus: inst.spec.gpu.gpu_equivalent(),
                     // Of a gang, utilization, memory, power and energy are rank 0's node's
                     // (the other members' are not read yet; README "Gangs").
                     utilization: share.utilization_sum / f64::from(per_node),
@@ -461,7 +461,7 @@ mod tests {
             let util = if at <= 30 * MIN { 90.0 } else { 0.5 };
             let sample = Sample {
                 at: t(at),
-                gpus: 2,
+                gpus: 2.0,
                 utilization: util,
                 memory_bytes: 0,
                 power_watts: 100.0,

@@ -180,7 +180,8 @@ impl AgentMetrics {
                 .set(total);
         }
         if usage.source == gpu_cloud_api::v1::UsageSource::Simulated {
-            let gpus = sample.gpus.max(1);
+            // One simulated device per GPU (or slice) the instance holds.
+            let gpus = inst.spec.gpu.total().max(1);
             for i in 0..gpus {
                 let labels = DeviceLabels {
                     gpu: i.to_string(),

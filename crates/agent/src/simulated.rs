@@ -27,14 +27,14 @@ pub fn sample(inst: &GpuInstance, at: Timestamp) -> Sample {
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|u| (0.0..=100.0).contains(u))
         .unwrap_or(50.0);
-    let gpus = inst.spec.gpu.total();
+    let gpus = inst.spec.gpu.gpu_equivalent();
     let per_gpu_memory = (8.0 * f64::from(1u32 << 30) * utilization / 100.0) as u64;
     Sample {
         at,
         gpus,
         utilization,
-        memory_bytes: per_gpu_memory * u64::from(gpus),
-        power_watts: power_per_gpu(utilization) * f64::from(gpus),
+        memory_bytes: (per_gpu_memory as f64 * gpus) as u64,
+        power_watts: power_per_gpu(utilization) * gpus,
         devices: vec![],
     }
 }

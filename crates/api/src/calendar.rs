@@ -43,6 +43,10 @@ pub struct CalendarNode {
     /// GPUs held now by pods that have not finished (anyone's).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub used: u32,
+    /// The slice this entry counts (a MIG profile, `shared`); absent: whole GPUs. A node
+    /// with slices has one entry per slice besides its whole GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<String>,
     /// Its topology domain (`label=value`), if it has one: where a gang may be packed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,

@@ -81,6 +81,8 @@ struct V1Fields {
     gpu_nodes: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gpu_topology: Option<v1::TopologyPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gpu_slice: Option<String>,
     /// The `hours` written next to this note: if a v1alpha1 client changed `hours`
     /// since, its value wins over `duration`.
     hours: u32,
@@ -145,6 +147,7 @@ pub fn to_v1(old: &v1alpha1::GpuInstance) -> Result<v1::GpuInstance, ConversionE
                 count: spec.gpu_count,
                 nodes: extra.gpu_nodes,
                 topology: extra.gpu_topology,
+                slice: extra.gpu_slice,
             },
             image: spec.image.clone(),
             command: spec.command.clone(),
@@ -198,6 +201,7 @@ pub fn to_v1alpha1(new: &v1::GpuInstance) -> Result<v1alpha1::GpuInstance, Conve
         restart_policy: spec.restart_policy,
         gpu_nodes: spec.gpu.nodes,
         gpu_topology: spec.gpu.topology,
+        gpu_slice: spec.gpu.slice.clone(),
         hours,
     };
     // Only what hours alone cannot say needs the note.
@@ -356,6 +360,7 @@ mod tests {
                 word(),
                 prop::option::of(1u32..8),
                 prop::option::of(prop::bool::ANY),
+                prop::option::of(1u8..8),
             ),
             prop::collection::vec(word(), 0..3),
             prop::collection::vec(word(), 0..3),
@@ -386,7 +391,7 @@ mod tests {
         )
             .prop_map(
                 |(
-                    (model, count, image, nodes, required),
+                    (model, count, image, nodes, required, slice),
                     command,
                     args,
                     env,
@@ -411,6 +416,7 @@ mod tests {
                                         v1::TopologyPolicy::Preferred
                                     }
                                 }),
+                                slice: slice.map(|s| format!("{s}g.10gb")),
                             },
                             image,
                             command,

@@ -565,6 +565,7 @@ pub enum StartPolicy {
 /// Which GPUs and how many.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.slice) || !has(self.nodes) || self.nodes == 1").message("a gang (spec.gpu.nodes > 1) books whole GPUs: spec.gpu.slice is for one node"))]
 pub struct GpuRequest {
     /// GPU model, as nodes label it in `nvidia.com/gpu.product` (e.g. `NVIDIA-H100-80GB-HBM3`).
     #[x_kube(validation = Rule::new("size(self) > 0").message("spec.gpu.model must name a GPU model, e.g. NVIDIA-H100-80GB-HBM3"))]
@@ -583,9 +584,35 @@ pub struct GpuRequest {
     /// fewest domains) or `Required` (one domain, or wait).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<TopologyPolicy>,
+    /// A slice of a GPU instead of whole GPUs: a MIG profile the node advertises
+    /// (`1g.10gb`, `3g.40gb`: resource `nvidia.com/mig-<profile>`) or `shared`, a
+    /// time-sliced share (`nvidia.com/gpu.shared`). `count` is then the number of slices;
+    /// quotas, budgets and cost count each as its fraction of a GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 'shared' || self.matches('^[1-7]g[.][0-9]{1,3}gb(([+]me)|([-]me))?$')").message("spec.gpu.slice must be a MIG profile such as 1g.10gb or 3g.40gb, or shared"))]
+    #[schemars(length(max = 32))]
+    pub slice: Option<String>,
 }
 
 impl GpuRequest {
+    /// The extended resource its pods ask for: `nvidia.com/gpu`, or its slice's.
+    pub fn resource(&self) -> String {
+        self.slice
+            .as_deref()
+            .map_or_else(|| crate::GPU_RESOURCE.to_owned(), crate::slice_resource)
+    }
+
+    /// Thousandths of a GPU one unit of `count` is: 1000, or a slice's fraction.
+    pub fn unit_milli(&self) -> u32 {
+        self.slice.as_deref().map_or(1000, crate::slice_milli)
+    }
+
+    /// The whole booking in GPUs, slices as their fraction: what GPU-hours, budgets and
+    /// cost count.
+    pub fn gpu_equivalent(&self) -> f64 {
+        f64::from(self.total()) * f64::from(self.unit_milli()) / 1000.0
+    }
+
     /// Nodes of the booking: 1 unless it is a gang.
     pub fn nodes(&self) -> u32 {
         self.nodes.unwrap_or(1).max(1)

@@ -20,7 +20,8 @@ use serde::{Deserialize, Deserializer};
 use gpu_cloud_api::{INSTANCE_LABEL, USER_LABEL};
 use gpu_cloud_core::scheduler::GpuPod;
 use gpu_cloud_core::scheduler::capacity::{
-    container_gpus, container_request, effective_request, holds_nothing,
+    container_gpus, container_limits_requests, container_request, effective_request, holds_nothing,
+    slice_requests,
 };
 
 /// A pod as the controller's cache keeps it: identity (name, namespace, uid, resource
@@ -37,6 +38,9 @@ pub struct CachedPod {
     pub phase: Option<String>,
     /// The pod's effective `nvidia.com/gpu` request, whatever its phase.
     pub gpus: u32,
+    /// Its effective request of each slice resource (MIG profiles, shares), whatever its
+    /// phase; empty for most pods.
+    pub slices: Vec<(String, u32)>,
     /// How its program is doing, from the status of its container `main` (or its first):
     /// what the kubelet alone can tell (image pulls, exits, OOM kills, restarts).
     pub program: Option<ProgramState>,
@@ -141,6 +145,14 @@ impl GpuPod for CachedPod {
             self.gpus
         }
     }
+
+    fn slices_held(&self) -> Vec<(String, u32)> {
+        if holds_nothing(self.phase.as_deref()) {
+            vec![]
+        } else {
+            self.slices.clone()
+        }
+    }
 }
 
 /// Only our labels are kept: nothing reads the others.
@@ -180,6 +192,15 @@ impl From<&Pod> for CachedPod {
                 effective_request(
                     s.containers.iter().map(container_request),
                     s.init_containers.iter().flatten().map(container_request),
+                )
+            }),
+            slices: spec.map_or(vec![], |s| {
+                slice_requests(
+                    s.containers.iter().map(container_limits_requests),
+                    s.init_containers
+                        .iter()
+                        .flatten()
+                        .map(container_limits_requests),
                 )
             }),
         }
@@ -315,6 +336,22 @@ impl WireStatus {
     }
 }
 
+/// A container's resources as [`slice_requests`] reads them.
+type LimitsRequests<'a> = (
+    Option<&'a BTreeMap<String, Quantity>>,
+    Option<&'a BTreeMap<String, Quantity>>,
+);
+
+impl WireContainer {
+    fn limits_requests(&self) -> LimitsRequests<'_> {
+        let r = self.resources.as_ref();
+        (
+            r.and_then(|r| r.limits.as_ref()),
+            r.and_then(|r| r.requests.as_ref()),
+        )
+    }
+}
+
 impl<'de> Deserialize<'de> for CachedPod {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut w = Wire::deserialize(d)?;
@@ -327,12 +364,25 @@ impl<'de> Deserialize<'de> for CachedPod {
                 )
             })
         };
-        let (node_name, gpus) = match w.spec {
-            Some(s) => (
-                s.node_name,
-                effective_request(gpus(s.containers), gpus(s.init_containers)),
-            ),
-            None => (None, 0),
+        let (node_name, gpus, slices) = match w.spec {
+            Some(s) => {
+                let slices = slice_requests(
+                    s.containers
+                        .iter()
+                        .flatten()
+                        .map(WireContainer::limits_requests),
+                    s.init_containers
+                        .iter()
+                        .flatten()
+                        .map(WireContainer::limits_requests),
+                );
+                (
+                    s.node_name,
+                    effective_request(gpus(s.containers), gpus(s.init_containers)),
+                    slices,
+                )
+            }
+            None => (None, 0, vec![]),
         };
         let m = w.metadata;
         Ok(CachedPod {
@@ -349,6 +399,7 @@ impl<'de> Deserialize<'de> for CachedPod {
             },
             node_name,
             gpus,
+            slices,
             program: w
                 .status
                 .as_mut()

@@ -419,9 +419,10 @@ fn snapshot(
     let nodes = world
         .nodes
         .iter()
-        .map(|n| NodeGpus::with_topology(n, topology_labels))
+        .flat_map(|n| NodeGpus::pools(n, topology_labels))
         .collect();
     let used = scheduler::gpus_in_use(world.pods.iter().map(|p| p.as_ref()));
+    let used_slices = scheduler::capacity::slices_in_use(world.pods.iter().map(|p| p.as_ref()));
     let ns_user: BTreeMap<String, String> = world
         .namespaces
         .iter()
@@ -531,6 +532,8 @@ fn snapshot(
                     TopologyPolicy::Preferred => scheduler::Topology::Preferred,
                     TopologyPolicy::Required => scheduler::Topology::Required,
                 },
+                slice: inst.spec.gpu.slice.clone(),
+                unit_milli: inst.spec.gpu.unit_milli(),
                 gang,
                 priority: inst.spec.priority,
                 created: inst
@@ -583,6 +586,7 @@ fn snapshot(
     Snapshot {
         nodes,
         used,
+        used_slices,
         users,
         bookings,
         now,

@@ -7,7 +7,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use gpu_cloud_api::v1::{EnvVar, GpuInstance, RestartPolicy};
-use gpu_cloud_api::{GANG_PORT, GPU_RESOURCE, RANK_LABEL, TOLERATED_TAINT};
+use gpu_cloud_api::{GANG_PORT, RANK_LABEL, TOLERATED_TAINT};
 use gpu_cloud_api::{INSTANCE_LABEL, MANAGED_BY, USER_LABEL};
 
 /// Builds the pod of rank `rank` of `inst` placed on `nodes` (one, or a gang's by rank):
@@ -37,7 +37,7 @@ pub fn build(
         env.extend(gang_env(inst, rank));
     }
     let gpus = spec.gpu.count.to_string();
-    let mut limits = BTreeMap::from([(GPU_RESOURCE.to_owned(), gpus)]);
+    let mut limits = BTreeMap::from([(spec.gpu.resource(), gpus)]);
     let mut requests = BTreeMap::new();
     for (name, value) in [
         ("cpu", &spec.resources.cpu),

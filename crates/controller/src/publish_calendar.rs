@@ -137,6 +137,7 @@ mod tests {
             name: "h-0".into(),
             allocatable: 8,
             used: 4,
+            slice: None,
             domain: None,
             eligible: true,
             releases: vec![(1_795_003_000, 2)],

@@ -61,6 +61,8 @@ pub struct Booking<'a> {
     pub nodes: u32,
     /// A gang in one topology domain only.
     pub one_domain: bool,
+    /// A slice of a GPU per unit (`1g.10gb`, `shared`).
+    pub slice: Option<&'a str>,
     pub duration: &'a str,
     pub image: &'a str,
     /// Booked ahead: the start and what to do when that window is taken.
@@ -82,6 +84,9 @@ pub async fn book(
         "gpu": {"model": b.model, "count": b.count}, "image": b.image, "command": command,
         "duration": b.duration
     });
+    if let Some(s) = b.slice {
+        spec["gpu"]["slice"] = serde_json::json!(s);
+    }
     if b.nodes > 1 {
         spec["gpu"]["nodes"] = serde_json::json!(b.nodes);
         if b.one_domain {

@@ -47,6 +47,10 @@ enum PluginCommand {
         /// node, with MASTER_ADDR, WORLD_SIZE, NODE_RANK for torchrun).
         #[arg(long, default_value_t = 1)]
         nodes: u32,
+        /// A slice of a GPU instead of whole GPUs: a MIG profile (`1g.10gb`, `3g.40gb`) or
+        /// `shared` (a time-sliced share); `--count` slices.
+        #[arg(long, conflicts_with = "nodes")]
+        slice: Option<String>,
         /// A gang's nodes all in one topology domain (a zone, an NVLink clique), or wait.
         #[arg(long, requires = "nodes")]
         one_domain: bool,
@@ -100,6 +104,9 @@ enum PluginCommand {
         /// For a gang of this many nodes.
         #[arg(long, default_value_t = 1)]
         nodes: u32,
+        /// Slices of a GPU (`1g.10gb`, `shared`) instead of whole GPUs.
+        #[arg(long, conflicts_with = "nodes")]
+        slice: Option<String>,
         /// A gang's nodes all in one topology domain.
         #[arg(long, requires = "nodes")]
         one_domain: bool,
@@ -308,6 +315,7 @@ impl PluginCli {
                 model,
                 count,
                 nodes,
+                slice,
                 one_domain,
                 duration,
                 at,
@@ -339,6 +347,7 @@ impl PluginCli {
                     model: &model,
                     count,
                     nodes,
+                    slice: slice.as_deref(),
                     one_domain,
                     duration: &duration,
                     image: &image,
@@ -351,9 +360,10 @@ impl PluginCli {
                 {
                     eprintln!("{w}");
                 }
-                let what = match nodes {
-                    0 | 1 => format!("{count} x {model}"),
-                    n => format!("{n} nodes x {count} x {model}"),
+                let what = match (nodes, &slice) {
+                    (_, Some(s)) => format!("{count} x {model} {s}"),
+                    (0 | 1, None) => format!("{count} x {model}"),
+                    (n, None) => format!("{n} nodes x {count} x {model}"),
                 };
                 match start {
                     None => writeln!(
@@ -398,6 +408,7 @@ impl PluginCli {
                 model,
                 count,
                 nodes,
+                slice,
                 one_domain,
                 duration,
                 from,
@@ -410,6 +421,7 @@ impl PluginCli {
                 let cal = actions::read_calendar(&client, &calendar_namespace).await?;
                 let want = SlotWant {
                     model: &model,
+                    slice: slice.as_deref(),
                     count,
                     nodes,
                     topology: if one_domain {

@@ -28,9 +28,10 @@ pub fn slots_text(
     let snapshot = snapshot_of(cal, now);
     let slots = free_slots(&snapshot, want, from, show);
     let len = jiff::SignedDuration::try_from(length).unwrap_or(jiff::SignedDuration::MAX);
-    let what = match want.nodes {
-        0 | 1 => format!("{count} x {model}"),
-        n => format!("{n} nodes x {count} x {model}"),
+    let what = match (want.nodes, want.slice) {
+        (_, Some(s)) => format!("{count} x {model} {s}"),
+        (0 | 1, None) => format!("{count} x {model}"),
+        (n, None) => format!("{n} nodes x {count} x {model}"),
     };
     let mut out = format!(
         "{what} for {len:#}, from {} (calendar of {}):\n",
@@ -132,11 +133,13 @@ pub fn instance_table(items: &[GpuInstance]) -> String {
     render(&rows, &[])
 }
 
-/// GPUs of a booking as a table shows them: `8`, or `2x8` for a gang of 2 nodes.
+/// GPUs of a booking as a table shows them: `8`, `2x8` for a gang of 2 nodes, `3x1g.10gb`
+/// for slices.
 fn gpus_text(gpu: &gpu_cloud_api::v1::GpuRequest) -> String {
-    match gpu.nodes() {
-        1 => gpu.count.to_string(),
-        n => format!("{n}x{}", gpu.count),
+    match (gpu.nodes(), &gpu.slice) {
+        (_, Some(s)) => format!("{}x{s}", gpu.count),
+        (1, None) => gpu.count.to_string(),
+        (n, None) => format!("{n}x{}", gpu.count),
     }
 }
 
@@ -394,6 +397,7 @@ mod tests {
         let four_h = Duration::from_secs(4 * 3600);
         let want = |model, count, nodes| SlotWant {
             model,
+            slice: None,
             count,
             nodes,
             topology: gpu_cloud_core::scheduler::Topology::Preferred,

@@ -112,8 +112,8 @@ pub fn gpu_hours_in_period(instances: &[InstanceSpan], bounds: Bounds, now: Time
 }
 
 /// GPU-hours a booking of `gpus` for `duration` plans to use.
-pub fn gpu_hours_for(gpus: u32, duration: Duration) -> f64 {
-    f64::from(gpus) * duration.as_secs_f64() / 3600.0
+pub fn gpu_hours_for(gpus: f64, duration: Duration) -> f64 {
+    gpus * duration.as_secs_f64() / 3600.0
 }
 
 /// What to do with running instances when the budget runs out during their run.
@@ -398,7 +398,7 @@ mod tests {
         };
         let st = BudgetStatus::of(&budget, &[done], ts("2026-11-25T12:00:00Z")).unwrap();
         assert_eq!(st, status_nov(96.5));
-        let planned = gpu_hours_for(2, Duration::from_secs(4 * 3600));
+        let planned = gpu_hours_for(2.0, Duration::from_secs(4 * 3600));
         assert_eq!(planned, 8.0);
         let e = admit(&st, planned).unwrap_err();
         assert_eq!(

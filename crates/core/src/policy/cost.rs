@@ -194,10 +194,10 @@ pub fn planned_cost(
     prices: &PriceList,
     model: &str,
     spot: bool,
-    gpus: u32,
+    gpus: f64,
     duration: Duration,
 ) -> Result<Cost, CostError> {
-    let hours = f64::from(gpus) * duration.as_secs_f64() / 3600.0;
+    let hours = gpus * duration.as_secs_f64() / 3600.0;
     prices.cost(model, spot, hours, 0.0)
 }
 
@@ -265,7 +265,7 @@ pub(crate) mod tests {
         assert_eq!(c.gpu, 1.0 * DEFAULT_SPOT_FACTOR);
         assert!((c.energy - 0.3).abs() < 1e-12);
         p.spot_factor = Some(0.2);
-        let c = planned_cost(&p, H100, true, 2, Duration::from_secs(3600)).unwrap();
+        let c = planned_cost(&p, H100, true, 2.0, Duration::from_secs(3600)).unwrap();
         assert!((c.total - 1.0).abs() < 1e-12, "{c:?}");
         p.spot_factor = Some(1.5);
         assert_eq!(
@@ -277,7 +277,7 @@ pub(crate) mod tests {
     #[test]
     fn planned_and_actual_costs() {
         let p = prices();
-        let c = planned_cost(&p, H100, false, 2, Duration::from_secs(4 * 3600)).unwrap();
+        let c = planned_cost(&p, H100, false, 2.0, Duration::from_secs(4 * 3600)).unwrap();
         assert_eq!((c.gpu, c.energy, c.total), (20.0, 0.0, 20.0));
         assert_eq!(c.to_string(), "20.00 EUR");
         let c = actual_cost(&p, L4, false, 7200.0, 3.6e6).unwrap();
@@ -304,7 +304,7 @@ pub(crate) mod tests {
     #[test]
     fn unlisted_models_take_the_default_price_or_name_the_gap() {
         let p = prices();
-        let e = planned_cost(&p, "NVIDIA-A100", false, 1, Duration::from_secs(3600)).unwrap_err();
+        let e = planned_cost(&p, "NVIDIA-A100", false, 1.0, Duration::from_secs(3600)).unwrap_err();
         assert_eq!(
             e.to_string(),
             "no price for GPU model \"NVIDIA-A100\": add it to perGpuHour or set defaultPerGpuHour"

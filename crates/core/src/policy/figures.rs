@@ -27,7 +27,11 @@ pub fn held_gpus<'a>(instances: impl IntoIterator<Item = &'a GpuInstance>) -> u3
     instances
         .into_iter()
         .filter(|i| holds_gpus(i))
-        .fold(0u32, |n, i| n.saturating_add(i.spec.gpu.total()))
+        .map(|i| u64::from(i.spec.gpu.total()) * u64::from(i.spec.gpu.unit_milli()))
+        .sum::<u64>()
+        .div_ceil(1000)
+        .try_into()
+        .unwrap_or(u32::MAX)
 }
 
 /// Where an instance's booked time starts, given when its GPUs were first held
@@ -44,9 +48,9 @@ pub fn booking_start(status: &GpuInstanceStatus, held_since: Timestamp) -> Times
 }
 
 /// GPUs x seconds of `[start, end)` (0 when `end` is not after `start`).
-pub fn held_gpu_seconds(gpus: u32, start: Timestamp, end: Timestamp) -> f64 {
+pub fn held_gpu_seconds(gpus: f64, start: Timestamp, end: Timestamp) -> f64 {
     let secs = end.duration_since(start).as_secs_f64();
-    f64::from(gpus) * secs.max(0.0)
+    gpus * secs.max(0.0)
 }
 
 /// When the instance stopped holding GPUs, or `now` while it holds them. A lost node's
@@ -78,7 +82,7 @@ pub fn current_run(inst: &GpuInstance, now: Timestamp) -> Option<RetiredInstance
         Some(u) => (u.sampled_at, u.gpu_seconds, u.energy_joules),
         None => (
             end,
-            held_gpu_seconds(inst.spec.gpu.total(), started, end),
+            held_gpu_seconds(inst.spec.gpu.gpu_equivalent(), started, end),
             0.0,
         ),
     };

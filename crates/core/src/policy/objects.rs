@@ -115,7 +115,7 @@ pub fn exhausted_at(status: &BudgetStatus, held_gpus: u32, now: Timestamp) -> Op
 /// parse (the booking fails on that instead).
 pub fn planned_gpu_hours(inst: &GpuInstance) -> f64 {
     time::parse_duration(&inst.spec.duration)
-        .map(|d| budget::gpu_hours_for(inst.spec.gpu.total(), d))
+        .map(|d| budget::gpu_hours_for(inst.spec.gpu.gpu_equivalent(), d))
         .unwrap_or(0.0)
 }
 
@@ -143,7 +143,7 @@ pub fn committed_gpu_hours(
             };
             let end = start.checked_add(d).ok()?;
             let secs = status.period.overlap_seconds(start.max(now), end);
-            Some(f64::from(i.spec.gpu.total()) * secs / 3600.0)
+            Some(i.spec.gpu.gpu_equivalent() * secs / 3600.0)
         })
         .sum()
 }
@@ -306,7 +306,8 @@ pub fn instance_cost(
     let d = time::parse_duration(&inst.spec.duration).ok()?;
     let model = inst.spec.gpu.model.as_str();
     let spot = inst.spec.preemptible;
-    let planned = super::cost::planned_cost(prices, model, spot, inst.spec.gpu.total(), d).ok()?;
+    let planned =
+        super::cost::planned_cost(prices, model, spot, inst.spec.gpu.gpu_equivalent(), d).ok()?;
     let status = inst.status.clone().unwrap_or_default();
     let old = status.cost.as_ref();
     let ended = status.phase.is_some_and(Phase::is_finished);

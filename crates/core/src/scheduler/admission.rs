@@ -69,7 +69,11 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 b.gang = nodes.get(1..).unwrap_or_default().to_vec();
                 b.started = Some(due.get(&b.key).copied().unwrap_or(now));
                 for node in *nodes {
-                    *w.used.entry(node.clone()).or_default() += b.count;
+                    let used = match &b.slice {
+                        None => w.used.entry(node.clone()).or_default(),
+                        Some(s) => w.used_slices.entry((node.clone(), s.clone())).or_default(),
+                    };
+                    *used += b.count;
                 }
             } else if let Some((nodes, start)) = reserved.get(&b.key) {
                 b.reserved_on = nodes.first().cloned();
@@ -92,6 +96,8 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
 pub struct SlotWant<'a> {
     /// GPU model.
     pub model: &'a str,
+    /// A slice of it (MIG profile, `shared`), or whole GPUs.
+    pub slice: Option<&'a str>,
     /// GPUs per node.
     pub count: u32,
     /// Nodes (a gang when more than 1).
@@ -139,6 +145,7 @@ pub fn next_free_slots(
 ) -> Vec<(Timestamp, String)> {
     let want = SlotWant {
         model,
+        slice: None,
         count,
         nodes: 1,
         topology: super::Topology::Preferred,
@@ -164,10 +171,10 @@ fn slots_of(
     };
     if want.nodes > 1 {
         let required = want.topology == super::Topology::Required;
-        ledger.gang_slots(want.model, w, want.nodes, required, from, n)
+        ledger.gang_slots((want.model, want.slice), w, want.nodes, required, from, n)
     } else {
         ledger
-            .slots(want.model, w, from, n)
+            .slots((want.model, want.slice), w, from, n)
             .into_iter()
             .map(|(t, i)| (t, vec![i]))
             .collect()
@@ -190,12 +197,12 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
             holds
                 .entry((user, b.preemptible))
                 .or_default()
-                .add_placed(release_time(end, now), b.gpus());
+                .add_placed(release_time(end, now), b.milli());
         } else if let Some(h) = ledger.held(b) {
             holds
                 .entry((user, b.preemptible))
                 .or_default()
-                .add_window(h.start, h.end, b.gpus());
+                .add_window(h.start, h.end, b.milli());
         }
     }
 
@@ -260,8 +267,8 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                 let nodes = ledger.open(&h, b.count, now);
                 if let Some(u) = b.user.as_deref() {
                     let u = holds.entry((u, b.preemptible)).or_default();
-                    u.remove_window(h.start, h.end, b.gpus());
-                    u.add_placed(release_time(h.end, now), b.gpus());
+                    u.remove_window(h.start, h.end, b.milli());
+                    u.add_placed(release_time(h.end, now), b.milli());
                 }
                 plan.placements.push((b.key.clone(), nodes));
                 plan.due.push((b.key.clone(), h.start));
@@ -305,7 +312,7 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                     holds
                         .entry((u, b.preemptible))
                         .or_default()
-                        .add_window(start, end, b.gpus());
+                        .add_window(start, end, b.milli());
                 }
                 plan.reservations.push((b.key.clone(), nodes, start));
             }
@@ -349,7 +356,7 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                     holds
                         .entry((u, b.preemptible))
                         .or_default()
-                        .add_placed(release_time(end, now), b.gpus());
+                        .add_placed(release_time(end, now), b.milli());
                 }
                 plan.placements.push((b.key.clone(), vec![node.to_owned()]));
             } else if victims > 0 {
@@ -382,7 +389,7 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                     holds
                         .entry((u, b.preemptible))
                         .or_default()
-                        .add_placed(release_time(end, now), b.gpus());
+                        .add_placed(release_time(end, now), b.milli());
                 }
                 plan.placements.push((b.key.clone(), nodes));
             }
@@ -391,9 +398,12 @@ fn sweep<'s>(snapshot: &'s Snapshot, fresh: &BTreeSet<InstanceKey>) -> Plan {
                 // user's quota, only the user's own bookings of lower priority can.
                 let quota_need = match w {
                     Wait::Capacity { .. } | Wait::GangCapacity { .. } => Some(0),
-                    Wait::GpuQuota { in_use, max } => {
-                        Some(in_use.saturating_add(b.gpus()).saturating_sub(max))
-                    }
+                    Wait::GpuQuota { in_use_milli, max } => Some(
+                        in_use_milli
+                            .saturating_add(b.milli())
+                            .saturating_sub(max.saturating_mul(1000))
+                            .div_ceil(1000),
+                    ),
                     _ => None,
                 };
                 if let Some(quota_need) = quota_need {
@@ -458,13 +468,10 @@ fn admit<'l>(
     if b.preemptible && policy.max_spot_gpus == 0 {
         return Err(Wait::SpotNotAllowed);
     }
-    if let Some(max) = gpu_limit(b, policy).filter(|&max| b.gpus() > max) {
+    if let Some(max) = gpu_limit(b, policy).filter(|&max| b.milli() > max.saturating_mul(1000)) {
         return Err(Wait::OverQuotaLimit { max });
     }
-    let model = ledger
-        .models
-        .get(b.model.as_str())
-        .ok_or(Wait::UnknownModel)?;
+    let model = ledger.pool(b.pool()).ok_or(Wait::UnknownModel)?;
     if model.largest < b.count {
         return Err(Wait::TooLarge {
             largest: model.largest,
@@ -501,9 +508,12 @@ fn quota(
         return Ok(());
     }
     let peak = |spot: bool| holds.get(&(user, spot)).map_or((0, 0), |h| h.peak(a, end));
-    let (in_use, _) = peak(b.preemptible);
-    if let Some(max) = limit.filter(|&max| in_use.saturating_add(b.gpus()) > max) {
-        return Err(Wait::GpuQuota { in_use, max });
+    // Holds are in thousandths of a GPU (slices as their fraction).
+    let (in_use_milli, _) = peak(b.preemptible);
+    if let Some(max) =
+        limit.filter(|&max| in_use_milli.saturating_add(b.milli()) > max.saturating_mul(1000))
+    {
+        return Err(Wait::GpuQuota { in_use_milli, max });
     }
     let placed = peak(false).1.saturating_add(peak(true).1);
     if let Some(max) = policy.max_instances.filter(|&max| placed >= max) {
@@ -535,6 +545,7 @@ fn request(
     let asked = b.start.unwrap_or(snapshot.now).max(snapshot.now);
     let want = SlotWant {
         model: &b.model,
+        slice: b.slice.as_deref(),
         count: b.count,
         nodes: b.size(),
         topology: b.topology,
@@ -635,11 +646,25 @@ fn decide(
         .ok_or(Wait::Capacity { largest_free })
 }
 
-fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
-    let want = if b.size() > 1 {
-        format!("{} nodes x {} x {}", b.size(), b.count, b.model)
+/// Thousandths of a GPU for people: `4`, `1.43`.
+fn gpus_text(milli: u32) -> String {
+    if milli % 1000 == 0 {
+        (milli / 1000).to_string()
     } else {
-        format!("{} x {}", b.count, b.model)
+        let s = format!("{:.2}", f64::from(milli) / 1000.0);
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
+fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
+    let model = match &b.slice {
+        Some(s) => format!("{} {s}", b.model),
+        None => b.model.clone(),
+    };
+    let want = if b.size() > 1 {
+        format!("{} nodes x {} x {model}", b.size(), b.count)
+    } else {
+        format!("{} x {model}", b.count)
     };
     let user = b.user.as_deref().unwrap_or("");
     match wait {
@@ -652,8 +677,9 @@ fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
         Wait::OverQuotaLimit { max } => {
             format!("wants {want} but user {user} may hold at most {max} GPUs")
         }
-        Wait::GpuQuota { in_use, max } => format!(
-            "waiting for quota: user {user} holds {in_use} of {max} GPUs, {want} would exceed it"
+        Wait::GpuQuota { in_use_milli, max } => format!(
+            "waiting for quota: user {user} holds {} of {max} GPUs, {want} would exceed it",
+            gpus_text(*in_use_milli)
         ),
         Wait::InstanceQuota { placed, max } => {
             format!("waiting for quota: user {user} runs {placed} of {max} instances")
@@ -745,7 +771,8 @@ type Victims<'s> = Vec<(&'s Booking, Reason)>;
 /// What preemption needs of a sweep's start: node indexes, who runs where, who is borrowed.
 struct Preempting<'s> {
     snapshot: &'s Snapshot,
-    index_of: BTreeMap<&'s str, usize>,
+    /// Pool index by node name and slice.
+    index_of: BTreeMap<(&'s str, Option<&'s str>), usize>,
     /// Placed bookings per node index that are not already being preempted.
     running: BTreeMap<usize, Vec<&'s Booking>>,
     /// Placed bookings being preempted, per node index.
@@ -769,15 +796,16 @@ impl<'s> Preempting<'s> {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (n.name.as_str(), i))
+            .map(|(i, n)| ((n.name.as_str(), n.slice.as_deref()), i))
             .collect();
         for b in &snapshot.bookings {
-            let Some(&i) = b.placed_on.as_deref().and_then(|n| p.index_of.get(n)) else {
+            let at = |n: &'s str| p.index_of.get(&(n, b.slice.as_deref())).copied();
+            let Some(i) = b.placed_on.as_deref().and_then(at) else {
                 continue;
             };
             if b.terminating {
                 for n in b.held_nodes() {
-                    if let Some(&j) = p.index_of.get(n) {
+                    if let Some(j) = at(n) {
                         *p.terminating.entry(j).or_default() += 1;
                     }
                 }
@@ -791,7 +819,9 @@ impl<'s> Preempting<'s> {
 
     /// The node `b` is nominated on, if it is one of its model.
     fn nominated_node(&self, b: &Booking) -> Option<usize> {
-        let &i = self.index_of.get(b.nominated_on.as_deref()?)?;
+        let &i = self
+            .index_of
+            .get(&(b.nominated_on.as_deref()?, b.slice.as_deref()))?;
         (self.snapshot.nodes[i].model.as_deref() == Some(b.model.as_str())).then_some(i)
     }
 
@@ -841,7 +871,7 @@ impl<'s> Preempting<'s> {
         now: Timestamp,
         quota_need: u32,
     ) -> Option<(usize, Victims<'s>)> {
-        let model = ledger.models.get(b.model.as_str())?;
+        let model = ledger.pool(b.pool())?;
         let end = end_of(now, b.duration);
         let reclaiming = preemption::within_guarantee(self.snapshot, b);
         let mut best: Option<(preemption::Cost, &str, usize, Victims<'s>)> = None;

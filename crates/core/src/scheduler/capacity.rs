@@ -2,11 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use gpu_cloud_api::{DEFAULT_TOPOLOGY_LABELS, GPU_PRODUCT_LABEL, GPU_RESOURCE, TOLERATED_TAINT};
+use gpu_cloud_api::{
+    DEFAULT_TOPOLOGY_LABELS, GPU_PRODUCT_LABEL, GPU_RESOURCE, TOLERATED_TAINT, slice_of_resource,
+};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-/// The GPU view of one node: what it has and whether it can take work.
+/// The GPU view of one node's pool (its whole GPUs, or its slices of one kind): what it
+/// has and whether it can take work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeGpus {
     /// Node name.
@@ -24,6 +27,9 @@ pub struct NodeGpus {
     /// Its topology domain as `label=value`, from the first topology label it carries;
     /// `None`: a domain of its own.
     pub domain: Option<String>,
+    /// The slice this pool offers (a MIG profile, `shared`; `allocatable` counts them), or
+    /// `None` for its whole GPUs.
+    pub slice: Option<String>,
 }
 
 impl NodeGpus {
@@ -81,7 +87,36 @@ impl NodeGpus {
             schedulable,
             untolerated_taint,
             domain,
+            slice: None,
         }
+    }
+
+    /// Every pool of a node: its whole GPUs, then one per slice resource it advertises
+    /// (MIG profiles of the GPU operator's mixed strategy, time-sliced shares), by name.
+    pub fn pools<S: AsRef<str>>(node: &Node, topology_labels: &[S]) -> Vec<NodeGpus> {
+        let whole = Self::with_topology(node, topology_labels);
+        let slices = node
+            .status
+            .as_ref()
+            .and_then(|s| s.allocatable.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|(resource, q)| {
+                let slice = slice_of_resource(resource)?;
+                let n = parse_whole(q).filter(|n| *n > 0)?;
+                Some(NodeGpus {
+                    allocatable: n,
+                    slice: Some(slice.to_owned()),
+                    ..whole.clone()
+                })
+            })
+            .collect::<Vec<_>>();
+        std::iter::once(whole).chain(slices).collect()
+    }
+
+    /// The pool it is, if it has a model.
+    pub fn pool(&self) -> Option<super::model::Pool<'_>> {
+        Some((self.model.as_deref()?, self.slice.as_deref()))
     }
 
     /// The node may take new GPU pods: Ready, not cordoned, no taint in the way.
@@ -100,6 +135,11 @@ pub trait GpuPod {
     fn bound_node(&self) -> Option<&str>;
     /// GPUs the pod holds on its node: 0 once it has finished.
     fn gpus_held(&self) -> u32;
+    /// Slices (MIG profiles, shares) the pod holds on its node, per slice: none once it has
+    /// finished.
+    fn slices_held(&self) -> Vec<(String, u32)> {
+        vec![]
+    }
 }
 
 impl GpuPod for Pod {
@@ -110,6 +150,99 @@ impl GpuPod for Pod {
     fn gpus_held(&self) -> u32 {
         pod_gpu_request(self)
     }
+
+    fn slices_held(&self) -> Vec<(String, u32)> {
+        let phase = self.status.as_ref().and_then(|s| s.phase.as_deref());
+        match self.spec.as_ref() {
+            Some(spec) if !holds_nothing(phase) => slice_requests(
+                spec.containers.iter().map(container_limits_requests),
+                spec.init_containers
+                    .iter()
+                    .flatten()
+                    .map(container_limits_requests),
+            ),
+            _ => vec![],
+        }
+    }
+}
+
+/// A container's limits and requests (what [`slice_requests`] reads).
+pub fn container_limits_requests(
+    c: &k8s_openapi::api::core::v1::Container,
+) -> (
+    Option<&BTreeMap<String, Quantity>>,
+    Option<&BTreeMap<String, Quantity>>,
+) {
+    let r = c.resources.as_ref();
+    (
+        r.and_then(|r| r.limits.as_ref()),
+        r.and_then(|r| r.requests.as_ref()),
+    )
+}
+
+/// A pod's effective request of each slice resource (the rule of [`effective_request`]),
+/// from its containers' and init containers' limits and requests.
+pub fn slice_requests<'a>(
+    containers: impl IntoIterator<
+        Item = (
+            Option<&'a BTreeMap<String, Quantity>>,
+            Option<&'a BTreeMap<String, Quantity>>,
+        ),
+    >,
+    init_containers: impl IntoIterator<
+        Item = (
+            Option<&'a BTreeMap<String, Quantity>>,
+            Option<&'a BTreeMap<String, Quantity>>,
+        ),
+    >,
+) -> Vec<(String, u32)> {
+    let per = |(limits, requests): (
+        Option<&'a BTreeMap<String, Quantity>>,
+        Option<&'a BTreeMap<String, Quantity>>,
+    )| {
+        let mut m: BTreeMap<String, u32> = BTreeMap::new();
+        for source in [requests, limits].into_iter().flatten() {
+            for (resource, q) in source {
+                if let (Some(slice), Some(n)) = (slice_of_resource(resource), parse_whole(q)) {
+                    // Limits win over requests, as for whole GPUs.
+                    m.insert(slice.to_owned(), n);
+                }
+            }
+        }
+        m
+    };
+    let mut sum: BTreeMap<String, u32> = BTreeMap::new();
+    for m in containers.into_iter().map(per) {
+        for (k, v) in m {
+            let e = sum.entry(k).or_default();
+            *e = e.saturating_add(v);
+        }
+    }
+    for m in init_containers.into_iter().map(per) {
+        for (k, v) in m {
+            let e = sum.entry(k).or_default();
+            *e = (*e).max(v);
+        }
+    }
+    sum.into_iter().filter(|(_, n)| *n > 0).collect()
+}
+
+/// Slices held per (node, slice) by the given pods, from [`GpuPod::slices_held`]; pods not
+/// yet bound to a node are left out.
+pub fn slices_in_use<'a, P: GpuPod + 'a>(
+    pods: impl IntoIterator<Item = &'a P>,
+) -> BTreeMap<(String, String), u32> {
+    let mut used = BTreeMap::new();
+    for pod in pods {
+        let Some(node) = pod.bound_node() else {
+            continue;
+        };
+        for (slice, n) in pod.slices_held() {
+            let e: &mut u32 = used.entry((node.to_owned(), slice)).or_default();
+            *e = e.saturating_add(n);
+        }
+    }
+    used
 }
 
 /// GPUs a pod holds on its node: 0 once it has finished (Succeeded or Failed).
@@ -221,6 +354,7 @@ mod tests {
                 schedulable: true,
                 untolerated_taint: None,
                 domain: None,
+                slice: None,
             }
         );
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use jiff::Timestamp;
 
 use super::NodeGpus;
-use super::model::{Booking, Snapshot};
+use super::model::{Booking, Pool, Snapshot};
 use super::timeline::{NEVER, Timeline, Want, end_of, release_time};
 
 /// A granted window as the ledger holds it.
@@ -46,9 +46,10 @@ pub(super) struct Ledger<'s> {
     /// Per node: the most GPUs ever free at once, windows aside (kept beside `free` so
     /// that refreshing a model's bounds reads two flat arrays).
     pub(super) ever: Vec<u32>,
-    /// Node index by name (empty when no booking needs it).
-    pub(super) by_name: HashMap<&'s str, usize>,
-    pub(super) models: BTreeMap<&'s str, ModelNodes>,
+    /// Pool indexes by node name, with their slice (empty when no booking needs them).
+    pub(super) by_name: HashMap<&'s str, Vec<(Option<&'s str>, usize)>>,
+    /// The pools of each model, by slice (`""`: whole GPUs).
+    pub(super) models: BTreeMap<&'s str, BTreeMap<&'s str, ModelNodes>>,
     /// Per node: its topology domain (an index into `domain_free`), `None` for a node
     /// that is a domain of its own.
     pub(super) domain: Vec<Option<usize>>,
@@ -78,22 +79,32 @@ impl<'s> Ledger<'s> {
         let free: Vec<u32> = nodes
             .iter()
             .map(|n| {
-                n.allocatable
-                    .saturating_sub(snapshot.used.get(&n.name).copied().unwrap_or(0))
+                let used = match &n.slice {
+                    None => snapshot.used.get(&n.name).copied(),
+                    Some(s) => snapshot
+                        .used_slices
+                        .get(&(n.name.clone(), s.clone()))
+                        .copied(),
+                };
+                n.allocatable.saturating_sub(used.unwrap_or(0))
             })
             .collect();
-        let mut models: BTreeMap<&str, ModelNodes> = BTreeMap::new();
+        let mut models: BTreeMap<&str, BTreeMap<&str, ModelNodes>> = BTreeMap::new();
         for (i, n) in nodes.iter().enumerate() {
-            let Some(model) = n.model.as_deref() else {
+            let Some((model, slice)) = n.pool() else {
                 continue;
             };
-            let m = models.entry(model).or_insert(ModelNodes {
-                all: vec![],
-                eligible: vec![],
-                largest: 0,
-                largest_free: 0,
-                largest_ever: 0,
-            });
+            let m = models
+                .entry(model)
+                .or_default()
+                .entry(slice.unwrap_or(""))
+                .or_insert(ModelNodes {
+                    all: vec![],
+                    eligible: vec![],
+                    largest: 0,
+                    largest_free: 0,
+                    largest_ever: 0,
+                });
             m.largest = m.largest.max(n.allocatable);
             m.all.push(i);
             if n.eligible() {
@@ -112,7 +123,8 @@ impl<'s> Ledger<'s> {
             .collect();
         let mut domain_free = vec![0u32; names.len()];
         for (i, n) in nodes.iter().enumerate() {
-            if let (Some(d), true) = (domain[i], n.eligible()) {
+            // Whole GPUs only: slices are no room for a gang.
+            if let (Some(d), true, None) = (domain[i], n.eligible(), &n.slice) {
                 domain_free[d] = domain_free[d].saturating_add(free[i]);
             }
         }
@@ -120,15 +132,15 @@ impl<'s> Ledger<'s> {
             b.reserved_on.is_some()
                 || (b.placed_on.is_some() && (b.duration.is_some() || b.preemptible))
         };
-        let by_name = if snapshot.bookings.iter().any(timed) {
-            nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| (n.name.as_str(), i))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let mut by_name: HashMap<&str, Vec<(Option<&str>, usize)>> = HashMap::new();
+        if snapshot.bookings.iter().any(timed) {
+            for (i, n) in nodes.iter().enumerate() {
+                by_name
+                    .entry(n.name.as_str())
+                    .or_default()
+                    .push((n.slice.as_deref(), i));
+            }
+        }
         let mut ledger = Ledger {
             nodes,
             free,
@@ -146,7 +158,7 @@ impl<'s> Ledger<'s> {
                     continue;
                 }
                 for node in b.held_nodes() {
-                    if let Some(&i) = ledger.by_name.get(node) {
+                    if let Some(i) = ledger.index_of(node, b.slice.as_deref()) {
                         ledger.time[i].add_release(release_time(end, snapshot.now), b.count);
                     }
                 }
@@ -159,7 +171,7 @@ impl<'s> Ledger<'s> {
         ledger.ever = (0..nodes.len())
             .map(|i| ledger.time[i].most_free(nodes[i].allocatable, ledger.free[i]))
             .collect();
-        for m in ledger.models.values_mut() {
+        for m in ledger.models.values_mut().flat_map(|s| s.values_mut()) {
             m.largest_ever = m
                 .eligible
                 .iter()
@@ -168,6 +180,21 @@ impl<'s> Ledger<'s> {
                 .unwrap_or(0);
         }
         ledger
+    }
+
+    /// The pools of a model and slice.
+    pub(super) fn pool(&self, (model, slice): Pool<'_>) -> Option<&ModelNodes> {
+        self.models.get(model)?.get(slice.unwrap_or(""))
+    }
+
+    /// The index of node `name`'s pool of `slice` (whole GPUs for `None`), if a booking
+    /// needed the index (see `by_name`).
+    pub(super) fn index_of(&self, name: &str, slice: Option<&str>) -> Option<usize> {
+        self.by_name
+            .get(name)?
+            .iter()
+            .find(|(s, _)| *s == slice)
+            .map(|&(_, i)| i)
     }
 
     /// The most GPUs ever free at once on node `i`, windows aside.
@@ -184,7 +211,7 @@ impl<'s> Ledger<'s> {
         }
         let start = b.start?;
         let of_model = |name: &str| {
-            let &i = self.by_name.get(name)?;
+            let i = self.index_of(name, b.slice.as_deref())?;
             (self.nodes[i].model.as_deref() == Some(b.model.as_str())).then_some(i)
         };
         let node = of_model(b.reserved_on.as_deref()?)?;
@@ -347,16 +374,12 @@ impl<'s> Ledger<'s> {
     /// an eligible node of `model`, earliest first, each with its best-fit node.
     pub(super) fn slots(
         &self,
-        model: &str,
+        pool: Pool<'_>,
         want: Want,
         from: Timestamp,
         n: usize,
     ) -> Vec<(Timestamp, usize)> {
-        let Some(m) = self
-            .models
-            .get(model)
-            .filter(|m| m.largest_ever >= want.count)
-        else {
+        let Some(m) = self.pool(pool).filter(|m| m.largest_ever >= want.count) else {
             return vec![];
         };
         let mut all: Vec<(Timestamp, u32, usize)> = m
@@ -383,18 +406,14 @@ impl<'s> Ledger<'s> {
     /// each with the nodes it would get ([`Ledger::gang_fit`]).
     pub(super) fn gang_slots(
         &self,
-        model: &str,
+        pool: Pool<'_>,
         want: Want,
         size: u32,
         required: bool,
         from: Timestamp,
         n: usize,
     ) -> Vec<(Timestamp, Vec<usize>)> {
-        let Some(m) = self
-            .models
-            .get(model)
-            .filter(|m| m.largest_ever >= want.count)
-        else {
+        let Some(m) = self.pool(pool).filter(|m| m.largest_ever >= want.count) else {
             return vec![];
         };
         // A gang that does not fit may start to fit only when GPUs come back on one of
@@ -423,9 +442,8 @@ impl<'s> Ledger<'s> {
     /// placement leaves that bound as it was: what it takes, it gives back).
     pub(super) fn refresh(&mut self, index: usize, for_good: bool) {
         let Some(m) = self.nodes[index]
-            .model
-            .as_deref()
-            .and_then(|model| self.models.get_mut(model))
+            .pool()
+            .and_then(|(model, slice)| self.models.get_mut(model)?.get_mut(slice.unwrap_or("")))
         else {
             return;
         };
@@ -451,7 +469,7 @@ impl<'s> Ledger<'s> {
         now: Timestamp,
     ) -> &'s str {
         self.free[index] -= count;
-        if let Some(d) = self.domain[index] {
+        if let (Some(d), None) = (self.domain[index], &self.nodes[index].slice) {
             self.domain_free[d] = self.domain_free[d].saturating_sub(count);
         }
         if end < NEVER {

@@ -10,6 +10,10 @@ use jiff::Timestamp;
 
 use super::NodeGpus;
 
+/// Which GPUs: a model, and a slice of it (a MIG profile, `shared`) or whole GPUs (`None`).
+/// Each pool of a node is counted apart, and each is a queue of its own.
+pub type Pool<'a> = (&'a str, Option<&'a str>);
+
 /// Identifies a GpuInstance.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct InstanceKey {
@@ -69,6 +73,11 @@ pub struct Booking {
     pub nodes: u32,
     /// How a gang may spread over topology domains.
     pub topology: Topology,
+    /// A slice of a GPU per unit of `count` (a MIG profile, `shared`), or whole GPUs.
+    pub slice: Option<String>,
+    /// Thousandths of a GPU one unit is, for quotas and shares: 1000 for a whole GPU (0
+    /// counts as 1000), a slice's fraction otherwise.
+    pub unit_milli: u32,
     /// Queue priority (higher first).
     pub priority: i32,
     /// Creation time: first come, first served within a priority, and for windows.
@@ -129,9 +138,25 @@ impl Booking {
         self.nodes.max(1)
     }
 
-    /// GPUs of the whole booking, on all its nodes: what quotas and shares count.
+    /// Units (GPUs or slices) of the whole booking, on all its nodes.
     pub fn gpus(&self) -> u32 {
         self.count.saturating_mul(self.size())
+    }
+
+    /// The whole booking in thousandths of a GPU, a slice as its fraction: what quotas and
+    /// shares count.
+    pub fn milli(&self) -> u32 {
+        let unit = if self.unit_milli == 0 {
+            1000
+        } else {
+            self.unit_milli
+        };
+        self.gpus().saturating_mul(unit)
+    }
+
+    /// The pool it books from.
+    pub fn pool(&self) -> Pool<'_> {
+        (self.model.as_str(), self.slice.as_deref())
     }
 
     /// The nodes it holds GPUs on (`count` on each): where it is placed, or where its
@@ -180,6 +205,8 @@ pub struct Snapshot {
     pub nodes: Vec<NodeGpus>,
     /// GPUs held on each node by pods that have not finished (ours or anyone's).
     pub used: BTreeMap<String, u32>,
+    /// Slices held on each node, per slice, by pods that have not finished.
+    pub used_slices: BTreeMap<(String, String), u32>,
     /// Users by name.
     pub users: BTreeMap<String, UserPolicy>,
     /// Unfinished bookings.
@@ -202,8 +229,9 @@ pub enum Wait {
     ModelNotAllowed,
     /// It wants more GPUs than its user may ever hold.
     OverQuotaLimit { max: u32 },
-    /// Its user holds (or has booked) too many GPUs for the time it would run.
-    GpuQuota { in_use: u32, max: u32 },
+    /// Its user holds (or has booked) too many GPUs for the time it would run
+    /// (`in_use_milli`: thousandths of a GPU, slices counting as their fraction).
+    GpuQuota { in_use_milli: u32, max: u32 },
     /// Its user has too many instances placed (or booked) for the time it would run.
     InstanceQuota { placed: u32, max: u32 },
     /// No node has this model.

@@ -101,10 +101,11 @@ pub fn borrowed(snapshot: &Snapshot) -> BTreeSet<InstanceKey> {
                 .then_with(|| a.created.cmp(&b.created))
                 .then_with(|| a.key.cmp(&b.key))
         });
+        // Thousandths of a GPU, slices as their fraction.
         let mut held = 0u32;
         for b in bookings {
-            held = held.saturating_add(b.gpus());
-            if held > guarantee {
+            held = held.saturating_add(b.milli());
+            if held > guarantee.saturating_mul(1000) {
                 out.insert(b.key.clone());
             }
         }
@@ -112,13 +113,13 @@ pub fn borrowed(snapshot: &Snapshot) -> BTreeSet<InstanceKey> {
     out
 }
 
-/// GPUs the user of `b` holds now in placed, non-spot bookings.
+/// Thousandths of a GPU the user holds now in placed, non-spot bookings.
 pub fn held_guaranteed(snapshot: &Snapshot, user: &str) -> u32 {
     snapshot
         .bookings
         .iter()
         .filter(|x| x.placed_on.is_some() && !x.preemptible && x.user.as_deref() == Some(user))
-        .fold(0u32, |n, x| n.saturating_add(x.gpus()))
+        .fold(0u32, |n, x| n.saturating_add(x.milli()))
 }
 
 /// `b` fits within its user's guarantee with what the user holds now: it may reclaim.
@@ -131,7 +132,8 @@ pub fn within_guarantee(snapshot: &Snapshot, b: &Booking) -> bool {
     }
     match snapshot.users.get(user).map(|p| p.max_gpus) {
         Some(Some(guarantee)) => {
-            held_guaranteed(snapshot, user).saturating_add(b.gpus()) <= guarantee
+            held_guaranteed(snapshot, user).saturating_add(b.milli())
+                <= guarantee.saturating_mul(1000)
         }
         // No limit: everything it holds is its own, nothing of it is borrowed, but neither
         // does it have a guarantee to reclaim.
@@ -155,6 +157,7 @@ pub fn may_preempt(
         || victim.size() > 1
         || victim.key == by.key
         || victim.model != by.model
+        || victim.slice != by.slice
         || by.preempted_by.contains(&victim.key)
     {
         return None;

@@ -53,13 +53,13 @@ pub fn calendar_of(snapshot: &Snapshot) -> Calendar {
         releases: Vec<(i64, u32)>,
         windows: Vec<((i64, Option<i64>), u32)>,
     }
-    let mut nodes: BTreeMap<&str, Building<'_>> = snapshot
+    let mut nodes: BTreeMap<(&str, Option<&str>), Building<'_>> = snapshot
         .nodes
         .iter()
         .filter_map(|n| {
             let model = n.model.as_deref()?;
             Some((
-                n.name.as_str(),
+                (n.name.as_str(), n.slice.as_deref()),
                 Building {
                     node: n,
                     model,
@@ -77,7 +77,7 @@ pub fn calendar_of(snapshot: &Snapshot) -> Calendar {
             let end = b.held_until(snapshot.now);
             if end < NEVER {
                 for node in b.held_nodes() {
-                    if let Some(n) = nodes.get_mut(node) {
+                    if let Some(n) = nodes.get_mut(&(node, b.slice.as_deref())) {
                         add_at(&mut n.releases, ceil_secs(end), b.count);
                     }
                 }
@@ -92,20 +92,31 @@ pub fn calendar_of(snapshot: &Snapshot) -> Calendar {
         let end = end_of(start, b.duration);
         let end = (end < NEVER).then(|| ceil_secs(end));
         for node in b.held_nodes() {
-            if let Some(n) = nodes.get_mut(node).filter(|n| n.model == b.model) {
+            if let Some(n) = nodes
+                .get_mut(&(node, b.slice.as_deref()))
+                .filter(|n| n.model == b.model)
+            {
                 add_at(&mut n.windows, (floor_secs(start), end), b.count);
             }
         }
     }
     let mut models: BTreeMap<String, Vec<CalendarNode>> = BTreeMap::new();
-    for (name, b) in nodes {
+    for ((name, slice), b) in nodes {
+        let used = match slice {
+            None => snapshot.used.get(name).copied(),
+            Some(s) => snapshot
+                .used_slices
+                .get(&(name.to_owned(), s.to_owned()))
+                .copied(),
+        };
         models
             .entry(b.model.to_owned())
             .or_default()
             .push(CalendarNode {
                 name: name.to_owned(),
                 allocatable: b.node.allocatable,
-                used: snapshot.used.get(name).copied().unwrap_or(0),
+                used: used.unwrap_or(0),
+                slice: slice.map(str::to_owned),
                 domain: b.node.domain.clone(),
                 eligible: b.node.eligible(),
                 releases: b.releases,
@@ -143,9 +154,19 @@ pub fn snapshot_of(calendar: &Calendar, now: Timestamp) -> Snapshot {
                 schedulable: true,
                 untolerated_taint: None,
                 domain: node.domain.clone(),
+                slice: node.slice.clone(),
             });
             if node.used > 0 {
-                snapshot.used.insert(node.name.clone(), node.used);
+                match &node.slice {
+                    None => {
+                        snapshot.used.insert(node.name.clone(), node.used);
+                    }
+                    Some(s) => {
+                        snapshot
+                            .used_slices
+                            .insert((node.name.clone(), s.clone()), node.used);
+                    }
+                }
             }
             for &(release, count) in &node.releases {
                 // Placed, ending at `release`: started then, for no time.
@@ -154,6 +175,7 @@ pub fn snapshot_of(calendar: &Calendar, now: Timestamp) -> Snapshot {
                     placed_on: Some(node.name.clone()),
                     started: Some(at(release)),
                     duration: Some(Duration::ZERO),
+                    slice: node.slice.clone(),
                     ..booking(n, model, count)
                 });
             }
@@ -162,6 +184,7 @@ pub fn snapshot_of(calendar: &Calendar, now: Timestamp) -> Snapshot {
                 let duration =
                     end.map(|e| Duration::from_secs(e.saturating_sub(start).max(0).unsigned_abs()));
                 snapshot.bookings.push(Booking {
+                    slice: node.slice.clone(),
                     reserved_on: Some(node.name.clone()),
                     start: Some(at(start)),
                     duration,
@@ -196,6 +219,7 @@ mod tests {
             schedulable: true,
             untolerated_taint: None,
             domain: None,
+            slice: None,
         }
     }
 
@@ -234,6 +258,7 @@ mod tests {
                 },
             ],
             used: [("h-0".to_owned(), 4), ("h-1".to_owned(), 1)].into(),
+            used_slices: BTreeMap::new(),
             users: BTreeMap::new(),
             bookings: vec![placed, twin, forever, window, queued],
             now: t(0),
@@ -390,6 +415,7 @@ mod tests {
             Snapshot {
                 nodes,
                 used,
+                used_slices: BTreeMap::new(),
                 users: BTreeMap::new(),
                 bookings,
                 now: t(0),

@@ -34,24 +34,27 @@ pub fn queue_order<'s>(snapshot: &Snapshot, mut queue: Vec<&'s Booking>) -> Vec<
     let cluster: u32 = snapshot
         .nodes
         .iter()
-        .filter(|n| n.model.is_some())
+        .filter(|n| n.model.is_some() && n.slice.is_none())
         .fold(0u32, |s, n| s.saturating_add(n.allocatable));
     // Per user: GPUs held (then projected), and the guarantee.
     let mut users: HashMap<&str, (u64, u32)> = snapshot
         .users
         .iter()
-        .map(|(u, p)| (u.as_str(), (0, p.max_gpus.unwrap_or(cluster.max(1)))))
+        .map(|(u, p)| {
+            let guarantee = p.max_gpus.unwrap_or(cluster.max(1));
+            (u.as_str(), (0, guarantee.saturating_mul(1000)))
+        })
         .collect();
     for b in snapshot.bookings.iter().filter(|b| b.placed_on.is_some()) {
         if let Some((held, _)) = b.user.as_deref().and_then(|u| users.get_mut(u)) {
-            *held += u64::from(b.gpus());
+            *held += u64::from(b.milli());
         }
     }
     let mut keyed: Vec<(f64, &'s Booking)> = queue
         .into_iter()
         .map(|b| match b.user.as_deref().and_then(|u| users.get_mut(u)) {
             Some((held, guarantee)) => {
-                *held += u64::from(b.gpus());
+                *held += u64::from(b.milli());
                 (share(*held, *guarantee), b)
             }
             // Not a user's (it waits with NoUser anyway).
@@ -116,6 +119,7 @@ mod tests {
                 schedulable: true,
                 untolerated_taint: None,
                 domain: None,
+                slice: None,
             }],
             users: guarantees
                 .iter()

@@ -214,5 +214,11 @@ fn quota_counts_booked_windows_over_the_time_a_booking_runs() {
     );
     let p = plan(&s);
     assert_eq!(placed(&p), vec![("short", "a")]);
-    assert_eq!(p.waiting[0].wait, Wait::GpuQuota { in_use: 4, max: 4 });
+    assert_eq!(
+        p.waiting[0].wait,
+        Wait::GpuQuota {
+            in_use_milli: 4000,
+            max: 4
+        }
+    );
 }

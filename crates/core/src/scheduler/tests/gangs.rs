@@ -194,7 +194,7 @@ fn quota_counts_every_gpu_of_a_gang() {
     assert_eq!(
         p.waiting[0].wait,
         Wait::GpuQuota {
-            in_use: 16,
+            in_use_milli: 16_000,
             max: 20
         }
     );
@@ -247,6 +247,7 @@ fn slots_for_a_gang_wait_for_enough_nodes() {
     );
     let want = SlotWant {
         model: H100,
+        slice: None,
         count: 8,
         nodes: 2,
         topology: Topology::Preferred,

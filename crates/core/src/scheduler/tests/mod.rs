@@ -7,6 +7,7 @@ mod gangs;
 mod placement;
 mod preempting;
 mod properties;
+mod slices;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub fn node(name: &str, model: &str, gpus: u32) -> NodeGpus {
         schedulable: true,
         untolerated_taint: None,
         domain: None,
+        slice: None,
     }
 }
 
@@ -48,6 +50,7 @@ pub fn snapshot(nodes: Vec<NodeGpus>, bookings: Vec<Booking>) -> Snapshot {
     Snapshot {
         nodes,
         used: BTreeMap::new(),
+        used_slices: BTreeMap::new(),
         users,
         bookings,
         now: Timestamp::UNIX_EPOCH,

@@ -80,7 +80,13 @@ fn quota_waits_do_not_hold_up_other_users() {
     );
     let p = plan(&s);
     assert_eq!(placed(&p), vec![("v1", "a")]);
-    assert_eq!(p.waiting[0].wait, Wait::GpuQuota { in_use: 4, max: 6 });
+    assert_eq!(
+        p.waiting[0].wait,
+        Wait::GpuQuota {
+            in_use_milli: 4000,
+            max: 6
+        }
+    );
     assert!(!p.waiting[0].wait.stalled());
     assert_eq!(
         p.waiting[0].message,

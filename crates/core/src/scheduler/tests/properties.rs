@@ -139,6 +139,7 @@ impl World {
         Snapshot {
             nodes: self.nodes.clone(),
             used,
+            used_slices: BTreeMap::new(),
             users: self.users.clone(),
             bookings: self.bookings.clone(),
             now: Timestamp::UNIX_EPOCH,
@@ -417,6 +418,7 @@ impl TimedWorld {
         Snapshot {
             nodes: self.nodes.clone(),
             used,
+            used_slices: BTreeMap::new(),
             users: self.users.clone(),
             bookings: self.bookings.clone(),
             now: self.now,

@@ -1,0 +1,153 @@
+//! GPU slices on the real control plane: a MIG booking runs on a MIG node with its
+//! profile's resource, time-sliced bookings share a GPU up to its replicas, and a user's
+//! quota counts slices as their fraction of a GPU. Each test has fake nodes of its own
+//! model.
+
+use gpu_cloud_api::v1::{GpuInstance, Phase};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use serde_json::json;
+
+use crate::harness::{self, phase};
+
+fn slices(model: &str, slice: &str, count: u32) -> serde_json::Value {
+    json!({"gpu": {"model": model, "slice": slice, "count": count},
+           "image": "pytorch/pytorch:2.5.1", "duration": "1h"})
+}
+
+fn message(i: &GpuInstance) -> String {
+    i.status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_mig_booking_runs_on_its_profile_and_quota_counts_its_fraction() {
+    let client = harness::operator().await;
+    let model = "TEST-MIG-A100";
+    let nodes = harness::gpu_nodes_with(
+        &client,
+        &harness::unique("t-mig"),
+        model,
+        1,
+        json!({"nvidia.com/mig.strategy": "mixed"}),
+        json!({"nvidia.com/gpu": "0", "nvidia.com/mig-1g.10gb": "7", "nvidia.com/mig-3g.40gb": "1"}),
+    )
+    .await;
+    let user = harness::unique("mia");
+    let ns = harness::user(&client, &user, json!({"quota": {"maxGpus": 1}})).await;
+    harness::book(&client, &ns, "nb", slices(model, "1g.10gb", 3)).await;
+    let running = harness::wait_instance(&client, &ns, "nb", "Running", |i| {
+        phase(i) == Some(Phase::Running)
+    })
+    .await;
+    assert_eq!(
+        running.status.as_ref().and_then(|s| s.node_name.clone()),
+        Some(nodes[0].clone())
+    );
+    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("nb")
+        .await
+        .expect("its pod");
+    let limits = pod.spec.as_ref().unwrap().containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        limits.get("nvidia.com/mig-1g.10gb").map(|q| q.0.as_str()),
+        Some("3")
+    );
+    assert!(!limits.contains_key("nvidia.com/gpu"), "{limits:?}");
+
+    // 3 x 1g.10gb is 0.43 of a GPU; a 3g.40gb more (0.43) fits the 1-GPU quota, four
+    // more 1g.10gb (0.57) would not.
+    harness::book(&client, &ns, "big", slices(model, "3g.40gb", 1)).await;
+    harness::wait_instance(&client, &ns, "big", "Running", |i| {
+        phase(i) == Some(Phase::Running)
+    })
+    .await;
+    harness::book(&client, &ns, "more", slices(model, "1g.10gb", 4)).await;
+    let waiting = harness::wait_instance(&client, &ns, "more", "waiting for quota", |i| {
+        message(i).contains("waiting for quota")
+    })
+    .await;
+    assert!(
+        message(&waiting).contains("holds 0.86 of 1 GPUs"),
+        "{}",
+        message(&waiting)
+    );
+
+    // A whole GPU of the model: none (the node is all MIG), so it waits for GPUs.
+    let ns2 = harness::user(&client, &harness::unique("max"), json!({})).await;
+    harness::book(
+        &client,
+        &ns2,
+        "whole",
+        json!({"gpu": {"model": model, "count": 1}, "image": "x", "duration": "1h"}),
+    )
+    .await;
+    let whole = harness::wait_instance(&client, &ns2, "whole", "stalled", |i| {
+        phase(i) == Some(Phase::Queued)
+    })
+    .await;
+    assert!(message(&whole).contains("no "), "{}", message(&whole));
+}
+
+#[tokio::test]
+async fn time_sliced_bookings_share_a_gpu_up_to_its_replicas() {
+    let client = harness::operator().await;
+    let model = "TEST-SHARED-L4";
+    harness::gpu_nodes_with(
+        &client,
+        &harness::unique("t-ts"),
+        model,
+        1,
+        json!({"nvidia.com/gpu.replicas": "4"}),
+        json!({"nvidia.com/gpu.shared": "4"}),
+    )
+    .await;
+    let user = harness::unique("tess");
+    let ns = harness::user(&client, &user, json!({})).await;
+    for i in 0..5 {
+        harness::book(&client, &ns, &format!("nb{i}"), slices(model, "shared", 1)).await;
+    }
+    for i in 0..4 {
+        harness::wait_instance(&client, &ns, &format!("nb{i}"), "Running", |i| {
+            phase(i) == Some(Phase::Running)
+        })
+        .await;
+    }
+    let fifth = harness::wait_instance(&client, &ns, "nb4", "Queued", |i| {
+        phase(i) == Some(Phase::Queued)
+    })
+    .await;
+    assert!(
+        message(&fifth).contains(&format!("waiting for 1 x {model} shared: none free")),
+        "{}",
+        message(&fifth)
+    );
+    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("nb0")
+        .await
+        .expect("pod");
+    let limits = pod.spec.as_ref().unwrap().containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        limits.get("nvidia.com/gpu.shared").map(|q| q.0.as_str()),
+        Some("1")
+    );
+    // One ends: the fifth takes its share.
+    Api::<GpuInstance>::namespaced(client.clone(), &ns)
+        .delete("nb0", &Default::default())
+        .await
+        .expect("delete nb0");
+    harness::wait_instance(&client, &ns, "nb4", "Running", |i| {
+        phase(i) == Some(Phase::Running)
+    })
+    .await;
+}
