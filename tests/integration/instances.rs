@@ -129,6 +129,7 @@ async fn book_view_delete_and_queue() {
             "MODEL",
             "COUNT",
             "NODES",
+            "SLICE",
             "PHASE",
             "NODE",
             "EXPIRES",

@@ -350,6 +350,7 @@ pub struct UsageTotals {
     printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.gpu.model"}"#,
     printcolumn = r#"{"name":"Count","type":"integer","jsonPath":".spec.gpu.count"}"#,
     printcolumn = r#"{"name":"Nodes","type":"integer","priority":1,"jsonPath":".spec.gpu.nodes"}"#,
+    printcolumn = r#"{"name":"Slice","type":"string","priority":1,"jsonPath":".spec.gpu.slice"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.nodeName"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.expiresAt"}"#,

@@ -20,8 +20,8 @@ use serde::{Deserialize, Deserializer};
 use gpu_cloud_api::{INSTANCE_LABEL, USER_LABEL};
 use gpu_cloud_core::scheduler::GpuPod;
 use gpu_cloud_core::scheduler::capacity::{
-    container_gpus, container_limits_requests, container_request, effective_request, holds_nothing,
-    slice_requests,
+    LimitsRequests, container_gpus, container_limits_requests, container_request,
+    effective_request, holds_nothing, slice_requests,
 };
 
 /// A pod as the controller's cache keeps it: identity (name, namespace, uid, resource
@@ -335,12 +335,6 @@ impl WireStatus {
         })
     }
 }
-
-/// A container's resources as [`slice_requests`] reads them.
-type LimitsRequests<'a> = (
-    Option<&'a BTreeMap<String, Quantity>>,
-    Option<&'a BTreeMap<String, Quantity>>,
-);
 
 impl WireContainer {
     fn limits_requests(&self) -> LimitsRequests<'_> {

@@ -269,11 +269,16 @@ fn timeout(
 }
 
 /// The idle rule in force for `inst` of `user`: its own settings, its user's default for
-/// what it leaves out; `None` when neither sets a timeout (or it is `0s`).
+/// what it leaves out; `None` when neither sets a timeout (or it is `0s`), and for a slice
+/// of a GPU: NVML reads no utilization per MIG device or time-sliced share, so the agent
+/// reports none for them and an idle rule would stop them for idleness it never saw.
 pub fn idle_policy(
     inst: &GpuInstance,
     user: Option<&GpuUser>,
 ) -> Result<Option<IdlePolicy>, IdleSettingsError> {
+    if inst.spec.gpu.slice.is_some() {
+        return Ok(None);
+    }
     let own = IdleSettings {
         timeout: timeout(inst.spec.idle_timeout.as_ref(), "spec.idleTimeout")?,
         threshold_percent: inst.spec.idle_threshold_percent,
@@ -544,6 +549,21 @@ mod tests {
             "status": status
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn slices_have_no_idle_rule_and_cost_their_fraction() {
+        let mut inst = instance(serde_json::json!(null));
+        inst.spec.idle_timeout = Some("30m".into());
+        assert!(idle_policy(&inst, None).unwrap().is_some());
+        inst.spec.gpu.slice = Some("1g.10gb".into());
+        assert_eq!(idle_policy(&inst, None).unwrap(), None);
+        // 2 x 1g.10gb for 2 h: 2 x 1/7 x 2 = 0.57 GPU-hours.
+        let planned = planned_gpu_hours(&inst);
+        assert!(
+            (planned - 2.0 * 143.0 / 1000.0 * 2.0).abs() < 1e-9,
+            "{planned}"
+        );
     }
 
     #[test]

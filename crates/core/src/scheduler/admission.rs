@@ -648,7 +648,7 @@ fn decide(
 
 /// Thousandths of a GPU for people: `4`, `1.43`.
 fn gpus_text(milli: u32) -> String {
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         (milli / 1000).to_string()
     } else {
         let s = format!("{:.2}", f64::from(milli) / 1000.0);

@@ -166,13 +166,14 @@ impl GpuPod for Pod {
     }
 }
 
+/// A container's limits and requests, as [`slice_requests`] reads them.
+pub type LimitsRequests<'a> = (
+    Option<&'a BTreeMap<String, Quantity>>,
+    Option<&'a BTreeMap<String, Quantity>>,
+);
+
 /// A container's limits and requests (what [`slice_requests`] reads).
-pub fn container_limits_requests(
-    c: &k8s_openapi::api::core::v1::Container,
-) -> (
-    Option<&BTreeMap<String, Quantity>>,
-    Option<&BTreeMap<String, Quantity>>,
-) {
+pub fn container_limits_requests(c: &k8s_openapi::api::core::v1::Container) -> LimitsRequests<'_> {
     let r = c.resources.as_ref();
     (
         r.and_then(|r| r.limits.as_ref()),
@@ -183,23 +184,10 @@ pub fn container_limits_requests(
 /// A pod's effective request of each slice resource (the rule of [`effective_request`]),
 /// from its containers' and init containers' limits and requests.
 pub fn slice_requests<'a>(
-    containers: impl IntoIterator<
-        Item = (
-            Option<&'a BTreeMap<String, Quantity>>,
-            Option<&'a BTreeMap<String, Quantity>>,
-        ),
-    >,
-    init_containers: impl IntoIterator<
-        Item = (
-            Option<&'a BTreeMap<String, Quantity>>,
-            Option<&'a BTreeMap<String, Quantity>>,
-        ),
-    >,
+    containers: impl IntoIterator<Item = LimitsRequests<'a>>,
+    init_containers: impl IntoIterator<Item = LimitsRequests<'a>>,
 ) -> Vec<(String, u32)> {
-    let per = |(limits, requests): (
-        Option<&'a BTreeMap<String, Quantity>>,
-        Option<&'a BTreeMap<String, Quantity>>,
-    )| {
+    let per = |(limits, requests): LimitsRequests<'a>| {
         let mut m: BTreeMap<String, u32> = BTreeMap::new();
         for source in [requests, limits].into_iter().flatten() {
             for (resource, q) in source {
