@@ -62,8 +62,20 @@ impl<'a> World<'a> {
         now: Timestamp,
     ) -> Self {
         let mut held: BTreeMap<String, u32> = BTreeMap::new();
-        for i in all_instances.iter().filter(|i| figures::holds_gpus(i)) {
-            if let Some(n) = i.status.as_ref().and_then(|s| s.node_name.clone()) {
+        for i in all_instances
+            .iter()
+            .filter(|i| figures::holds_gpus(i) && i.spec.gpu.slice.is_none())
+        {
+            let Some(s) = i.status.as_ref() else {
+                continue;
+            };
+            // A gang holds `count` on each of its nodes.
+            let on: Vec<String> = if s.node_names.is_empty() {
+                s.node_name.clone().into_iter().collect()
+            } else {
+                s.node_names.clone()
+            };
+            for n in on {
                 *held.entry(n).or_default() += i.spec.gpu.count;
             }
         }
