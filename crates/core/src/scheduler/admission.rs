@@ -657,9 +657,9 @@ fn gpus_text(milli: u32) -> String {
 }
 
 fn message(b: &Booking, wait: &Wait, ahead: u32, blocked: bool) -> String {
-    let model = match &b.slice {
-        Some(s) => format!("{} {s}", b.model),
-        None => b.model.clone(),
+    let model: std::borrow::Cow<'_, str> = match &b.slice {
+        Some(s) => format!("{} {s}", b.model).into(),
+        None => b.model.as_str().into(),
     };
     let want = if b.size() > 1 {
         format!("{} nodes x {} x {model}", b.size(), b.count)

@@ -49,7 +49,7 @@ pub(super) struct Ledger<'s> {
     /// Pool indexes by node name, with their slice (empty when no booking needs them).
     pub(super) by_name: HashMap<&'s str, Vec<(Option<&'s str>, usize)>>,
     /// The pools of each model, by slice (`""`: whole GPUs).
-    pub(super) models: BTreeMap<&'s str, BTreeMap<&'s str, ModelNodes>>,
+    pub(super) models: BTreeMap<&'s str, Vec<(&'s str, ModelNodes)>>,
     /// Per node: its topology domain (an index into `domain_free`), `None` for a node
     /// that is a domain of its own.
     pub(super) domain: Vec<Option<usize>>,
@@ -60,8 +60,12 @@ pub(super) struct Ledger<'s> {
 
 /// The nodes of one GPU model.
 pub(super) struct ModelNodes {
-    /// Every node of the model, eligible or not (indexes into `Ledger::nodes`).
-    pub(super) all: Vec<usize>,
+    /// The allocatable GPUs of every node of the model, eligible or not, ascending: how
+    /// many could ever hold a gang's part is a binary search.
+    pub(super) allocs: Vec<u32>,
+    /// The same per labelled domain (by domain index), and the most of a node of none.
+    pub(super) domain_allocs: BTreeMap<usize, Vec<u32>>,
+    pub(super) alone_max: u32,
     /// Ready, schedulable, untainted nodes (indexes into `Ledger::nodes`).
     pub(super) eligible: Vec<usize>,
     /// The largest node of the model, eligible or not.
@@ -89,29 +93,6 @@ impl<'s> Ledger<'s> {
                 n.allocatable.saturating_sub(used.unwrap_or(0))
             })
             .collect();
-        let mut models: BTreeMap<&str, BTreeMap<&str, ModelNodes>> = BTreeMap::new();
-        for (i, n) in nodes.iter().enumerate() {
-            let Some((model, slice)) = n.pool() else {
-                continue;
-            };
-            let m = models
-                .entry(model)
-                .or_default()
-                .entry(slice.unwrap_or(""))
-                .or_insert(ModelNodes {
-                    all: vec![],
-                    eligible: vec![],
-                    largest: 0,
-                    largest_free: 0,
-                    largest_ever: 0,
-                });
-            m.largest = m.largest.max(n.allocatable);
-            m.all.push(i);
-            if n.eligible() {
-                m.eligible.push(i);
-                m.largest_free = m.largest_free.max(free[i]);
-            }
-        }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let domain: Vec<Option<usize>> = nodes
             .iter()
@@ -126,6 +107,43 @@ impl<'s> Ledger<'s> {
             // Whole GPUs only: slices are no room for a gang.
             if let (Some(d), true, None) = (domain[i], n.eligible(), &n.slice) {
                 domain_free[d] = domain_free[d].saturating_add(free[i]);
+            }
+        }
+        let mut models: BTreeMap<&str, Vec<(&str, ModelNodes)>> = BTreeMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let Some((model, slice)) = n.pool() else {
+                continue;
+            };
+            let slices = models.entry(model).or_default();
+            let slice = slice.unwrap_or("");
+            let at = match slices.iter().position(|(s, _)| *s == slice) {
+                Some(at) => at,
+                None => {
+                    slices.push((
+                        slice,
+                        ModelNodes {
+                            allocs: vec![],
+                            domain_allocs: BTreeMap::new(),
+                            alone_max: 0,
+                            eligible: vec![],
+                            largest: 0,
+                            largest_free: 0,
+                            largest_ever: 0,
+                        },
+                    ));
+                    slices.len() - 1
+                }
+            };
+            let m = &mut slices[at].1;
+            m.largest = m.largest.max(n.allocatable);
+            m.allocs.push(n.allocatable);
+            match domain[i] {
+                Some(d) => m.domain_allocs.entry(d).or_default().push(n.allocatable),
+                None => m.alone_max = m.alone_max.max(n.allocatable),
+            }
+            if n.eligible() {
+                m.eligible.push(i);
+                m.largest_free = m.largest_free.max(free[i]);
             }
         }
         let timed = |b: &Booking| {
@@ -171,7 +189,11 @@ impl<'s> Ledger<'s> {
         ledger.ever = (0..nodes.len())
             .map(|i| ledger.time[i].most_free(nodes[i].allocatable, ledger.free[i]))
             .collect();
-        for m in ledger.models.values_mut().flat_map(|s| s.values_mut()) {
+        for (_, m) in ledger.models.values_mut().flatten() {
+            m.allocs.sort_unstable();
+            for v in m.domain_allocs.values_mut() {
+                v.sort_unstable();
+            }
             m.largest_ever = m
                 .eligible
                 .iter()
@@ -184,7 +206,12 @@ impl<'s> Ledger<'s> {
 
     /// The pools of a model and slice.
     pub(super) fn pool(&self, (model, slice): Pool<'_>) -> Option<&ModelNodes> {
-        self.models.get(model)?.get(slice.unwrap_or(""))
+        let slice = slice.unwrap_or("");
+        self.models
+            .get(model)?
+            .iter()
+            .find(|(s, _)| *s == slice)
+            .map(|(_, m)| m)
     }
 
     /// The index of node `name`'s pool of `slice` (whole GPUs for `None`), if a booking
@@ -320,20 +347,18 @@ impl<'s> Ledger<'s> {
     /// How many nodes of `model` could ever hold `count` GPUs (eligible or not): in the
     /// largest domain when `one_domain`, else all of them.
     pub(super) fn nodes_with(&self, model: &ModelNodes, count: u32, one_domain: bool) -> u32 {
-        let big = model
-            .all
-            .iter()
-            .copied()
-            .filter(|&i| self.nodes[i].allocatable >= count);
+        let at_least = |sorted: &[u32]| sorted.len() - sorted.partition_point(|&a| a < count);
         let n = if one_domain {
-            let mut per: BTreeMap<DomainKey, usize> = BTreeMap::new();
-            for i in big {
-                let key = self.domain[i].map_or(DomainKey::Alone(i), DomainKey::Labelled);
-                *per.entry(key).or_default() += 1;
-            }
-            per.into_values().max().unwrap_or(0)
+            let alone = usize::from(model.alone_max >= count);
+            model
+                .domain_allocs
+                .values()
+                .map(|v| at_least(v))
+                .max()
+                .unwrap_or(0)
+                .max(alone)
         } else {
-            big.count()
+            at_least(&model.allocs)
         };
         u32::try_from(n).unwrap_or(u32::MAX)
     }
@@ -441,10 +466,14 @@ impl<'s> Ledger<'s> {
     /// `for_good`, they do not come back, so its most-ever-free bound drops too (a timed
     /// placement leaves that bound as it was: what it takes, it gives back).
     pub(super) fn refresh(&mut self, index: usize, for_good: bool) {
-        let Some(m) = self.nodes[index]
-            .pool()
-            .and_then(|(model, slice)| self.models.get_mut(model)?.get_mut(slice.unwrap_or("")))
-        else {
+        let Some(m) = self.nodes[index].pool().and_then(|(model, slice)| {
+            let slice = slice.unwrap_or("");
+            self.models
+                .get_mut(model)?
+                .iter_mut()
+                .find(|(s, _)| *s == slice)
+                .map(|(_, m)| m)
+        }) else {
             return;
         };
         let (mut free, mut ever) = (0, 0);
