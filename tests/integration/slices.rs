@@ -15,6 +15,23 @@ fn slices(model: &str, slice: &str, count: u32) -> serde_json::Value {
            "image": "pytorch/pytorch:2.5.1", "duration": "1h"})
 }
 
+/// The limits of the container of pod `ns/name`.
+async fn limits(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity> {
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("its pod");
+    pod.spec
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.resources)
+        .and_then(|r| r.limits)
+        .unwrap_or_default()
+}
+
 fn message(i: &GpuInstance) -> String {
     i.status
         .as_ref()
@@ -46,15 +63,7 @@ async fn a_mig_booking_runs_on_its_profile_and_quota_counts_its_fraction() {
         running.status.as_ref().and_then(|s| s.node_name.clone()),
         Some(nodes[0].clone())
     );
-    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
-        .get("nb")
-        .await
-        .expect("its pod");
-    let limits = pod.spec.as_ref().unwrap().containers[0]
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.clone())
-        .unwrap_or_default();
+    let limits = limits(&client, &ns, "nb").await;
     assert_eq!(
         limits.get("nvidia.com/mig-1g.10gb").map(|q| q.0.as_str()),
         Some("3")
@@ -128,17 +137,11 @@ async fn time_sliced_bookings_share_a_gpu_up_to_its_replicas() {
         "{}",
         message(&fifth)
     );
-    let pod = Api::<Pod>::namespaced(client.clone(), &ns)
-        .get("nb0")
-        .await
-        .expect("pod");
-    let limits = pod.spec.as_ref().unwrap().containers[0]
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.clone())
-        .unwrap_or_default();
     assert_eq!(
-        limits.get("nvidia.com/gpu.shared").map(|q| q.0.as_str()),
+        limits(&client, &ns, "nb0")
+            .await
+            .get("nvidia.com/gpu.shared")
+            .map(|q| q.0.as_str()),
         Some("1")
     );
     // One ends: the fifth takes its share.

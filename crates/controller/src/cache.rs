@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use super::cached_pod::CachedPod;
-use gpu_cloud_api::USER_LABEL;
 use gpu_cloud_api::v1::{GpuInstance, GpuPriceList, GpuUsageRecord, GpuUser, PRICE_LIST_NAME};
+use gpu_cloud_api::{INSTANCE_LABEL, USER_LABEL};
 
 /// Objects a feed holds for a slow consumer before its watch waits. A waiting watch is
 /// a stale cache for everyone, but each held event keeps that version of its object alive
@@ -362,7 +362,16 @@ impl Assumed {
             let cached = seen
                 .get(key)
                 .is_some_and(|uid| pod.uid().is_none() || *uid == pod.uid());
-            !cached && alive.contains(key) && at.elapsed() < Self::TTL
+            // Its instance: the one its label names (a gang's pods are `<name>-<rank>`),
+            // else the one of its own name.
+            let instance = (
+                key.0.clone(),
+                pod.labels()
+                    .get(INSTANCE_LABEL)
+                    .cloned()
+                    .unwrap_or_else(|| key.1.clone()),
+            );
+            !cached && alive.contains(&instance) && at.elapsed() < Self::TTL
         });
         m.values().map(|(p, _)| Arc::clone(p)).collect()
     }
@@ -443,6 +452,24 @@ mod tests {
         // Its instance finished before the cache saw the pod: the pod went with it.
         assumed.insert(&pod("p2"));
         let done = vec![Arc::new(instance(Some("Expired")))];
+        assert!(assumed.pending(&[], &done).is_empty());
+    }
+
+    /// A gang's pods are named `<instance>-<rank>`: they stay assumed while their instance
+    /// (named by their label) lives. Dropped for want of an instance of their own name,
+    /// their GPUs looked free and were booked twice (the scale benchmark caught it).
+    #[test]
+    fn a_gang_members_assumed_pod_stays_while_its_instance_lives() {
+        let member: Pod = serde_json::from_value(json!({"metadata": {
+            "name": "a-1", "namespace": "gpu-u", "uid": "m1",
+            "labels": {INSTANCE_LABEL: "a"}
+        }}))
+        .unwrap();
+        let assumed = Assumed::default();
+        assumed.insert(&member);
+        let running = vec![Arc::new(instance(None))];
+        assert_eq!(assumed.pending(&[], &running).len(), 1);
+        let done = vec![Arc::new(instance(Some("Failed")))];
         assert!(assumed.pending(&[], &done).is_empty());
     }
 }

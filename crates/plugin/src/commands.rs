@@ -33,6 +33,43 @@ pub struct PluginCli {
     command: PluginCommand,
 }
 
+/// What a booking, or a slot search, asks for beside its model.
+#[derive(Debug, clap::Args)]
+struct Shape {
+    /// How many GPUs (all on one node; on each node of a gang), or slices with `--slice`.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// A gang: this many nodes with `--count` GPUs each, started together (one pod per
+    /// node, with MASTER_ADDR, WORLD_SIZE, NODE_RANK for torchrun).
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// A slice of a GPU instead of whole GPUs: a MIG profile (`1g.10gb`, `3g.40gb`) or
+    /// `shared` (a time-sliced share); `--count` slices.
+    #[arg(long, conflicts_with = "nodes")]
+    slice: Option<String>,
+    /// A gang's nodes all in one topology domain (a zone, an NVLink clique), or wait.
+    #[arg(long, requires = "nodes")]
+    one_domain: bool,
+}
+
+impl Shape {
+    /// The slot search (or the booking's words) for `model` over `duration`.
+    fn want<'a>(&'a self, model: &'a str, duration: Option<std::time::Duration>) -> SlotWant<'a> {
+        SlotWant {
+            model,
+            slice: self.slice.as_deref(),
+            count: self.count,
+            nodes: self.nodes,
+            topology: if self.one_domain {
+                Topology::Required
+            } else {
+                Topology::Preferred
+            },
+            duration,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
     /// Book GPUs: `kubectl gpu book NVIDIA-L4 --count 1 --for 4h`; ahead of time with
@@ -40,20 +77,9 @@ enum PluginCommand {
     Book {
         /// GPU model (as nodes label it in nvidia.com/gpu.product).
         model: String,
-        /// How many GPUs (all on one node; on each node of a gang).
-        #[arg(long, default_value_t = 1)]
-        count: u32,
-        /// A gang: this many nodes with `--count` GPUs each, started together (one pod per
-        /// node, with MASTER_ADDR, WORLD_SIZE, NODE_RANK for torchrun).
-        #[arg(long, default_value_t = 1)]
-        nodes: u32,
-        /// A slice of a GPU instead of whole GPUs: a MIG profile (`1g.10gb`, `3g.40gb`) or
-        /// `shared` (a time-sliced share); `--count` slices.
-        #[arg(long, conflicts_with = "nodes")]
-        slice: Option<String>,
-        /// A gang's nodes all in one topology domain (a zone, an NVLink clique), or wait.
-        #[arg(long, requires = "nodes")]
-        one_domain: bool,
+        /// GPUs per node, a gang's nodes, a slice.
+        #[command(flatten)]
+        shape: Shape,
         /// Booking length (`30m`, `4h`, `1h30m`).
         #[arg(long = "for", default_value = "1h")]
         duration: String,
@@ -98,18 +124,9 @@ enum PluginCommand {
     Slots {
         /// GPU model.
         model: String,
-        /// How many GPUs (all on one node; on each node of a gang).
-        #[arg(long, default_value_t = 1)]
-        count: u32,
-        /// For a gang of this many nodes.
-        #[arg(long, default_value_t = 1)]
-        nodes: u32,
-        /// Slices of a GPU (`1g.10gb`, `shared`) instead of whole GPUs.
-        #[arg(long, conflicts_with = "nodes")]
-        slice: Option<String>,
-        /// A gang's nodes all in one topology domain.
-        #[arg(long, requires = "nodes")]
-        one_domain: bool,
+        /// GPUs per node, a gang's nodes, a slice.
+        #[command(flatten)]
+        shape: Shape,
         /// Window length (`30m`, `4h`, `1h30m`).
         #[arg(long = "for", default_value = "1h")]
         duration: String,
@@ -313,10 +330,7 @@ impl PluginCli {
         match self.command {
             PluginCommand::Book {
                 model,
-                count,
-                nodes,
-                slice,
-                one_domain,
+                shape,
                 duration,
                 at,
                 earliest,
@@ -345,10 +359,10 @@ impl PluginCli {
                 });
                 let booking = Booking {
                     model: &model,
-                    count,
-                    nodes,
-                    slice: slice.as_deref(),
-                    one_domain,
+                    count: shape.count,
+                    nodes: shape.nodes,
+                    slice: shape.slice.as_deref(),
+                    one_domain: shape.one_domain,
                     duration: &duration,
                     image: &image,
                     ahead,
@@ -360,11 +374,7 @@ impl PluginCli {
                 {
                     eprintln!("{w}");
                 }
-                let what = match (nodes, &slice) {
-                    (_, Some(s)) => format!("{count} x {model} {s}"),
-                    (0 | 1, None) => format!("{count} x {model}"),
-                    (n, None) => format!("{n} nodes x {count} x {model}"),
-                };
+                let what = crate::tables::booking_text(&shape.want(&model, None));
                 match start {
                     None => writeln!(
                         out,
@@ -406,10 +416,7 @@ impl PluginCli {
             }
             PluginCommand::Slots {
                 model,
-                count,
-                nodes,
-                slice,
-                one_domain,
+                shape,
                 duration,
                 from,
                 show,
@@ -419,18 +426,7 @@ impl PluginCli {
                 let now = next_second(Timestamp::now());
                 let from = from.as_deref().map(|f| parse_time(f, now)).transpose()?;
                 let cal = actions::read_calendar(&client, &calendar_namespace).await?;
-                let want = SlotWant {
-                    model: &model,
-                    slice: slice.as_deref(),
-                    count,
-                    nodes,
-                    topology: if one_domain {
-                        Topology::Required
-                    } else {
-                        Topology::Preferred
-                    },
-                    duration: Some(length),
-                };
+                let want = shape.want(&model, Some(length));
                 let text = slots_text(&cal, &want, from.unwrap_or(now), show, now);
                 write!(out, "{text}")?;
             }

@@ -28,11 +28,7 @@ pub fn slots_text(
     let snapshot = snapshot_of(cal, now);
     let slots = free_slots(&snapshot, want, from, show);
     let len = jiff::SignedDuration::try_from(length).unwrap_or(jiff::SignedDuration::MAX);
-    let what = match (want.nodes, want.slice) {
-        (_, Some(s)) => format!("{count} x {model} {s}"),
-        (0 | 1, None) => format!("{count} x {model}"),
-        (n, None) => format!("{n} nodes x {count} x {model}"),
-    };
+    let what = booking_text(want);
     let mut out = format!(
         "{what} for {len:#}, from {} (calendar of {}):\n",
         show_time(from.max(now)),
@@ -131,6 +127,16 @@ pub fn instance_table(items: &[GpuInstance]) -> String {
         ]);
     }
     render(&rows, &[])
+}
+
+/// What a booking asks for, in words: `8 x MODEL`, `2 nodes x 8 x MODEL`, `2 x MODEL 1g.10gb`.
+pub fn booking_text(want: &SlotWant<'_>) -> String {
+    let (model, count) = (want.model, want.count);
+    match (want.nodes, want.slice) {
+        (_, Some(s)) => format!("{count} x {model} {s}"),
+        (0 | 1, None) => format!("{count} x {model}"),
+        (n, None) => format!("{n} nodes x {count} x {model}"),
+    }
 }
 
 /// GPUs of a booking as a table shows them: `8`, `2x8` for a gang of 2 nodes, `3x1g.10gb`
