@@ -142,6 +142,10 @@ pub fn incomplete(
         return out;
     }
     let names = inst.pod_names();
+    // Already being taken down: nothing more to do or say until the pods are gone.
+    if taken.is_empty() && !present.is_empty() && present.iter().all(|p| p.terminating) {
+        return out;
+    }
     if let Some(&rank) = taken.first() {
         let name = names.get(rank).cloned().unwrap_or_default();
         let msg = format!(
@@ -318,6 +322,17 @@ mod tests {
         assert_eq!(out.pod, PodAction::Delete);
         assert_eq!(out.status.phase, Some(Phase::Queued));
         assert_eq!(out.events[0].reason, "GangIncomplete");
+        // Its pods stopping: said once, not again on every look.
+        let stopping: Vec<PodView> = present
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                p.terminating = true;
+                p
+            })
+            .collect();
+        let again = incomplete(&queued, &stopping, &[], ts(140));
+        assert!(again.events.is_empty() && again.pod == PodAction::Keep);
         // Ran whole: a member lost ends the gang at once.
         let ran = gang(json!({"phase": "Running", "nodeName": "n0"}));
         let out = incomplete(&ran, &present, &[], ts(102));
