@@ -24,6 +24,8 @@ pub struct NodesArgs {
 struct Row {
     gpus: NodeGpus,
     used: u32,
+    /// Its slice pools (MIG profiles, shares): slice, held, allocatable.
+    slices: Vec<(String, u32, u32)>,
 }
 
 pub(super) async fn run(args: NodesArgs) -> Result<(), Error> {
@@ -45,6 +47,7 @@ pub(super) async fn run(args: NodesArgs) -> Result<(), Error> {
 
 fn rows(nodes: &[Node], pods: &[Pod], all: bool) -> Vec<Row> {
     let used = gpus_in_use(pods);
+    let used_slices = gpu_cloud_core::scheduler::capacity::slices_in_use(pods);
     let mut rows: Vec<Row> = nodes
         .iter()
         .filter(|n| {
@@ -58,7 +61,18 @@ fn rows(nodes: &[Node], pods: &[Pod], all: bool) -> Vec<Row> {
         .map(|n| {
             let gpus = NodeGpus::from_node(n);
             let used = used.get(&gpus.name).copied().unwrap_or(0);
-            Row { gpus, used }
+            let slices = NodeGpus::pools(n, &[] as &[&str])
+                .into_iter()
+                .filter_map(|p| {
+                    let s = p.slice?;
+                    let held = used_slices
+                        .get(&(p.name.clone(), s.clone()))
+                        .copied()
+                        .unwrap_or(0);
+                    Some((s, held, p.allocatable))
+                })
+                .collect();
+            Row { gpus, used, slices }
         })
         .collect();
     rows.sort_by(|a, b| a.gpus.name.cmp(&b.gpus.name));
@@ -75,6 +89,7 @@ fn write_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
             "FREE",
             "READY",
             "SCHEDULABLE",
+            "SLICES (USED/ALL)",
         ]
         .map(String::from)
         .to_vec(),
@@ -90,6 +105,15 @@ fn write_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
             g.allocatable.saturating_sub(r.used).to_string(),
             g.ready.to_string(),
             g.schedulable.to_string(),
+            if r.slices.is_empty() {
+                "-".to_owned()
+            } else {
+                r.slices
+                    .iter()
+                    .map(|(s, held, all)| format!("{s} {held}/{all}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
         ]);
         total = total.saturating_add(g.allocatable);
         used = used.saturating_add(r.used);
@@ -132,5 +156,26 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("1 nodes, 1 GPUs, 1 in use\n"), "{text}");
+    }
+
+    #[test]
+    fn a_mig_node_shows_its_slices_used_of_all() {
+        let nodes: Vec<Node> = serde_json::from_value(json!([
+            {"metadata": {"name": "mig-0", "labels": {"nvidia.com/gpu.product": "A100",
+                                                      "nvidia.com/gpu.present": "true"}},
+             "status": {"allocatable": {"nvidia.com/gpu": "0", "nvidia.com/mig-1g.10gb": "28",
+                                        "nvidia.com/mig-3g.40gb": "8"},
+                        "conditions": [{"type": "Ready", "status": "True"}]}}
+        ]))
+        .unwrap();
+        let pods: Vec<Pod> = serde_json::from_value(json!([
+            {"spec": {"nodeName": "mig-0", "containers": [
+                {"name": "a", "resources": {"limits": {"nvidia.com/mig-1g.10gb": "2"}}}]}}
+        ]))
+        .unwrap();
+        let mut out = Vec::new();
+        write_table(&mut out, &rows(&nodes, &pods, false)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("1g.10gb 2/28, 3g.40gb 0/8"), "{text}");
     }
 }
