@@ -70,12 +70,7 @@ impl<'a> World<'a> {
                 continue;
             };
             // A gang holds `count` on each of its nodes.
-            let on: Vec<String> = if s.node_names.is_empty() {
-                s.node_name.clone().into_iter().collect()
-            } else {
-                s.node_names.clone()
-            };
-            for n in on {
+            for n in s.placed_nodes() {
                 *held.entry(n).or_default() += i.spec.gpu.count;
             }
         }

@@ -512,6 +512,17 @@ pub const DEFAULT_PREEMPTION_GRACE: std::time::Duration = std::time::Duration::f
 /// Most `spec.preemption.gracePeriod` may be.
 pub const MAX_PREEMPTION_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
+impl GpuInstanceStatus {
+    /// The nodes it was placed on, rank 0 first: a gang's `nodeNames`, else `nodeName`.
+    pub fn placed_nodes(&self) -> Vec<String> {
+        if self.node_names.is_empty() {
+            self.node_name.clone().into_iter().collect()
+        } else {
+            self.node_names.clone()
+        }
+    }
+}
+
 impl GpuInstance {
     /// The names of its pods: its own for one node; `<name>-<rank>` for each node of a
     /// gang, rank 0 first.

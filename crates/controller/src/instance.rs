@@ -108,9 +108,9 @@ fn instances_on(
             .state()
             .iter()
             .filter(|i| {
-                i.status.as_ref().is_some_and(|s| {
-                    s.node_name.as_deref() == Some(node) || s.node_names.iter().any(|n| n == node)
-                })
+                i.status
+                    .as_ref()
+                    .is_some_and(|s| s.placed_nodes().iter().any(|n| n == node))
             })
             .map(|i| ObjectRef::from_obj(i.as_ref())),
     );
@@ -195,8 +195,7 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
     let on: Vec<String> = match &view {
         Some(p) if !p.gang_nodes.is_empty() => p.gang_nodes.clone(),
         Some(p) => p.node.clone().into_iter().collect(),
-        None if !status.node_names.is_empty() => status.node_names.clone(),
-        None => status.node_name.clone().into_iter().collect(),
+        None => status.placed_nodes(),
     };
     let states = on.iter().map(|n| {
         let state = NodeState::of(ctx.caches.nodes.get(&ObjectRef::new(n)).as_deref());
