@@ -95,18 +95,14 @@ pub fn instance_table(items: &[GpuInstance]) -> String {
         let s = i.status.clone().unwrap_or_default();
         let usage = s.usage.as_ref();
         let reserved = s.phase == Some(Phase::Reserved);
-        let nodes = if reserved {
-            &s.reserved_nodes
+        let nodes = if !reserved {
+            s.placed_nodes()
+        } else if s.reserved_nodes.is_empty() {
+            s.reserved_node.clone().into_iter().collect()
         } else {
-            &s.node_names
+            s.reserved_nodes.clone()
         };
-        let node = if !nodes.is_empty() {
-            Some(nodes.join(","))
-        } else if reserved {
-            s.reserved_node.clone()
-        } else {
-            s.node_name.clone()
-        };
+        let node = (!nodes.is_empty()).then(|| nodes.join(","));
         let start = if reserved {
             s.starts_at.or(i.spec.start_time)
         } else {
