@@ -45,6 +45,7 @@ fn main() {
             power_watts: 450.0,
             energy_millijoules: 1_000_000,
             processes,
+            mig_parent: None,
         });
     }
     let started = Timestamp::from_second(1_700_000_000).expect("timestamp");

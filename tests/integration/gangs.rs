@@ -105,8 +105,8 @@ async fn a_gang_runs_whole_with_its_env_and_service_and_one_lost_pod_ends_it_all
     assert_eq!(svc.publish_not_ready_addresses, Some(true));
     assert_eq!(held(&client, &ns).await.values().sum::<u32>(), 16);
 
-    // Usage and cost count the whole gang: GPU-seconds held grow at 16 a second, as
-    // rank 0's node's agent writes them (every node runs one; only rank 0's tracks it).
+    // Usage and cost count the whole gang: GPU-seconds held grow at 16 a second. Each
+    // node's agent writes its member's figures; rank 0's sums them.
     let _agents: Vec<_> = nodes
         .iter()
         .map(|n| {
@@ -134,6 +134,36 @@ async fn a_gang_runs_whole_with_its_env_and_service_and_one_lost_pod_ends_it_all
         }
     })
     .await;
+
+    let i = Api::<GpuInstance>::namespaced(client.clone(), &ns)
+        .get("train")
+        .await
+        .expect("the gang");
+    let s = status(&i);
+    let members: Vec<(u32, &str)> = s
+        .member_usage
+        .iter()
+        .map(|m| (m.rank, m.node_name.as_str()))
+        .collect();
+    assert_eq!(
+        members,
+        [(0, nodes[0].as_str()), (1, nodes[1].as_str())],
+        "{s:?}"
+    );
+    let rank0 = &s.member_usage[0].usage;
+    let total = s.usage.as_ref().expect("the gang's usage");
+    // Both members run alike: the total is about twice rank 0's (rank 1's figures may be
+    // a write older or newer than rank 0's).
+    for (what, sum, one) in [
+        ("energy", total.energy_joules, rank0.energy_joules),
+        ("power", total.power_watts, rank0.power_watts),
+        ("GPU-seconds", total.gpu_seconds, rank0.gpu_seconds),
+    ] {
+        assert!(
+            sum > 1.5 * one && sum < 2.5 * one,
+            "{what}: gang {sum}, rank 0 {one}"
+        );
+    }
 
     // One member killed: the whole gang ends, every GPU is freed.
     pods.delete(
@@ -175,6 +205,29 @@ async fn a_gang_runs_whole_with_its_env_and_service_and_one_lost_pod_ends_it_all
         .map(|(_, reason, _)| reason)
         .collect();
     assert!(reasons.iter().any(|r| r == "GangMemberLost"), "{reasons:?}");
+    // Each member's last figures are written, then the gang's: final, their sum.
+    poll(
+        Duration::from_secs(60),
+        "the gang's final usage",
+        || async {
+            let i = Api::<GpuInstance>::namespaced(client.clone(), &ns)
+                .get("train")
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = status(&i);
+            let total = s.usage.as_ref().ok_or("no usage")?;
+            let finals: Vec<bool> = s.member_usage.iter().map(|m| m.usage.final_).collect();
+            let sum: f64 = s.member_usage.iter().map(|m| m.usage.gpu_seconds).sum();
+            if total.final_ && finals == [true, true] && (total.gpu_seconds - sum).abs() < 1e-6 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "gang {total:?}, members final {finals:?}, sum {sum}"
+                ))
+            }
+        },
+    )
+    .await;
 
     // All three nodes are free again: a gang of three fits.
     harness::book(&client, &ns, "wide", gang(model, 3, 8, json!({}))).await;

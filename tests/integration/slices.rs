@@ -1,7 +1,7 @@
 //! GPU slices on the real control plane: a MIG booking runs on a MIG node with its
 //! profile's resource, time-sliced bookings share a GPU up to its replicas, and a user's
-//! quota counts slices as their fraction of a GPU. Each test has fake nodes of its own
-//! model.
+//! quota counts slices as their fraction of a GPU (the default table's or the cluster's
+//! `--slice-fraction`). Each test has fake nodes of its own model.
 
 use gpu_cloud_api::v1::{GpuInstance, Phase};
 use k8s_openapi::api::core::v1::Pod;
@@ -152,5 +152,89 @@ async fn time_sliced_bookings_share_a_gpu_up_to_its_replicas() {
     harness::wait_instance(&client, &ns, "nb4", "Running", |i| {
         phase(i) == Some(Phase::Running)
     })
+    .await;
+}
+
+/// The shared controller runs with `--slice-fraction 2g.20gb=0.5`
+/// ([`harness::OVERRIDDEN_SLICE_FRACTION`]): a 1-GPU quota takes two `2g.20gb`, not the
+/// three the default table's 2/7 would allow; an agent given the same table counts the
+/// GPU-seconds of one at half a GPU.
+#[tokio::test]
+async fn a_cluster_may_set_what_a_slice_counts_for() {
+    let client = harness::operator().await;
+    let model = "TEST-MIG-OVERRIDE";
+    let nodes = harness::gpu_nodes_with(
+        &client,
+        &harness::unique("t-migo"),
+        model,
+        1,
+        json!({"nvidia.com/mig.strategy": "mixed"}),
+        json!({"nvidia.com/gpu": "0", "nvidia.com/mig-2g.20gb": "3"}),
+    )
+    .await;
+    assert_eq!(gpu_cloud_api::default_slice_milli("2g.20gb"), 286);
+    let ns = harness::user(
+        &client,
+        &harness::unique("ovid"),
+        json!({"quota": {"maxGpus": 1}}),
+    )
+    .await;
+    for name in ["a", "b", "c"] {
+        harness::book(&client, &ns, name, slices(model, "2g.20gb", 1)).await;
+    }
+    for name in ["a", "b"] {
+        harness::wait_instance(&client, &ns, name, "Running", |i| {
+            phase(i) == Some(Phase::Running)
+        })
+        .await;
+    }
+    let third = harness::wait_instance(&client, &ns, "c", "waiting for quota", |i| {
+        message(i).contains("waiting for quota")
+    })
+    .await;
+    assert!(
+        message(&third).contains("holds 1 of 1 GPUs"),
+        "{}",
+        message(&third)
+    );
+
+    let addr = format!("127.0.0.1:{}", harness::free_port());
+    let _agent = harness::Background::start(
+        &harness::control_plane().kubeconfig,
+        &[
+            "agent",
+            "--simulate",
+            "--node",
+            &nodes[0],
+            "--sample-interval",
+            "1s",
+            "--write-interval",
+            "1s",
+            "--metrics-addr",
+            &addr,
+            "--slice-fraction",
+            harness::OVERRIDDEN_SLICE_FRACTION,
+        ],
+    );
+    harness::poll(
+        std::time::Duration::from_secs(60),
+        "GPU-seconds at half a GPU",
+        || async {
+            let i = Api::<GpuInstance>::namespaced(client.clone(), &ns)
+                .get("a")
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = i.status.unwrap_or_default();
+            let u = s.usage.as_ref().ok_or("no usage yet")?;
+            let since = s.started_at.ok_or("no start")?;
+            let secs = u.sampled_at.duration_since(since).as_secs_f64();
+            let per_second = u.gpu_seconds / secs.max(1e-3);
+            if secs > 2.0 && (per_second - 0.5).abs() < 0.05 {
+                Ok(())
+            } else {
+                Err(format!("{} GPU-s over {secs:.1} s", u.gpu_seconds))
+            }
+        },
+    )
     .await;
 }

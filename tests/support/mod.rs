@@ -182,12 +182,19 @@ pub fn controlplane_bin(name: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(name)
 }
 
+/// The `--slice-fraction` the shared controller runs with: `2g.20gb` counts as half a GPU
+/// (its default is 2/7).
+pub const OVERRIDDEN_SLICE_FRACTION: &str = "2g.20gb=0.5";
+
 fn start_controller() -> Result<(), String> {
     let addr = format!("127.0.0.1:{}", controller_metrics_port());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-cloud"));
     cmd.args(["controller", "--resync", "2s", "--metrics-addr", &addr])
         // Node-loss tests wait this long, not the default minute.
         .args(["--node-lost-after", "5s"])
+        // The cluster's own fraction for one MIG profile (tests/integration/slices.rs);
+        // no other test books it.
+        .args(["--slice-fraction", OVERRIDDEN_SLICE_FRACTION])
         .env("KUBECONFIG", &control_plane().kubeconfig)
         .env(
             "RUST_LOG",

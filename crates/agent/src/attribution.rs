@@ -97,6 +97,7 @@ mod tests {
             power_watts: power,
             energy_millijoules: 5_000,
             processes: procs.iter().map(|&(pid, m, s)| (pid, (m, s))).collect(),
+            mig_parent: None,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod accumulate;
 pub mod attribution;
 pub mod cgroup;
+pub mod gang;
 mod metrics;
 pub mod nvml;
 pub mod podresources;
@@ -26,13 +27,20 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use accumulate::{Sample, advance};
-use gpu_cloud_api::MANAGED_BY;
 use gpu_cloud_api::v1::{GpuInstance, IdleClock, Usage, UsageSource};
+use gpu_cloud_api::{INSTANCE_LABEL, MANAGED_BY, RANK_LABEL};
 use gpu_cloud_core::policy::idle;
 use nvml::NvmlSource;
 
 /// Field manager of the agent's writes (it owns `status.usage` and nothing else).
 pub const FIELD_MANAGER: &str = "gpu-cloud-agent";
+
+/// Field manager of the writes of a gang member's figures (`status.memberUsage`, and for
+/// rank 0 the gang's `status.usage`): one per rank, so that each member's entry is owned
+/// by its own writer and no agent's apply removes another's.
+pub fn member_field_manager(rank: u32) -> String {
+    format!("{FIELD_MANAGER}-rank-{rank}")
+}
 
 /// Arguments of `gpu-cloud agent`.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,6 +80,18 @@ pub struct AgentArgs {
     /// check of NVML on a node.
     #[arg(long, conflicts_with = "simulate")]
     pub once: bool,
+    /// What a GPU slice counts for in quotas, budgets, cost and usage, as a fraction of a
+    /// GPU: `SLICE=FRACTION` (repeat the flag or separate by commas; e.g. `1g.10gb=0.15`,
+    /// `shared=0.5`). Slices not named count as in the default table (README "GPU
+    /// slices"). The controller and the agents must be given the same (the chart's
+    /// `sliceFractions` is passed to both).
+    #[arg(
+        long = "slice-fraction",
+        value_delimiter = ',',
+        value_parser = gpu_cloud_api::parse_slice_fraction,
+        env = "GPU_CLOUD_SLICE_FRACTIONS"
+    )]
+    pub slice_fractions: Vec<(String, u32)>,
     /// The kubelet's PodResources socket (device → pod attribution).
     #[arg(long, default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
     pub pod_resources_socket: PathBuf,
@@ -86,6 +106,9 @@ pub enum AgentError {
     /// No API client could be made.
     #[error(transparent)]
     Client(#[from] gpu_cloud_runtime::client::ClientError),
+    /// `--slice-fraction` could not be installed.
+    #[error(transparent)]
+    SliceFractions(#[from] gpu_cloud_api::SliceFractionError),
     /// `--once` could not print its readings (a bug: please report it).
     #[error("cannot render the readings as JSON: {0}")]
     Render(#[source] serde_json::Error),
@@ -111,11 +134,19 @@ enum Source {
 struct Tracked {
     usage: Usage,
     written: Option<Instant>,
+    /// Of a gang member (rank 1 and up): its instance, looked up by name once its pod is
+    /// gone, until its last figures are written.
+    instance: Option<(String, String)>,
 }
+
+/// What the agent measures: an instance on one of its nodes (rank `None`), or one member
+/// of a gang (rank 0 is on `status.nodeName`, the others on `status.nodeNames`).
+type Key = (String, Option<u32>);
 
 /// Runs the agent until SIGINT/SIGTERM. Without NVML (and without --simulate) it stops at
 /// once with an error saying so.
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    gpu_cloud_api::install_slice_fractions(&args.slice_fractions)?;
     let mut source = if args.simulate {
         Source::Simulated
     } else if args.simulate_devices {
@@ -136,7 +167,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         metrics.clone(),
     ));
     info!(nodes = ?args.nodes, simulate = args.simulate, simulate_devices = args.simulate_devices, "gpu-cloud agent starting");
-    let mut tracked: HashMap<String, Tracked> = HashMap::new();
+    let mut tracked: HashMap<Key, Tracked> = HashMap::new();
     let mut tick = tokio::time::interval(args.sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = gpu_cloud_runtime::shutdown_signal();
@@ -161,7 +192,7 @@ async fn cycle(
     client: &Client,
     args: &AgentArgs,
     source: &mut Source,
-    tracked: &mut HashMap<String, Tracked>,
+    tracked: &mut HashMap<Key, Tracked>,
     metrics: &metrics::AgentMetrics,
 ) -> Result<(), AgentError> {
     let now = Timestamp::now();
@@ -205,10 +236,17 @@ async fn cycle(
             )
         }
     };
+    // Our pods on these nodes: to attribute readings to (all of them), and to find the
+    // gang members here (those with a rank; a gang's instance lists only rank 0's node).
+    let pods = our_pods(client, &args.nodes, readings.is_none()).await?;
+    let members = gang_members(client, &pods, tracked).await?;
     let shares = match readings {
         None => None,
         Some(readings) => {
-            let pod_uid_of = pods_on_nodes(client, &args.nodes).await?;
+            let pod_uid_of: BTreeMap<(String, String), String> = pods
+                .iter()
+                .map(|p| ((p.namespace.clone(), p.name.clone()), p.uid.clone()))
+                .collect();
             let pid_pods = pid_pods(&args.proc_root, &readings);
             let holders = gpu_holders(&args.pod_resources_socket).await;
             let device_pods = holders
@@ -228,25 +266,37 @@ async fn cycle(
         }
     };
 
+    let work = mine
+        .iter()
+        .map(|i| (*i, (i.spec.gpu.nodes() > 1).then_some(0)))
+        .chain(members.iter().map(|(i, rank)| (i, Some(*rank))));
     let mut seen = Vec::new();
-    for inst in &mine {
+    for (inst, rank) in work {
         let uid = inst.uid().unwrap_or_default();
-        seen.push(uid.clone());
+        let key = (uid.clone(), rank);
+        seen.push(key.clone());
         let status = inst.status.clone().unwrap_or_default();
         let Some(started) = status.started_at else {
             continue;
         };
         // Figures of an earlier run (the instance was preempted and placed again) are
         // in its `previousRuns` already: this run starts from nothing.
-        let stored = status.current_usage().cloned();
+        let stored = match rank {
+            None => status.current_usage(),
+            Some(r) => status.current_member_usage(r),
+        }
+        .cloned();
         let fresh = Usage {
             sampled_at: started,
             source: kind,
             ..Default::default()
         };
-        let entry = tracked.entry(uid.clone()).or_insert_with(|| Tracked {
+        let entry = tracked.entry(key.clone()).or_insert_with(|| Tracked {
             usage: stored.clone().unwrap_or(fresh.clone()),
             written: None,
+            instance: rank
+                .filter(|r| *r > 0)
+                .map(|_| (inst.namespace().unwrap_or_default(), inst.name_any())),
         });
         if entry.usage.sampled_at < started {
             entry.usage = fresh;
@@ -258,7 +308,9 @@ async fn cycle(
         {
             entry.usage = s.clone();
         }
-        if entry.usage.final_ {
+        // Rank 0 of a gang goes on after its own last figures until the gang's are final.
+        let gang_final = status.current_usage().is_some_and(|u| u.final_);
+        if entry.usage.final_ && (rank != Some(0) || gang_final) {
             continue;
         }
         let ended_at = status
@@ -269,21 +321,29 @@ async fn cycle(
                     || status.phase.is_some_and(|p| p.is_finished())
             });
         let at = ended_at.map_or(now, |end| end.min(now));
+        // A gang member holds its node's GPUs; anything else all it booked.
+        let gpus = match rank {
+            None => inst.spec.gpu.gpu_equivalent(),
+            Some(_) => f64::from(inst.spec.gpu.count),
+        };
         let sample = match (&shares, ended_at) {
-            (None, _) => simulated::sample(inst, at),
+            (None, _) => simulated::sample(inst, at, gpus),
             // The pod is gone: carry the last readings to the end.
             (Some(_), Some(_)) => Sample {
                 at,
-                gpus: inst.spec.gpu.gpu_equivalent(),
+                gpus,
                 utilization: entry.usage.avg_utilization,
                 memory_bytes: 0,
                 power_watts: entry.usage.power_watts,
                 devices: vec![],
             },
             (Some((shares, pod_uid_of)), None) => {
-                // Its pod on this node: the instance's own, or a gang's rank 0 (the agent
-                // of rank 0's node, `status.nodeName`, accounts for the gang).
-                let pod = inst.pod_names().into_iter().next().unwrap_or_default();
+                // Its pod on this node: the instance's own, or the gang member's.
+                let pod = inst
+                    .pod_names()
+                    .into_iter()
+                    .nth(rank.unwrap_or(0) as usize)
+                    .unwrap_or_default();
                 let key = (inst.namespace().unwrap_or_default(), pod);
                 let share = pod_uid_of
                     .get(&key)
@@ -293,10 +353,7 @@ async fn cycle(
                 let per_node = inst.spec.gpu.count.max(1);
                 Sample {
                     at,
-                    // GPU-seconds held count every GPU of a gang: all are held alike.
-                    gpus: inst.spec.gpu.gpu_equivalent(),
-                    // Of a gang, utilization, memory, power and energy are rank 0's node's
-                    // (the other members' are not read yet; README "Gangs").
+                    gpus,
                     utilization: share.utilization_sum / f64::from(per_node),
                     memory_bytes: share.memory_bytes,
                     power_watts: share.power_watts,
@@ -304,22 +361,126 @@ async fn cycle(
                 }
             }
         };
-        let mut usage = advance(Some(&entry.usage), started, &sample, kind);
-        usage.final_ = ended_at.is_some();
-        usage.idle = idle_clock(inst, &entry.usage, &sample);
+        let was_final = entry.usage.final_;
+        let usage = if was_final {
+            entry.usage.clone()
+        } else {
+            let mut usage = advance(Some(&entry.usage), started, &sample, kind);
+            usage.final_ = ended_at.is_some();
+            // A gang's idle clock follows rank 0 (its members run one program in step).
+            if rank.is_none_or(|r| r == 0) {
+                usage.idle = idle_clock(inst, &entry.usage, &sample);
+            }
+            usage
+        };
         let due = entry
             .written
             .is_none_or(|w| w.elapsed() >= args.write_interval);
-        if due || usage.final_ {
-            write_usage(client, inst, &usage).await?;
-            entry.written = Some(Instant::now());
+        match rank {
+            None => {
+                if due || usage.final_ {
+                    write_usage(client, inst, &usage).await?;
+                    entry.written = Some(Instant::now());
+                }
+                metrics.instance(inst, &usage, &sample);
+                entry.usage = usage;
+            }
+            Some(r) => {
+                // Rank 0 sums the members: the others' as written, or as this agent has
+                // them when it measures them too (several nodes under --simulate).
+                let total = (r == 0).then(|| {
+                    let others: Vec<Option<&Usage>> = (1..inst.spec.gpu.nodes())
+                        .map(|o| {
+                            let written = status.current_member_usage(o);
+                            let here = tracked
+                                .get(&(uid.clone(), Some(o)))
+                                .map(|t| &t.usage)
+                                .filter(|t| t.sampled_at >= started);
+                            match (written, here) {
+                                (Some(w), Some(h)) if h.sampled_at > w.sampled_at => Some(h),
+                                (Some(w), _) => Some(w),
+                                (None, h) => h,
+                            }
+                        })
+                        .collect();
+                    let members: Vec<&Usage> = std::iter::once(&usage)
+                        .chain(others.iter().flatten().copied())
+                        .collect();
+                    let mut total = gang::total(&members);
+                    total.final_ = gang::is_final(usage.final_, &others, ended_at, now);
+                    total.idle = usage.idle.clone();
+                    total
+                });
+                let finishing =
+                    (usage.final_ && !was_final) || total.as_ref().is_some_and(|t| t.final_);
+                if due || finishing {
+                    let node = status
+                        .node_names
+                        .get(r as usize)
+                        .cloned()
+                        .unwrap_or_default();
+                    write_member_usage(client, inst, r, &node, &usage, total.as_ref()).await?;
+                    if let Some(e) = tracked.get_mut(&key) {
+                        e.written = Some(Instant::now());
+                    }
+                }
+                if let Some(total) = &total {
+                    metrics.instance(inst, total, &sample);
+                }
+                if let Some(e) = tracked.get_mut(&key) {
+                    e.usage = usage;
+                }
+            }
         }
-        entry.usage = usage;
-        metrics.instance(inst, &entry.usage, &sample);
     }
-    tracked.retain(|uid, _| seen.contains(uid));
+    tracked.retain(|key, _| seen.contains(key));
     metrics.forget_except(&mine);
     Ok(())
+}
+
+/// The gang members (rank 1 and up) on these nodes: those whose pods are here, and those
+/// this agent measured whose pods are gone, until their last figures are written.
+async fn gang_members(
+    client: &Client,
+    pods: &[OurPod],
+    tracked: &HashMap<Key, Tracked>,
+) -> Result<Vec<(GpuInstance, u32)>, AgentError> {
+    let mut wanted: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for p in pods {
+        if let (Some(inst), Some(rank)) = (&p.instance, p.rank.filter(|r| *r > 0)) {
+            wanted.insert((p.namespace.clone(), inst.clone()), rank);
+        }
+    }
+    for ((_, rank), t) in tracked {
+        if let (Some(at), Some(rank)) = (&t.instance, rank)
+            && !t.usage.final_
+        {
+            wanted.entry(at.clone()).or_insert(*rank);
+        }
+    }
+    let mut out = Vec::new();
+    for ((ns, name), rank) in wanted {
+        let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
+        match api.get_opt(&name).await {
+            Ok(Some(inst)) => {
+                let placed = inst
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.started_at.is_some() && s.node_names.len() > rank as usize);
+                if placed {
+                    out.push((inst, rank));
+                }
+            }
+            Ok(None) => {}
+            Err(source) => {
+                return Err(AgentError::Kube {
+                    action: "get a gang member's GpuInstance",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The idle clock after `sample`, from the one kept in `before` (the usage before it), when
@@ -345,6 +506,39 @@ fn idle_clock(inst: &GpuInstance, before: &Usage, sample: &Sample) -> Option<Idl
     ))
 }
 
+/// Writes a gang member's figures, and rank 0's the gang's `total`, under the rank's own
+/// field manager.
+async fn write_member_usage(
+    client: &Client,
+    inst: &GpuInstance,
+    rank: u32,
+    node: &str,
+    usage: &Usage,
+    total: Option<&Usage>,
+) -> Result<(), AgentError> {
+    let api = Api::<GpuInstance>::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
+    let mut status = serde_json::json!({
+        "memberUsage": [{"rank": rank, "nodeName": node, "usage": usage}],
+    });
+    if let Some(total) = total {
+        status["usage"] = serde_json::to_value(total).map_err(AgentError::Render)?;
+    }
+    let body = serde_json::json!({
+        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance", "status": status,
+    });
+    api.patch_status(
+        &inst.name_any(),
+        &PatchParams::apply(&member_field_manager(rank)).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(|source| AgentError::Kube {
+        action: "write status.memberUsage",
+        source,
+    })?;
+    Ok(())
+}
+
 async fn write_usage(client: &Client, inst: &GpuInstance, usage: &Usage) -> Result<(), AgentError> {
     let api = Api::<GpuInstance>::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
     let body = serde_json::json!({
@@ -364,16 +558,32 @@ async fn write_usage(client: &Client, inst: &GpuInstance, usage: &Usage) -> Resu
     Ok(())
 }
 
-/// (namespace, pod name) → pod UID for our pods on these nodes.
-async fn pods_on_nodes(
+/// One of our pods on this agent's nodes.
+struct OurPod {
+    namespace: String,
+    name: String,
+    uid: String,
+    /// Its GpuInstance (label `gpu-cloud.io/instance`).
+    instance: Option<String>,
+    /// Its rank in a gang (label `gpu-cloud.io/rank`).
+    rank: Option<u32>,
+}
+
+/// Our pods on these nodes (`gangs_only`: only gang members').
+async fn our_pods(
     client: &Client,
     nodes: &[String],
-) -> Result<BTreeMap<(String, String), String>, AgentError> {
-    let mut out = BTreeMap::new();
+    gangs_only: bool,
+) -> Result<Vec<OurPod>, AgentError> {
+    let mut selector = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
+    if gangs_only {
+        selector.push_str(&format!(",{RANK_LABEL}"));
+    }
+    let mut out = Vec::new();
     for node in nodes {
         let lp = ListParams::default()
             .fields(&format!("spec.nodeName={node}"))
-            .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+            .labels(&selector);
         let pods = Api::<Pod>::all(client.clone())
             .list(&lp)
             .await
@@ -382,10 +592,14 @@ async fn pods_on_nodes(
                 source,
             })?;
         for p in pods.items {
-            out.insert(
-                (p.namespace().unwrap_or_default(), p.name_any()),
-                p.uid().unwrap_or_default(),
-            );
+            let label = |k: &str| p.labels().get(k).cloned();
+            out.push(OurPod {
+                namespace: p.namespace().unwrap_or_default(),
+                name: p.name_any(),
+                uid: p.uid().unwrap_or_default(),
+                instance: label(INSTANCE_LABEL),
+                rank: label(RANK_LABEL).and_then(|r| r.parse().ok()),
+            });
         }
     }
     Ok(out)

@@ -140,7 +140,10 @@ impl AgentMetrics {
                 pod: h.map(|h| h.pod.clone()).unwrap_or_default(),
                 container: h.map(|h| h.container.clone()).unwrap_or_default(),
             };
-            self.util.get_or_create(&labels).set(r.utilization);
+            // NVML reads no utilization per MIG device: none is exported for one.
+            if r.mig_parent.is_none() {
+                self.util.get_or_create(&labels).set(r.utilization);
+            }
             self.fb_used.get_or_create(&labels).set(mib(r.memory_used));
             self.power.get_or_create(&labels).set(r.power_watts);
             self.energy

@@ -19,15 +19,15 @@ pub fn power_per_gpu(utilization: f64) -> f64 {
     60.0 + 3.0 * utilization
 }
 
-/// The simulated reading of `inst` at `at`.
-pub fn sample(inst: &GpuInstance, at: Timestamp) -> Sample {
+/// The simulated reading at `at` of `gpus` GPUs of `inst` (all it booked, or one gang
+/// member's).
+pub fn sample(inst: &GpuInstance, at: Timestamp, gpus: f64) -> Sample {
     let utilization = inst
         .annotations()
         .get(UTILIZATION_ANNOTATION)
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|u| (0.0..=100.0).contains(u))
         .unwrap_or(50.0);
-    let gpus = inst.spec.gpu.gpu_equivalent();
     let per_gpu_memory = (8.0 * f64::from(1u32 << 30) * utilization / 100.0) as u64;
     Sample {
         at,

@@ -116,6 +116,7 @@ pub fn readings(
                     .iter()
                     .map(|p| (p.pid, (memory(p.utilization), Some(p.utilization))))
                     .collect(),
+                mig_parent: None,
             }
         })
         .collect()

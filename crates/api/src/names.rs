@@ -54,11 +54,71 @@ pub fn slice_of_resource(resource: &str) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// What one slice counts for in quotas, budgets and cost, in thousandths of a GPU: a MIG
+/// What one slice counts for in quotas, budgets and cost, in thousandths of a GPU: the
+/// fraction installed for it with `--slice-fraction` ([`install_slice_fractions`]), else
+/// [`default_slice_milli`].
+pub fn slice_milli(slice: &str) -> u32 {
+    SLICE_FRACTIONS
+        .get()
+        .and_then(|table| table.get(slice).copied())
+        .unwrap_or_else(|| default_slice_milli(slice))
+}
+
+/// The fractions a cluster sets for its slices (`--slice-fraction` of the controller and
+/// the agent, the chart's `sliceFractions`), installed once when the process starts: one
+/// table for every figure the process computes, so quotas, budgets, cost and usage agree.
+static SLICE_FRACTIONS: std::sync::OnceLock<std::collections::BTreeMap<String, u32>> =
+    std::sync::OnceLock::new();
+
+/// A `--slice-fraction` that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SliceFractionError {
+    /// Not `SLICE=FRACTION`.
+    #[error("slice fraction {0:?} is not SLICE=FRACTION (e.g. 1g.10gb=0.15 or shared=0.5)")]
+    Malformed(String),
+    /// The fraction is no number in (0, 1].
+    #[error("slice fraction {0:?}: the fraction must be a number above 0 and at most 1 (of a GPU)")]
+    OutOfRange(String),
+    /// Installed twice with different tables (a bug: please report it).
+    #[error("the slice fractions were already installed with another table")]
+    AlreadyInstalled,
+}
+
+/// Parses a `--slice-fraction SLICE=FRACTION` (fraction of a GPU, e.g. `1g.10gb=0.15`)
+/// into the slice and its thousandths (at least 1).
+pub fn parse_slice_fraction(text: &str) -> Result<(String, u32), SliceFractionError> {
+    let (slice, fraction) = text
+        .split_once('=')
+        .map(|(s, f)| (s.trim(), f.trim()))
+        .filter(|(s, _)| !s.is_empty())
+        .ok_or_else(|| SliceFractionError::Malformed(text.to_owned()))?;
+    let fraction: f64 = fraction
+        .parse()
+        .map_err(|_| SliceFractionError::Malformed(text.to_owned()))?;
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        return Err(SliceFractionError::OutOfRange(text.to_owned()));
+    }
+    let milli = ((fraction * 1000.0).round() as u32).max(1);
+    Ok((slice.to_owned(), milli))
+}
+
+/// Installs the cluster's slice fractions for this process (once; installing the same
+/// table again is a no-op).
+pub fn install_slice_fractions(table: &[(String, u32)]) -> Result<(), SliceFractionError> {
+    let table: std::collections::BTreeMap<String, u32> = table.iter().cloned().collect();
+    let installed = SLICE_FRACTIONS.get_or_init(|| table.clone());
+    if *installed == table {
+        Ok(())
+    } else {
+        Err(SliceFractionError::AlreadyInstalled)
+    }
+}
+
+/// The documented default of what a slice counts for, in thousandths of a GPU: a MIG
 /// profile `<n>g.<memory>` is `n` of the 7 compute slices of an A100 or H100 (`1g.10gb`:
 /// 143, `3g.40gb`: 429, `7g.80gb`: 1000); a time-sliced share is a quarter (the GPU
 /// operator's usual 4 replicas). README "GPU slices" has the table.
-pub fn slice_milli(slice: &str) -> u32 {
+pub fn default_slice_milli(slice: &str) -> u32 {
     if slice == SHARED_SLICE {
         return 250;
     }
@@ -90,4 +150,54 @@ pub fn namespace_of(name: &str) -> String {
 /// The user whose namespace `ns` is, by its name alone (`gpu-alice` -> `alice`).
 pub fn user_of_namespace(ns: &str) -> Option<&str> {
     ns.strip_prefix(NAMESPACE_PREFIX).filter(|u| !u.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_table_counts_compute_slices_and_shares() {
+        let table = [
+            "1g.10gb",
+            "2g.20gb",
+            "3g.40gb",
+            "7g.80gb",
+            SHARED_SLICE,
+            "odd",
+        ]
+        .map(default_slice_milli);
+        assert_eq!(table, [143, 286, 429, 1000, 250, 1000]);
+    }
+
+    #[test]
+    fn a_slice_fraction_is_slice_equals_a_fraction_of_one_gpu() {
+        assert_eq!(
+            parse_slice_fraction("1g.10gb=0.15"),
+            Ok(("1g.10gb".into(), 150))
+        );
+        assert_eq!(
+            parse_slice_fraction(" shared = 1 "),
+            Ok(("shared".into(), 1000))
+        );
+        assert_eq!(parse_slice_fraction("x=0.0001"), Ok(("x".into(), 1)));
+        for bad in ["1g.10gb", "=0.5", "1g.10gb=half"] {
+            assert!(
+                matches!(
+                    parse_slice_fraction(bad),
+                    Err(SliceFractionError::Malformed(_))
+                ),
+                "{bad}"
+            );
+        }
+        for bad in ["a=0", "a=1.5", "a=-0.2", "a=NaN"] {
+            assert!(
+                matches!(
+                    parse_slice_fraction(bad),
+                    Err(SliceFractionError::OutOfRange(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -762,8 +762,15 @@ pub struct GpuInstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// GPU use measured by the node agent (field manager `gpu-cloud-agent`), cumulative.
+    /// A gang's is the sum over its members (`memberUsage`), written by rank 0's agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// A gang's use per member, each written by the agent of that member's node (field
+    /// manager `gpu-cloud-agent-rank-<rank>`, so that no agent's write removes another's);
+    /// empty for one node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["rank"]))]
+    pub member_usage: Vec<MemberUsage>,
     /// Booked ahead: the node holding its window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved_node: Option<String>,
@@ -808,6 +815,18 @@ pub struct GpuInstanceStatus {
     pub last_exit: Option<ProgramExit>,
 }
 
+/// What one member of a gang used: the pod of `rank` on `nodeName`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberUsage {
+    /// The member's rank (its pod is `<name>-<rank>`).
+    pub rank: u32,
+    /// The node it runs on.
+    pub node_name: String,
+    /// Its figures, cumulative since placement, as for one node.
+    pub usage: Usage,
+}
+
 /// How a program ended, as the kubelet reports its container's termination.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -832,6 +851,16 @@ impl GpuInstanceStatus {
     pub fn current_usage(&self) -> Option<&Usage> {
         let started = self.started_at?;
         self.usage.as_ref().filter(|u| u.sampled_at >= started)
+    }
+
+    /// A gang member's figures of the current run (as [`Self::current_usage`]).
+    pub fn current_member_usage(&self, rank: u32) -> Option<&Usage> {
+        let started = self.started_at?;
+        self.member_usage
+            .iter()
+            .find(|m| m.rank == rank)
+            .map(|m| &m.usage)
+            .filter(|u| u.sampled_at >= started)
     }
 }
 

@@ -320,6 +320,15 @@ impl Assumed {
         }
     }
 
+    /// `ns/name` is assumed: this controller is creating it or created it, and (when the
+    /// caller found no such pod in the cache) the pod cache does not show it yet.
+    pub fn contains(&self, ns: &str, name: &str) -> bool {
+        self.0.lock().is_ok_and(|m| {
+            m.get(&(ns.to_owned(), name.to_owned()))
+                .is_some_and(|(_, at)| at.elapsed() < Self::TTL)
+        })
+    }
+
     /// Forgets `ns/name`: its create was refused, nothing was made.
     pub fn forget(&self, ns: &str, name: &str) {
         if let Ok(mut m) = self.0.lock() {

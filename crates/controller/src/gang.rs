@@ -25,6 +25,9 @@ use gpu_cloud_api::v1::{GpuInstance, Phase};
 /// apart.
 pub const ASSEMBLY_GRACE: Duration = Duration::from_secs(30);
 
+/// How soon a gang whose missing pods are still being created is looked at again.
+pub const CREATING_RECHECK: Duration = Duration::from_secs(2);
+
 /// One member of a gang as the pod cache shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Member {
@@ -115,16 +118,25 @@ pub fn reduce(members: &[Member]) -> Members {
 
 /// What to do with a gang that has only some of its pods at `now`.
 ///
-/// A gang that ran whole (its status names its nodes) has lost a member: it fails at once
-/// (`GangMemberLost`) and its pods are deleted; its usage so far stands. One that never
-/// did is being placed, or was cut short while being placed: within [`ASSEMBLY_GRACE`] of
-/// its newest pod nothing happens (look again then); after it its pods are deleted and it
-/// stays queued, to be placed again once they are gone. A pod name taken by someone else's pod: it fails (`PodNameTaken`), since every
-/// attempt would collide.
+/// A gang that ran whole (phase `Running`: every pod was seen running) has lost a member:
+/// it fails at once (`GangMemberLost`) and its pods are deleted; its usage so far stands.
+/// One placed (its status names its nodes) but not yet seen whole may only look partial:
+/// the placement writes the status once every pod is created, and under load the pod
+/// watch can show that status before the last pods. So it gets [`ASSEMBLY_GRACE`] from
+/// its placement and newest pod, then fails the same way. One never placed was cut short
+/// while being placed (a controller killed between creates): within the grace of its
+/// newest pod nothing happens (look again then); after it its pods are deleted and it
+/// stays queued, to be placed again once they are gone. A pod name taken by someone
+/// else's pod: it fails (`PodNameTaken`), since every attempt would collide.
+///
+/// `creating`: a missing member's pod is one this controller is creating or created that
+/// the pod cache does not show yet (under load a create can take many seconds to land):
+/// nothing happens until it shows or its create fails; look again in [`CREATING_RECHECK`].
 pub fn incomplete(
     inst: &GpuInstance,
     present: &[PodView],
     taken: &[usize],
+    creating: bool,
     now: Timestamp,
 ) -> Outcome {
     let old = inst.status.clone().unwrap_or_default();
@@ -153,9 +165,18 @@ pub fn incomplete(
         );
         return fail(inst, out, "PodNameTaken", msg, now);
     }
+    if creating {
+        out.requeue_after = Some(CREATING_RECHECK);
+        return out;
+    }
     let have: Vec<&str> = present.iter().map(|p| p.name.as_str()).collect();
-    let ran_whole = old.node_name.is_some();
-    let newest = present.iter().filter_map(|p| p.created).max();
+    let placed = old.node_name.is_some();
+    let ran_whole = placed && old.phase == Some(Phase::Running);
+    let newest = present
+        .iter()
+        .filter_map(|p| p.created)
+        .chain(old.started_at.filter(|_| placed))
+        .max();
     let grace = SignedDuration::try_from(ASSEMBLY_GRACE).unwrap_or(SignedDuration::ZERO);
     if let Some(left) = newest
         .map(|t| grace - now.duration_since(t))
@@ -166,14 +187,19 @@ pub fn incomplete(
     }
     out.pod = PodAction::Delete;
     out.wake_scheduler = true;
-    if ran_whole {
+    if placed {
         let missing: Vec<&str> = names
             .iter()
             .map(String::as_str)
             .filter(|n| !have.contains(n))
             .collect();
+        let when = if ran_whole {
+            "while it ran"
+        } else {
+            "before it ran"
+        };
         let msg = format!(
-            "gang member pod(s) {} gone while it ran: the whole gang ends",
+            "gang member pod(s) {} gone {when}: the whole gang ends",
             missing.join(", ")
         );
         return fail(inst, out, "GangMemberLost", msg, now);
@@ -312,16 +338,22 @@ mod tests {
         );
         // Being placed: look again when the grace is over.
         let queued = gang(json!({"phase": "Queued"}));
-        let out = incomplete(&queued, &present, &[], ts(111));
+        let out = incomplete(&queued, &present, &[], false, ts(111));
         assert_eq!(
             (out.pod, out.requeue_after),
             (PodAction::Keep, Some(Duration::from_secs(20)))
         );
         // Never ran whole: its pods go, it stays queued.
-        let out = incomplete(&queued, &present, &[], ts(131));
+        let out = incomplete(&queued, &present, &[], false, ts(131));
         assert_eq!(out.pod, PodAction::Delete);
         assert_eq!(out.status.phase, Some(Phase::Queued));
         assert_eq!(out.events[0].reason, "GangIncomplete");
+        // A missing pod still being created by this controller: nothing yet.
+        let out = incomplete(&queued, &present, &[], true, ts(200));
+        assert_eq!(
+            (out.pod, out.requeue_after, out.events.len()),
+            (PodAction::Keep, Some(CREATING_RECHECK), 0)
+        );
         // Its pods stopping: said once, not again on every look.
         let stopping: Vec<PodView> = present
             .iter()
@@ -331,11 +363,27 @@ mod tests {
                 p
             })
             .collect();
-        let again = incomplete(&queued, &stopping, &[], ts(140));
+        let again = incomplete(&queued, &stopping, &[], false, ts(140));
         assert!(again.events.is_empty() && again.pod == PodAction::Keep);
+        // Placed, not yet seen whole: the pod watch may show the status before the last
+        // pod; the grace from its placement, then it fails.
+        let placed =
+            gang(json!({"phase": "Scheduled", "nodeName": "n0", "startedAt": ts(105).to_string()}));
+        let out = incomplete(&placed, &present, &[], false, ts(110));
+        assert_eq!(
+            (out.pod, out.requeue_after),
+            (PodAction::Keep, Some(Duration::from_secs(25)))
+        );
+        let out = incomplete(&placed, &present, &[], false, ts(135));
+        assert_eq!(out.status.phase, Some(Phase::Failed));
+        assert!(
+            out.events[0].message.contains("before it ran"),
+            "{}",
+            out.events[0].message
+        );
         // Ran whole: a member lost ends the gang at once.
         let ran = gang(json!({"phase": "Running", "nodeName": "n0"}));
-        let out = incomplete(&ran, &present, &[], ts(102));
+        let out = incomplete(&ran, &present, &[], false, ts(102));
         assert_eq!(out.status.phase, Some(Phase::Failed));
         assert_eq!(out.pod, PodAction::Delete);
         assert_eq!(out.events[0].reason, "GangMemberLost");
@@ -352,7 +400,7 @@ mod tests {
         let Members::Partial { present, taken } = reduce(&members) else {
             panic!("partial");
         };
-        let out = incomplete(&gang(json!(null)), &present, &taken, ts(1));
+        let out = incomplete(&gang(json!(null)), &present, &taken, false, ts(1));
         assert_eq!(out.status.phase, Some(Phase::Failed));
         assert_eq!(out.events[0].reason, "PodNameTaken");
     }

@@ -151,7 +151,10 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
         Members::Whole(v) => Some(*v),
         Members::None => None,
         Members::Partial { present, taken } => {
-            let out = gang::incomplete(inst, &present, &taken, now);
+            let creating = names
+                .iter()
+                .any(|n| ctx.caches.pod(&ns, n).is_none() && ctx.assumed.contains(&ns, n));
+            let out = gang::incomplete(inst, &present, &taken, creating, now);
             return act(inst, ctx, &pods, &names, out).await;
         }
     };
@@ -240,7 +243,7 @@ async fn act(
         // The agent owns `usage`; the controller's status writes never touch it, so the
         // ended run's figures are removed on their own (they are in `previousRuns`).
         let api = Api::<GpuInstance>::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({"status": {"usage": null}});
+        let patch = serde_json::json!({"status": {"usage": null, "memberUsage": null}});
         ignore_not_found(
             api.patch_status(
                 &name,

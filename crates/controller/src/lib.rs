@@ -76,6 +76,18 @@ pub struct ControllerArgs {
         env = "GPU_CLOUD_TOPOLOGY_LABELS"
     )]
     pub topology_labels: Vec<String>,
+    /// What a GPU slice counts for in quotas, budgets, cost and usage, as a fraction of a
+    /// GPU: `SLICE=FRACTION` (repeat the flag or separate by commas; e.g. `1g.10gb=0.15`,
+    /// `shared=0.5`). Slices not named count as in the default table (README "GPU
+    /// slices"). The controller and the agents must be given the same (the chart's
+    /// `sliceFractions` is passed to both).
+    #[arg(
+        long = "slice-fraction",
+        value_delimiter = ',',
+        value_parser = gpu_cloud_api::parse_slice_fraction,
+        env = "GPU_CLOUD_SLICE_FRACTIONS"
+    )]
+    pub slice_fractions: Vec<(String, u32)>,
     /// Waiting bookings may preempt others (spot instances, borrowed GPUs, lower priority
     /// of the same user); `--preemption=false` turns it off: nothing is preempted, and
     /// quotas still allow borrowing.
@@ -246,11 +258,14 @@ pub async fn write_instance_status(
     old: Option<&gpu_cloud_api::v1::GpuInstanceStatus>,
     new: &gpu_cloud_api::v1::GpuInstanceStatus,
 ) -> Result<(), kube::Error> {
+    // The agents own `usage` and `memberUsage`: never written here, so never overwritten
+    // with an older copy.
     // A status that cannot be serialized fails the write (and the reconcile is retried):
     // sending `null` instead would wipe the status, usage included.
     let strip = |s: &gpu_cloud_api::v1::GpuInstanceStatus| {
         let mut s = s.clone();
         s.usage = None;
+        s.member_usage.clear();
         serde_json::to_value(s).map_err(kube::Error::SerdeError)
     };
     let before = match old {
@@ -316,6 +331,9 @@ pub enum ControllerError {
     /// The watch caches stopped before they were filled.
     #[error("the watch caches stopped before they were filled: {0}")]
     Caches(#[source] kube::runtime::reflector::store::WriterDropped),
+    /// `--slice-fraction` could not be installed.
+    #[error(transparent)]
+    SliceFractions(#[from] gpu_cloud_api::SliceFractionError),
 }
 
 /// Runs both controllers and the placement loop until SIGINT/SIGTERM; with
@@ -325,6 +343,7 @@ pub async fn run(
     args: ControllerArgs,
     metrics: Arc<ControllerMetrics>,
 ) -> Result<(), ControllerError> {
+    gpu_cloud_api::install_slice_fractions(&args.slice_fractions)?;
     // Health and metrics from the start, standby or not: the liveness probe asks a standby
     // too (a real kubelet restarted one that served nothing until it led).
     let server = tokio::spawn(gpu_cloud_runtime::metrics::serve(

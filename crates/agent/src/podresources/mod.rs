@@ -22,7 +22,17 @@ pub struct Holder {
     pub container: String,
 }
 
-/// GPU UUID → the container holding it, from a List response (pure).
+/// Whether the device plugin hands out devices of `resource` to one container each: whole
+/// GPUs (`GPU-…` UUIDs) and MIG devices (`nvidia.com/mig-<profile>`, `MIG-…` UUIDs). A
+/// time-sliced share (`nvidia.com/gpu.shared`) is not: its IDs are replicas of a GPU that
+/// several pods run on, split by their processes.
+pub fn is_exclusive_gpu(resource: &str) -> bool {
+    resource == gpu_cloud_api::GPU_RESOURCE
+        || (resource.starts_with(gpu_cloud_api::MIG_RESOURCE_PREFIX)
+            && gpu_cloud_api::slice_of_resource(resource).is_some())
+}
+
+/// GPU (or MIG device) UUID → the container holding it, from a List response (pure).
 pub fn gpu_holders(resp: &ListPodResourcesResponse) -> BTreeMap<String, Holder> {
     let mut out = BTreeMap::new();
     for pod in &resp.pod_resources {
@@ -30,7 +40,7 @@ pub fn gpu_holders(resp: &ListPodResourcesResponse) -> BTreeMap<String, Holder> 
             for d in c
                 .devices
                 .iter()
-                .filter(|d| d.resource_name == gpu_cloud_api::GPU_RESOURCE)
+                .filter(|d| is_exclusive_gpu(&d.resource_name))
             {
                 for id in &d.device_ids {
                     let holder = Holder {
@@ -126,6 +136,37 @@ mod tests {
             !holders.contains_key("0000:3b:00.0"),
             "non-GPU devices are not GPUs"
         );
+    }
+
+    #[test]
+    fn mig_devices_are_their_pods_and_time_sliced_shares_are_no_ones_alone() {
+        use gpu_cloud_kubelet_api::podresources::{
+            ContainerDevices, ContainerResources, PodResources,
+        };
+        let devices = |resource: &str, ids: &[&str]| ContainerDevices {
+            resource_name: resource.into(),
+            device_ids: ids.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let resp = ListPodResourcesResponse {
+            pod_resources: vec![PodResources {
+                name: "nb".into(),
+                namespace: "gpu-mia".into(),
+                containers: vec![ContainerResources {
+                    name: "main".into(),
+                    devices: vec![
+                        devices("nvidia.com/mig-1g.10gb", &["MIG-a", "MIG-b"]),
+                        devices("nvidia.com/gpu.shared", &["GPU-s::2"]),
+                        devices("nvidia.com/mig-", &["MIG-odd"]),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let holders = gpu_holders(&resp);
+        assert_eq!(holders.keys().collect::<Vec<_>>(), ["MIG-a", "MIG-b"]);
+        assert_eq!(holders["MIG-b"].pod, "nb");
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! Random histories of bookings, deletions and foreign pods against capacity, quota and
-//! order; and over time, against windows.
+//! Random histories of bookings (whole GPUs, gangs, GPU slices), deletions and foreign
+//! pods against capacity, quota and order; and over time, against windows.
 
 use proptest::prelude::*;
 
@@ -7,6 +7,9 @@ use super::*;
 use crate::scheduler::timeline::end_of;
 
 const MODELS: [&str; 3] = [H100, L4, "NVIDIA-A100-SXM4-80GB"];
+
+/// The slices of the random histories: two MIG profiles and time-sliced shares.
+const SLICES: [&str; 3] = ["1g.10gb", "3g.40gb", gpu_cloud_api::SHARED_SLICE];
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -17,6 +20,8 @@ enum Op {
         priority: i32,
         /// Gang size (1: one node) and whether it requires one domain.
         gang: (u32, bool),
+        /// Slices of this kind (`SLICES`) instead of whole GPUs (then never a gang).
+        slice: Option<usize>,
     },
     Delete(usize),
     /// Someone else's pod takes GPUs on a node.
@@ -28,8 +33,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..3, 0u8..3, 1u32..9, -1i32..2, gang())
-            .prop_map(|(user, model, count, priority, gang)| Op::Book { user, model, count, priority, gang }),
+        4 => (0u8..3, 0u8..3, 1u32..9, -1i32..2, gang(), slice())
+            .prop_map(|(user, model, count, priority, gang, slice)| Op::Book { user, model, count, priority, gang, slice }),
         2 => any::<usize>().prop_map(Op::Delete),
         1 => (any::<usize>(), 1u32..4).prop_map(|(node, count)| Op::Foreign { node, count }),
     ]
@@ -41,6 +46,33 @@ fn gang() -> impl Strategy<Value = (u32, bool)> {
         3 => Just((1, false)),
         1 => (2u32..4, any::<bool>()),
     ]
+}
+
+/// Mostly whole GPUs; now and then slices of one of `SLICES`.
+fn slice() -> impl Strategy<Value = Option<usize>> {
+    prop_oneof![3 => Just(None), 1 => (0usize..SLICES.len()).prop_map(Some)]
+}
+
+/// [`nodes`], some of them with slice pools beside their whole GPUs (1 to 8 of each of
+/// some of `SLICES`, as a MIG or time-sliced node advertises them).
+fn nodes_with_slices() -> impl Strategy<Value = Vec<NodeGpus>> {
+    (
+        nodes(),
+        prop::collection::vec(prop::collection::vec(0u32..9, 3), 7),
+    )
+        .prop_map(|(nodes, pools)| {
+            let mut out = nodes.clone();
+            for (n, counts) in nodes.iter().zip(pools) {
+                for (slice, count) in SLICES.iter().zip(counts).filter(|(_, c)| *c > 0) {
+                    out.push(NodeGpus {
+                        slice: Some((*slice).to_owned()),
+                        allocatable: count,
+                        ..n.clone()
+                    });
+                }
+            }
+            out
+        })
 }
 
 /// Nodes of three models, some not ready, in two zones or none.
@@ -71,13 +103,22 @@ fn with_gang(mut b: Booking, gang: (u32, bool)) -> Booking {
 
 /// GPUs held per node by placed bookings (each node of a gang).
 fn held_per_node(bookings: &[Booking]) -> BTreeMap<String, u32> {
-    let mut used = BTreeMap::new();
+    held_per_pool(bookings).0
+}
+
+/// Whole GPUs held per node, and slices per (node, slice), by placed bookings.
+#[allow(clippy::type_complexity)]
+fn held_per_pool(bookings: &[Booking]) -> (BTreeMap<String, u32>, BTreeMap<(String, String), u32>) {
+    let (mut used, mut used_slices) = (BTreeMap::new(), BTreeMap::new());
     for b in bookings.iter().filter(|b| b.placed_on.is_some()) {
         for n in b.held_nodes() {
-            *used.entry(n.to_owned()).or_default() += b.count;
+            match &b.slice {
+                None => *used.entry(n.to_owned()).or_default() += b.count,
+                Some(s) => *used_slices.entry((n.to_owned(), s.clone())).or_default() += b.count,
+            }
         }
     }
-    used
+    (used, used_slices)
 }
 
 /// A placement's nodes are what its booking asked for: as many as its gang, distinct,
@@ -133,13 +174,14 @@ struct World {
 impl World {
     fn snapshot(&self) -> Snapshot {
         let mut used = self.foreign.clone();
-        for (n, c) in held_per_node(&self.bookings) {
+        let (whole, used_slices) = held_per_pool(&self.bookings);
+        for (n, c) in whole {
             *used.entry(n).or_default() += c;
         }
         Snapshot {
             nodes: self.nodes.clone(),
             used,
-            used_slices: BTreeMap::new(),
+            used_slices,
             users: self.users.clone(),
             bookings: self.bookings.clone(),
             now: Timestamp::UNIX_EPOCH,
@@ -161,20 +203,24 @@ impl World {
 }
 
 fn check_invariants(world: &World, before: &Snapshot, plan: &Plan) -> Result<(), TestCaseError> {
-    // Capacity: a pass never takes more than was free on a node.
+    // Capacity: a pass never takes more than was free in a node's pool (its whole GPUs,
+    // or its slices of one kind).
     for n in &world.nodes {
-        let was_used = before.used.get(&n.name).copied().unwrap_or(0);
+        let was_used = match &n.slice {
+            None => before.used.get(&n.name).copied().unwrap_or(0),
+            Some(s) => before
+                .used_slices
+                .get(&(n.name.clone(), s.clone()))
+                .copied()
+                .unwrap_or(0),
+        };
         let added: u32 = plan
             .placements
             .iter()
             .filter(|(_, nodes)| nodes.contains(&n.name))
-            .map(|(k, _)| {
-                before
-                    .bookings
-                    .iter()
-                    .find(|b| &b.key == k)
-                    .map_or(0, |b| b.count)
-            })
+            .filter_map(|(k, _)| before.bookings.iter().find(|b| &b.key == k))
+            .filter(|b| b.slice == n.slice)
+            .map(|b| b.count)
             .sum();
         if added > 0 {
             prop_assert!(n.eligible(), "placed on ineligible node {}", n.name);
@@ -190,18 +236,34 @@ fn check_invariants(world: &World, before: &Snapshot, plan: &Plan) -> Result<(),
         let b = before.bookings.iter().find(|b| &b.key == key).unwrap();
         check_gang(&world.nodes, b, nodes)?;
     }
-    // Model match, quota.
-    let mut gpus: BTreeMap<&str, u32> = BTreeMap::new();
+    // Model and pool match; quota in thousandths of a GPU (a slice as its fraction).
+    let mut milli: BTreeMap<&str, u32> = BTreeMap::new();
     for b in world.bookings.iter().filter(|b| b.placed_on.is_some()) {
         for on in b.held_nodes() {
-            let n = world.nodes.iter().find(|n| n.name == on).unwrap();
-            prop_assert_eq!(n.model.as_deref(), Some(b.model.as_str()));
+            let n = world
+                .nodes
+                .iter()
+                .find(|n| n.name == on && n.slice == b.slice);
+            prop_assert!(
+                n.is_some(),
+                "{} on {} which has no {:?}",
+                b.key,
+                on,
+                b.slice
+            );
+            prop_assert_eq!(n.and_then(|n| n.model.as_deref()), Some(b.model.as_str()));
         }
-        *gpus.entry(b.user.as_deref().unwrap()).or_default() += b.gpus();
+        *milli.entry(b.user.as_deref().unwrap()).or_default() += b.milli();
     }
-    for (user, used) in gpus {
+    for (user, used) in milli {
         if let Some(max) = world.users[user].max_gpus {
-            prop_assert!(used <= max, "user {} holds {} > {}", user, used, max);
+            prop_assert!(
+                used <= max * 1000,
+                "user {} holds {} milli-GPUs > {}",
+                user,
+                used,
+                max
+            );
         }
     }
     // No overtaking within a user's queue: after a booking waits for GPUs of its model,
@@ -266,6 +328,7 @@ impl World {
                 count,
                 priority,
                 gang,
+                slice,
             } => {
                 let b = booking(
                     &format!("b{i}"),
@@ -274,7 +337,14 @@ impl World {
                     count,
                     self.clock,
                 );
-                let mut b = with_gang(b, gang);
+                let mut b = match slice.map(|s| SLICES[s]) {
+                    None => with_gang(b, gang),
+                    Some(s) => Booking {
+                        slice: Some(s.to_owned()),
+                        unit_milli: gpu_cloud_api::slice_milli(s),
+                        ..b
+                    },
+                };
                 b.priority = priority;
                 self.bookings.push(b);
             }
@@ -299,7 +369,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn random_histories_keep_capacity_quota_and_order(
-        nodes in nodes(),
+        nodes in nodes_with_slices(),
         quotas in prop::collection::vec(prop::option::of(1u32..12), 3),
         ops in prop::collection::vec(op(), 1..60),
     ) {
@@ -323,7 +393,7 @@ proptest! {
     /// everything placed that one uncapped pass would have placed.
     #[test]
     fn capped_passes_keep_every_invariant_and_place_as_much(
-        nodes in nodes(),
+        nodes in nodes_with_slices(),
         quotas in prop::collection::vec(prop::option::of(1u32..12), 3),
         ops in prop::collection::vec(op(), 1..40),
         cap in 1usize..4,
