@@ -140,17 +140,19 @@ async fn a_gang_runs_whole_with_its_env_and_service_and_one_lost_pod_ends_it_all
         .await
         .expect("the gang");
     let s = status(&i);
-    let members: Vec<(u32, &str)> = s
+    // In the order the agents first wrote them.
+    let mut members: Vec<(u32, &str)> = s
         .member_usage
         .iter()
         .map(|m| (m.rank, m.node_name.as_str()))
         .collect();
+    members.sort();
     assert_eq!(
         members,
         [(0, nodes[0].as_str()), (1, nodes[1].as_str())],
         "{s:?}"
     );
-    let rank0 = &s.member_usage[0].usage;
+    let rank0 = s.current_member_usage(0).expect("rank 0's figures");
     let total = s.usage.as_ref().expect("the gang's usage");
     // Both members run alike: the total is about twice rank 0's (rank 1's figures may be
     // a write older or newer than rank 0's).

@@ -441,3 +441,65 @@ async fn a_controller_killed_mid_preemption_finishes_it_without_overbooking() {
         "node over its GPUs after the restart: {most} of 2"
     );
 }
+
+/// A spot gang is preempted whole: an on-demand booking needing one of its nodes takes it,
+/// every pod of the gang goes, and the gang goes back to the queue with its run (all its
+/// GPUs) recorded; it holds nothing while it waits.
+#[tokio::test]
+async fn a_spot_gang_is_preempted_whole_and_requeued() {
+    let client = harness::operator().await;
+    let model = "TEST-SPOT-GANG";
+    let nodes = harness::gpu_nodes(&client, &harness::unique("t-sgang"), model, 2, 2).await;
+    let watch = Overbooking::watch(&client, &nodes);
+    let ivy = harness::user(
+        &client,
+        &harness::unique("ivy"),
+        json!({"quota": {"maxGpus": 0}}),
+    )
+    .await;
+    let jon = harness::user(
+        &client,
+        &harness::unique("jon"),
+        json!({"quota": {"maxGpus": 2}}),
+    )
+    .await;
+    let mut gang = spec(
+        model,
+        2,
+        json!({"preemptible": true, "preemption": {"gracePeriod": "1s"}}),
+    );
+    gang["gpu"]["nodes"] = json!(2);
+    harness::book(&client, &ivy, "sweep", gang).await;
+    harness::wait_instance(&client, &ivy, "sweep", "Running on 2 nodes", |i| {
+        running(i) && i.status.as_ref().is_some_and(|s| s.node_names.len() == 2)
+    })
+    .await;
+
+    harness::book(&client, &jon, "paid", spec(model, 2, json!({}))).await;
+    harness::wait_instance(&client, &jon, "paid", "Running", running).await;
+    let sweep = harness::wait_instance(&client, &ivy, "sweep", "requeued", |i| {
+        phase(i) == Some(Phase::Queued)
+            && i.status
+                .as_ref()
+                .is_some_and(|s| !s.previous_runs.is_empty())
+    })
+    .await;
+    let s = sweep.status.unwrap();
+    assert!(s.node_names.is_empty() && s.node_name.is_none(), "{s:?}");
+    let run = &s.previous_runs[0];
+    assert_eq!(run.preempted.as_ref().unwrap().reason, "PreemptedSpot");
+    // Every pod of the gang is gone, not only the one on the node taken.
+    harness::poll(Duration::from_secs(30), "the gang's pods gone", || async {
+        let pods = Api::<Pod>::namespaced(client.clone(), &ivy)
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        match pods.items.len() {
+            0 => Ok(()),
+            n => Err(format!("{n} pods left")),
+        }
+    })
+    .await;
+    let most = watch.finish();
+    assert!(most <= 2, "node over its GPUs: {most} of 2");
+}

@@ -314,6 +314,7 @@ fn requeue(
         finished_at: None,
         queue_position: None,
         reserved_node: None,
+        reserved_nodes: vec![],
         starts_at: None,
         idle: None,
         borrowed: false,

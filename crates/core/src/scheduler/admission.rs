@@ -760,6 +760,7 @@ const PREEMPTION_ATTEMPTS: usize = 8;
 fn candidate(v: &Booking) -> Candidate {
     Candidate {
         gpus: v.count,
+        stops: v.gpus(),
         spot: v.preemptible,
         started: v.started.unwrap_or(Timestamp::MIN),
     }
@@ -800,9 +801,9 @@ impl<'s> Preempting<'s> {
             .collect();
         for b in &snapshot.bookings {
             let at = |n: &'s str| p.index_of.get(&(n, b.slice.as_deref())).copied();
-            let Some(i) = b.placed_on.as_deref().and_then(at) else {
+            if b.placed_on.as_deref().and_then(at).is_none() {
                 continue;
-            };
+            }
             if b.terminating {
                 for n in b.held_nodes() {
                     if let Some(j) = at(n) {
@@ -810,7 +811,10 @@ impl<'s> Preempting<'s> {
                     }
                 }
             } else if !fresh.contains(&b.key) {
-                p.running.entry(i).or_default().push(b);
+                // On every node it holds: a gang may be preempted for any of them.
+                for j in b.held_nodes().filter_map(at) {
+                    p.running.entry(j).or_default().push(b);
+                }
             }
         }
         p.borrowed = preemption::borrowed(snapshot);

@@ -149,12 +149,11 @@ pub fn may_preempt(
     reclaiming: bool,
     victim_borrowed: bool,
 ) -> Option<Reason> {
-    // A gang is never a victim: preempting one would free GPUs on nodes other than the
-    // one looked at, and take every pod of a job down for one node's sake.
+    // A gang may be a victim by the same rules (a spot gang, one on borrowed GPUs): all
+    // its pods go, and its cost counts every GPU it stops ([`Candidate::stops`]).
     if by.preemptible
         || victim.terminating
         || victim.placed_on.is_none()
-        || victim.size() > 1
         || victim.key == by.key
         || victim.model != by.model
         || victim.slice != by.slice
@@ -191,16 +190,19 @@ pub fn preemptible_by(spot: bool, borrowed: bool) -> &'static str {
 /// A booking that may be preempted on one node.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
-    /// GPUs it would free.
+    /// GPUs it would free on the node looked at.
     pub gpus: u32,
+    /// GPUs it would stop in all: `gpus`, or a gang's on all its nodes.
+    pub stops: u32,
     /// It is a spot booking.
     pub spot: bool,
     /// When it started (the youngest go first).
     pub started: Timestamp,
 }
 
-/// How costly a set of victims is: fewer non-spot GPUs, then fewer GPUs, then younger
-/// (its oldest victim as young as can be), is cheaper.
+/// How costly a set of victims is: fewer non-spot GPUs stopped, then fewer GPUs stopped
+/// (a gang's on all its nodes), then younger (its oldest victim as young as can be), is
+/// cheaper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cost {
     non_spot_gpus: u32,
@@ -225,9 +227,9 @@ pub fn cheapest_set(need: u32, candidates: &[Candidate]) -> Option<(Vec<usize>, 
         };
         for &i in set {
             let v = &candidates[i];
-            c.gpus = c.gpus.saturating_add(v.gpus);
+            c.gpus = c.gpus.saturating_add(v.stops);
             if !v.spot {
-                c.non_spot_gpus = c.non_spot_gpus.saturating_add(v.gpus);
+                c.non_spot_gpus = c.non_spot_gpus.saturating_add(v.stops);
             }
             c.oldest = c.oldest.max(std::cmp::Reverse(v.started));
         }
@@ -303,6 +305,7 @@ mod tests {
     fn cand(gpus: u32, spot: bool, started: i64) -> Candidate {
         Candidate {
             gpus,
+            stops: gpus,
             spot,
             started: at(started),
         }

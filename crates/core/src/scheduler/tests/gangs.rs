@@ -260,3 +260,52 @@ fn slots_for_a_gang_wait_for_enough_nodes() {
         vec![(at("2026-12-01T10:00Z"), 2), (at("2026-12-01T12:00Z"), 2)]
     );
 }
+
+/// A spot gang is preempted like any spot booking, whole: an on-demand booking takes one
+/// of its nodes, and every GPU it held counts in the cost, so a single spot booking
+/// stopping fewer GPUs goes first.
+#[test]
+fn a_spot_gang_is_preempted_whole_and_costs_every_gpu_it_stops() {
+    let spot_gang = |name: &str, on: [&str; 2], t: i64| {
+        let mut b = Booking {
+            preemptible: true,
+            ..gang(name, 2, 8, t)
+        };
+        place_on(&mut b, &on.map(String::from));
+        b.started = Some(Timestamp::from_second(t).unwrap());
+        b
+    };
+    let mut s = snapshot(
+        vec![node("a", H100, 8), node("b", H100, 8)],
+        vec![
+            spot_gang("train", ["a", "b"], 1),
+            booking("urgent", "v", H100, 8, 2),
+        ],
+    );
+    s.used.extend([("a".into(), 8), ("b".into(), 8)]);
+    s.preemption = true;
+    let p = plan(&s);
+    let preempted: Vec<(&str, &str, &str)> = p
+        .preemptions
+        .iter()
+        .map(|x| (x.victim.name.as_str(), x.by.name.as_str(), x.node.as_str()))
+        .collect();
+    assert_eq!(preempted, vec![("train", "urgent", "a")]);
+
+    // Beside it, a single spot booking of 8 (younger, but stopping 8 GPUs, not 16).
+    let mut single = booking("notebook", "w", H100, 8, 3);
+    single.preemptible = true;
+    single.placed_on = Some("c".into());
+    single.started = Some(Timestamp::from_second(3).unwrap());
+    s.nodes.push(node("c", H100, 8));
+    s.used.insert("c".into(), 8);
+    s.users.insert("w".into(), UserPolicy::default());
+    s.bookings.push(single);
+    let p = plan(&s);
+    let victims: Vec<&str> = p
+        .preemptions
+        .iter()
+        .map(|x| x.victim.name.as_str())
+        .collect();
+    assert_eq!(victims, vec!["notebook"]);
+}

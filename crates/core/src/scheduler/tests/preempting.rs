@@ -244,8 +244,9 @@ fn without_preemption_nothing_is_preempted() {
     assert!(plan(&s).preemptions.is_empty());
 }
 
-/// A random cluster of one model: users with guarantees, borrowing and spot; bookings come,
-/// go, are placed and preempted; victims' pods go after a random number of passes.
+/// A random cluster of one model: users with guarantees, borrowing and spot; bookings
+/// (some of them gangs of two nodes) come, go, are placed and preempted; victims' pods go
+/// after a random number of passes (a gang's all at once).
 #[derive(Debug, Clone)]
 enum Step {
     Book {
@@ -253,6 +254,8 @@ enum Step {
         count: u32,
         priority: i32,
         spot: bool,
+        /// A gang of this many nodes when more than 1.
+        nodes: u32,
     },
     Delete(usize),
     /// Every victim still terminating has its pod gone, or only some.
@@ -261,8 +264,8 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0u8..3, 1u32..6, 0i32..3, prop::bool::weighted(0.25)).prop_map(
-            |(user, count, priority, spot)| Step::Book { user, count, priority, spot }
+        4 => (0u8..3, 1u32..6, 0i32..3, prop::bool::weighted(0.25), prop_oneof![4 => Just(1u32), 1 => Just(2u32)]).prop_map(
+            |(user, count, priority, spot, nodes)| Step::Book { user, count, priority, spot, nodes }
         ),
         1 => (0usize..64).prop_map(Step::Delete),
         2 => any::<bool>().prop_map(Step::PodsGone),
@@ -288,17 +291,20 @@ proptest! {
         let mut history: BTreeSet<(InstanceKey, InstanceKey)> = BTreeSet::new();
         for st in steps {
             match st {
-                Step::Book { user, count, priority, spot } => {
+                Step::Book { user, count, priority, spot, nodes } => {
                     serial += 1;
                     let mut b = booking(&format!("b{serial}"), &format!("u{user}"), H100, count, serial);
                     b.priority = priority;
                     b.preemptible = spot;
+                    b.nodes = nodes;
                     s.bookings.push(b);
                 }
                 Step::Delete(i) if !s.bookings.is_empty() => {
                     let b = s.bookings.remove(i % s.bookings.len());
-                    if let Some(n) = &b.placed_on {
-                        *s.used.get_mut(n).unwrap() -= b.count;
+                    if b.placed_on.is_some() {
+                        for n in b.held_nodes() {
+                            *s.used.get_mut(n).unwrap() -= b.count;
+                        }
                     }
                 }
                 Step::Delete(_) => {}
@@ -306,8 +312,12 @@ proptest! {
                     let mut first = true;
                     for v in s.bookings.iter_mut().filter(|b| b.terminating) {
                         if all || first {
-                            *s.used.get_mut(v.placed_on.as_ref().unwrap()).unwrap() -= v.count;
+                            // Every pod of a gang goes.
+                            for n in v.held_nodes() {
+                                *s.used.get_mut(n).unwrap() -= v.count;
+                            }
                             v.placed_on = None;
+                            v.gang.clear();
                             v.started = None;
                             v.terminating = false;
                         }
@@ -326,7 +336,7 @@ proptest! {
             for x in &p.preemptions {
                 let v = before.bookings.iter().find(|b| b.key == x.victim).unwrap();
                 let by = before.bookings.iter().find(|b| b.key == x.by).unwrap();
-                prop_assert!(!v.terminating && v.placed_on.as_deref() == Some(x.node.as_str()));
+                prop_assert!(!v.terminating && v.held_nodes().any(|n| n == x.node));
                 let reclaiming = preemption::within_guarantee(&before, by);
                 prop_assert_eq!(
                     preemption::may_preempt(by, v, reclaiming, borrowed.contains(&v.key)),
