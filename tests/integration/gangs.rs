@@ -117,23 +117,7 @@ async fn a_gang_runs_whole_with_its_env_and_service_and_one_lost_pod_ends_it_all
             )
         })
         .collect();
-    poll(Duration::from_secs(60), "usage of all 16 GPUs", || async {
-        let i = Api::<GpuInstance>::namespaced(client.clone(), &ns)
-            .get("train")
-            .await
-            .map_err(|e| e.to_string())?;
-        let s = status(&i);
-        let u = s.usage.as_ref().ok_or("no usage yet")?;
-        let since = s.started_at.ok_or("no start")?;
-        let secs = u.sampled_at.duration_since(since).as_secs_f64();
-        let per_second = u.gpu_seconds / secs.max(1e-3);
-        if secs > 2.0 && (per_second - 16.0).abs() < 1.0 {
-            Ok(())
-        } else {
-            Err(format!("{} GPU-s over {secs:.1} s", u.gpu_seconds))
-        }
-    })
-    .await;
+    harness::wait_gpu_seconds_rate(&client, &ns, "train", 16.0, 1.0).await;
 
     let i = Api::<GpuInstance>::namespaced(client.clone(), &ns)
         .get("train")

@@ -198,43 +198,11 @@ async fn a_cluster_may_set_what_a_slice_counts_for() {
         message(&third)
     );
 
-    let addr = format!("127.0.0.1:{}", harness::free_port());
-    let _agent = harness::Background::start(
+    let _agent = harness::simulated_agent_with(
         &harness::control_plane().kubeconfig,
-        &[
-            "agent",
-            "--simulate",
-            "--node",
-            &nodes[0],
-            "--sample-interval",
-            "1s",
-            "--write-interval",
-            "1s",
-            "--metrics-addr",
-            &addr,
-            "--slice-fraction",
-            harness::OVERRIDDEN_SLICE_FRACTION,
-        ],
+        &nodes[0],
+        harness::free_port(),
+        &["--slice-fraction", harness::OVERRIDDEN_SLICE_FRACTION],
     );
-    harness::poll(
-        std::time::Duration::from_secs(60),
-        "GPU-seconds at half a GPU",
-        || async {
-            let i = Api::<GpuInstance>::namespaced(client.clone(), &ns)
-                .get("a")
-                .await
-                .map_err(|e| e.to_string())?;
-            let s = i.status.unwrap_or_default();
-            let u = s.usage.as_ref().ok_or("no usage yet")?;
-            let since = s.started_at.ok_or("no start")?;
-            let secs = u.sampled_at.duration_since(since).as_secs_f64();
-            let per_second = u.gpu_seconds / secs.max(1e-3);
-            if secs > 2.0 && (per_second - 0.5).abs() < 0.05 {
-                Ok(())
-            } else {
-                Err(format!("{} GPU-s over {secs:.1} s", u.gpu_seconds))
-            }
-        },
-    )
-    .await;
+    harness::wait_gpu_seconds_rate(&client, &ns, "a", 0.5, 0.05).await;
 }

@@ -783,22 +783,61 @@ pub async fn prices(client: &Client) -> gpu_cloud_api::v1::GpuPriceListSpec {
 /// The usage agent in simulated mode for `node`, sampling and writing every second, its
 /// metrics on `metrics_port`; it stops (SIGKILL) when dropped.
 pub fn simulated_agent(kubeconfig: &Path, node: &str, metrics_port: u16) -> Background {
+    simulated_agent_with(kubeconfig, node, metrics_port, &[])
+}
+
+/// [`simulated_agent`] with `extra` flags.
+pub fn simulated_agent_with(
+    kubeconfig: &Path,
+    node: &str,
+    metrics_port: u16,
+    extra: &[&str],
+) -> Background {
     let addr = format!("127.0.0.1:{metrics_port}");
-    Background::start(
-        kubeconfig,
-        &[
-            "agent",
-            "--simulate",
-            "--node",
-            node,
-            "--sample-interval",
-            "1s",
-            "--write-interval",
-            "1s",
-            "--metrics-addr",
-            &addr,
-        ],
+    let mut args = vec![
+        "agent",
+        "--simulate",
+        "--node",
+        node,
+        "--sample-interval",
+        "1s",
+        "--write-interval",
+        "1s",
+        "--metrics-addr",
+        &addr,
+    ];
+    args.extend_from_slice(extra);
+    Background::start(kubeconfig, &args)
+}
+
+/// Waits until the agent's `status.usage` of `ns/name` grows at `rate` GPU-seconds a
+/// second (within `tolerance`, over more than 2 s since its start); panics after 60 s.
+pub async fn wait_gpu_seconds_rate(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    rate: f64,
+    tolerance: f64,
+) {
+    let api = Api::<gpu_cloud_api::v1::GpuInstance>::namespaced(client.clone(), ns);
+    poll(
+        Duration::from_secs(60),
+        &format!("{rate} GPU-seconds a second"),
+        || async {
+            let i = api.get(name).await.map_err(|e| e.to_string())?;
+            let s = i.status.unwrap_or_default();
+            let u = s.usage.as_ref().ok_or("no usage yet")?;
+            let since = s.started_at.ok_or("no start")?;
+            let secs = u.sampled_at.duration_since(since).as_secs_f64();
+            let per_second = u.gpu_seconds / secs.max(1e-3);
+            if secs > 2.0 && (per_second - rate).abs() < tolerance {
+                Ok(())
+            } else {
+                Err(format!("{} GPU-s over {secs:.1} s", u.gpu_seconds))
+            }
+        },
     )
+    .await;
 }
 
 /// The chart rendered by `helm template` for namespace `ns` (`extra`: e.g. `--show-only
