@@ -266,10 +266,12 @@ async fn cycle(
         }
     };
 
-    let work = mine
-        .iter()
-        .map(|i| (*i, (i.spec.gpu.nodes() > 1).then_some(0)))
-        .chain(members.iter().map(|(i, rank)| (i, Some(*rank))));
+    // Gang members first: where this agent measures a gang's other members too (several
+    // nodes under --simulate), rank 0's sum then has their figures of this very cycle.
+    let work = members.iter().map(|(i, rank)| (i, Some(*rank))).chain(
+        mine.iter()
+            .map(|i| (*i, (i.spec.gpu.nodes() > 1).then_some(0))),
+    );
     let mut seen = Vec::new();
     for (inst, rank) in work {
         let uid = inst.uid().unwrap_or_default();
