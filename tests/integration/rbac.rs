@@ -171,6 +171,8 @@ async fn each_component_has_exactly_what_it_needs() {
         ("dashboard", "delete", "", "pods", None, false),
         ("agent", "patch", g, "gpuinstances/status", None, true),
         ("agent", "list", g, "gpuinstances", None, true),
+        ("agent", "watch", g, "gpuinstances", None, true),
+        ("agent", "watch", "", "pods", None, true),
         ("agent", "create", "", "pods", None, false),
         ("agent", "patch", g, "gpuinstances", None, false),
         ("agent", "get", "", "secrets", None, false),

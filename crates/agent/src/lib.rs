@@ -14,6 +14,7 @@ pub mod nvml;
 pub mod podresources;
 pub mod simulated;
 pub mod simulated_devices;
+pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -22,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use accumulate::{Sample, advance};
 use gpu_cloud_api::v1::{GpuInstance, IdleClock, Usage, UsageSource};
-use gpu_cloud_api::{INSTANCE_LABEL, MANAGED_BY, RANK_LABEL};
+use gpu_cloud_api::{INSTANCE_LABEL, RANK_LABEL};
 use gpu_cloud_core::policy::idle;
 use nvml::NvmlSource;
 
@@ -106,6 +107,9 @@ pub enum AgentError {
     /// No API client could be made.
     #[error(transparent)]
     Client(#[from] gpu_cloud_runtime::client::ClientError),
+    /// The watches of the node's instances and pods stopped before they listed.
+    #[error("the watches of this node's GpuInstances and pods stopped before they listed once")]
+    WatchStopped,
     /// `--slice-fraction` could not be installed.
     #[error(transparent)]
     SliceFractions(#[from] gpu_cloud_api::SliceFractionError),
@@ -167,17 +171,31 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         metrics.clone(),
     ));
     info!(nodes = ?args.nodes, simulate = args.simulate, simulate_devices = args.simulate_devices, "gpu-cloud agent starting");
+    let watched = watch::Watched::start(&client, &args.nodes);
     let mut tracked: HashMap<Key, Tracked> = HashMap::new();
     let mut tick = tokio::time::interval(args.sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = gpu_cloud_runtime::shutdown_signal();
     tokio::pin!(shutdown);
+    tokio::select! {
+        r = watched.ready() => r.map_err(|_| AgentError::WatchStopped)?,
+        _ = &mut shutdown => return Ok(()),
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = &mut shutdown => break,
         }
-        match cycle(&client, &args, &mut source, &mut tracked, &metrics).await {
+        match cycle(
+            &client,
+            &watched,
+            &args,
+            &mut source,
+            &mut tracked,
+            &metrics,
+        )
+        .await
+        {
             Ok(()) => metrics.mark_ready(),
             Err(e) => warn!(error = %e, "sampling cycle failed; retrying"),
         }
@@ -190,6 +208,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
 /// One sampling cycle: read, attribute, accumulate, write what is due.
 async fn cycle(
     client: &Client,
+    watched: &watch::Watched,
     args: &AgentArgs,
     source: &mut Source,
     tracked: &mut HashMap<Key, Tracked>,
@@ -197,20 +216,10 @@ async fn cycle(
 ) -> Result<(), AgentError> {
     let now = Timestamp::now();
     // Only this node's instances (a selectable field of the CRD), not the whole cluster's.
-    let mut items = Vec::new();
-    for node in &args.nodes {
-        let lp = ListParams::default().fields(&format!("status.nodeName={node}"));
-        let list = Api::<GpuInstance>::all(client.clone())
-            .list(&lp)
-            .await
-            .map_err(|source| AgentError::Kube {
-                action: "list GpuInstances",
-                source,
-            })?;
-        items.extend(list.items);
-    }
+    let items = watched.instances();
     let mine: Vec<&GpuInstance> = items
         .iter()
+        .map(Arc::as_ref)
         .filter(|i| {
             let s = i.status.as_ref();
             s.and_then(|s| s.node_name.as_ref())
@@ -238,7 +247,7 @@ async fn cycle(
     };
     // Our pods on these nodes: to attribute readings to (all of them), and to find the
     // gang members here (those with a rank; a gang's instance lists only rank 0's node).
-    let pods = our_pods(client, &args.nodes, readings.is_none()).await?;
+    let pods = our_pods(&watched.pods());
     let members = gang_members(client, &pods, tracked).await?;
     let shares = match readings {
         None => None,
@@ -571,40 +580,20 @@ struct OurPod {
     rank: Option<u32>,
 }
 
-/// Our pods on these nodes (`gangs_only`: only gang members').
-async fn our_pods(
-    client: &Client,
-    nodes: &[String],
-    gangs_only: bool,
-) -> Result<Vec<OurPod>, AgentError> {
-    let mut selector = format!("app.kubernetes.io/managed-by={MANAGED_BY}");
-    if gangs_only {
-        selector.push_str(&format!(",{RANK_LABEL}"));
-    }
-    let mut out = Vec::new();
-    for node in nodes {
-        let lp = ListParams::default()
-            .fields(&format!("spec.nodeName={node}"))
-            .labels(&selector);
-        let pods = Api::<Pod>::all(client.clone())
-            .list(&lp)
-            .await
-            .map_err(|source| AgentError::Kube {
-                action: "list pods on the node",
-                source,
-            })?;
-        for p in pods.items {
+/// Our pods on these nodes, as the pod watches have them.
+fn our_pods(pods: &[Arc<Pod>]) -> Vec<OurPod> {
+    pods.iter()
+        .map(|p| {
             let label = |k: &str| p.labels().get(k).cloned();
-            out.push(OurPod {
+            OurPod {
                 namespace: p.namespace().unwrap_or_default(),
                 name: p.name_any(),
                 uid: p.uid().unwrap_or_default(),
                 instance: label(INSTANCE_LABEL),
                 rank: label(RANK_LABEL).and_then(|r| r.parse().ok()),
-            });
-        }
-    }
-    Ok(out)
+            }
+        })
+        .collect()
 }
 
 /// GPU UUID → the container the kubelet gave it to. Without the socket (or on error) the
