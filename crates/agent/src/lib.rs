@@ -173,6 +173,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     info!(nodes = ?args.nodes, simulate = args.simulate, simulate_devices = args.simulate_devices, "gpu-cloud agent starting");
     let watched = watch::Watched::start(&client, &args.nodes);
     let mut tracked: HashMap<Key, Tracked> = HashMap::new();
+    let mut known: HashMap<MemberPod, GpuInstance> = HashMap::new();
     let mut tick = tokio::time::interval(args.sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = gpu_cloud_runtime::shutdown_signal();
@@ -192,6 +193,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             &args,
             &mut source,
             &mut tracked,
+            &mut known,
             &metrics,
         )
         .await
@@ -212,6 +214,7 @@ async fn cycle(
     args: &AgentArgs,
     source: &mut Source,
     tracked: &mut HashMap<Key, Tracked>,
+    known: &mut HashMap<MemberPod, GpuInstance>,
     metrics: &metrics::AgentMetrics,
 ) -> Result<(), AgentError> {
     let now = Timestamp::now();
@@ -220,12 +223,7 @@ async fn cycle(
     let mine: Vec<&GpuInstance> = items
         .iter()
         .map(Arc::as_ref)
-        .filter(|i| {
-            let s = i.status.as_ref();
-            s.and_then(|s| s.node_name.as_ref())
-                .is_some_and(|n| args.nodes.contains(n))
-                && s.is_some_and(|s| s.started_at.is_some())
-        })
+        .filter(|i| i.status.as_ref().is_some_and(|s| s.started_at.is_some()))
         .collect();
 
     let (kind, readings) = match source {
@@ -248,7 +246,7 @@ async fn cycle(
     // Our pods on these nodes: to attribute readings to (all of them), and to find the
     // gang members here (those with a rank; a gang's instance lists only rank 0's node).
     let pods = our_pods(&watched.pods());
-    let members = gang_members(client, &pods, tracked).await?;
+    let members = gang_members(client, &pods, tracked, known).await?;
     let shares = match readings {
         None => None,
         Some(readings) => {
@@ -451,48 +449,69 @@ async fn cycle(
 
 /// The gang members (rank 1 and up) on these nodes: those whose pods are here, and those
 /// this agent measured whose pods are gone, until their last figures are written.
+///
+/// A member's instance is read once per pod of it (`known`, by namespace, name and pod
+/// uid): while its pod runs nothing this agent reads of it changes (the end deletes the
+/// pod). Once its pod is being deleted or gone it is read on every cycle, to see when
+/// and how the gang ended.
 async fn gang_members(
     client: &Client,
     pods: &[OurPod],
     tracked: &HashMap<Key, Tracked>,
+    known: &mut HashMap<MemberPod, GpuInstance>,
 ) -> Result<Vec<(GpuInstance, u32)>, AgentError> {
-    let mut wanted: BTreeMap<(String, String), u32> = BTreeMap::new();
+    // (namespace, name) → rank, and the uid of its pod while there is one.
+    let mut wanted: BTreeMap<(String, String), (u32, Option<String>)> = BTreeMap::new();
     for p in pods {
         if let (Some(inst), Some(rank)) = (&p.instance, p.rank.filter(|r| *r > 0)) {
-            wanted.insert((p.namespace.clone(), inst.clone()), rank);
+            // A pod being deleted: the gang is ending, its instance says when.
+            let running = (!p.terminating).then(|| p.uid.clone());
+            wanted.insert((p.namespace.clone(), inst.clone()), (rank, running));
         }
     }
     for ((_, rank), t) in tracked {
         if let (Some(at), Some(rank)) = (&t.instance, rank)
             && !t.usage.final_
         {
-            wanted.entry(at.clone()).or_insert(*rank);
+            wanted.entry(at.clone()).or_insert((*rank, None));
         }
     }
+    known.retain(|(ns, name, pod), _| {
+        wanted
+            .get(&(ns.clone(), name.clone()))
+            .is_some_and(|(_, p)| p.as_ref() == Some(pod))
+    });
     let mut out = Vec::new();
-    for ((ns, name), rank) in wanted {
-        let api = Api::<GpuInstance>::namespaced(client.clone(), &ns);
-        match api.get_opt(&name).await {
-            Ok(Some(inst)) => {
-                let placed = inst
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| s.started_at.is_some() && s.node_names.len() > rank as usize);
-                if placed {
-                    out.push((inst, rank));
-                }
-            }
-            Ok(None) => {}
-            Err(source) => {
-                return Err(AgentError::Kube {
+    for ((ns, name), (rank, pod)) in wanted {
+        let key = pod.map(|pod| (ns.clone(), name.clone(), pod));
+        let inst = match key.as_ref().and_then(|k| known.get(k)) {
+            Some(inst) => Some(inst.clone()),
+            None => Api::<GpuInstance>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await
+                .map_err(|source| AgentError::Kube {
                     action: "get a gang member's GpuInstance",
                     source,
-                });
-            }
+                })?,
+        };
+        let Some(inst) = inst else { continue };
+        let placed = inst
+            .status
+            .as_ref()
+            .is_some_and(|s| s.started_at.is_some() && s.node_names.len() > rank as usize);
+        if !placed {
+            continue;
         }
+        if let Some(k) = key {
+            known.insert(k, inst.clone());
+        }
+        out.push((inst, rank));
     }
     Ok(out)
 }
+
+/// A gang member's pod: namespace, instance name, pod uid.
+type MemberPod = (String, String, String);
 
 /// The idle clock after `sample`, from the one kept in `before` (the usage before it), when
 /// the controller published an idle rule for `inst` (`status.idle.rule`).
@@ -527,45 +546,40 @@ async fn write_member_usage(
     usage: &Usage,
     total: Option<&Usage>,
 ) -> Result<(), AgentError> {
-    let api = Api::<GpuInstance>::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
     let mut status = serde_json::json!({
         "memberUsage": [{"rank": rank, "nodeName": node, "usage": usage}],
     });
     if let Some(total) = total {
         status["usage"] = serde_json::to_value(total).map_err(AgentError::Render)?;
     }
+    let manager = member_field_manager(rank);
+    apply_status(client, inst, &manager, status, "write status.memberUsage").await
+}
+
+async fn write_usage(client: &Client, inst: &GpuInstance, usage: &Usage) -> Result<(), AgentError> {
+    let status = serde_json::json!({"usage": usage});
+    apply_status(client, inst, FIELD_MANAGER, status, "write status.usage").await
+}
+
+/// Server-side applies `status` (the fields this agent owns) on `inst` as `manager`.
+async fn apply_status(
+    client: &Client,
+    inst: &GpuInstance,
+    manager: &str,
+    status: serde_json::Value,
+    action: &'static str,
+) -> Result<(), AgentError> {
+    let api = Api::<GpuInstance>::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
     let body = serde_json::json!({
         "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance", "status": status,
     });
     api.patch_status(
         &inst.name_any(),
-        &PatchParams::apply(&member_field_manager(rank)).force(),
+        &PatchParams::apply(manager).force(),
         &Patch::Apply(body),
     )
     .await
-    .map_err(|source| AgentError::Kube {
-        action: "write status.memberUsage",
-        source,
-    })?;
-    Ok(())
-}
-
-async fn write_usage(client: &Client, inst: &GpuInstance, usage: &Usage) -> Result<(), AgentError> {
-    let api = Api::<GpuInstance>::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
-    let body = serde_json::json!({
-        "apiVersion": "gpu-cloud.io/v1", "kind": "GpuInstance",
-        "status": {"usage": usage},
-    });
-    api.patch_status(
-        &inst.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(|source| AgentError::Kube {
-        action: "write status.usage",
-        source,
-    })?;
+    .map_err(|source| AgentError::Kube { action, source })?;
     Ok(())
 }
 
@@ -578,6 +592,8 @@ struct OurPod {
     instance: Option<String>,
     /// Its rank in a gang (label `gpu-cloud.io/rank`).
     rank: Option<u32>,
+    /// It is being deleted.
+    terminating: bool,
 }
 
 /// Our pods on these nodes, as the pod watches have them.
@@ -591,6 +607,7 @@ fn our_pods(pods: &[Arc<Pod>]) -> Vec<OurPod> {
                 uid: p.uid().unwrap_or_default(),
                 instance: label(INSTANCE_LABEL),
                 rank: label(RANK_LABEL).and_then(|r| r.parse().ok()),
+                terminating: p.metadata.deletion_timestamp.is_some(),
             }
         })
         .collect()

@@ -153,7 +153,8 @@ async fn apply(inst: &GpuInstance, ctx: &Context) -> Result<Action, ReconcileErr
         Members::Partial { present, taken } => {
             let creating = names
                 .iter()
-                .any(|n| ctx.caches.pod(&ns, n).is_none() && ctx.assumed.contains(&ns, n));
+                .zip(&members)
+                .any(|(n, m)| *m == Member::Missing && ctx.assumed.contains(&ns, n));
             let out = gang::incomplete(inst, &present, &taken, creating, now);
             return act(inst, ctx, &pods, &names, out).await;
         }
